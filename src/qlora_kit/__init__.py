@@ -1,0 +1,38 @@
+"""qlora_kit: QLoRA fine-tuning of causal language models with plugin-style components.
+
+Importing the package is cheap: the components (and torch) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily so `qlora-kit validate` starts fast)
+_EXPORTS = {
+    "RunConfig": "qlora_kit.config",
+    "load_config": "qlora_kit.config_io",
+    "QloraKitError": "qlora_kit.errors",
+    "ConfigError": "qlora_kit.errors",
+    "formatters": "qlora_kit.registry",
+    "PromptFormatter": "qlora_kit.formatting",
+    "Segment": "qlora_kit.formatting",
+    "ModelLoader": "qlora_kit.loading",
+    "AdapterBuilder": "qlora_kit.adapters",
+    "inspect_model": "qlora_kit.inspect",
+    "build_datasets": "qlora_kit.data",
+    "Trainer": "qlora_kit.training",
+    "build_exporter": "qlora_kit.export",
+    "run": "qlora_kit.recipe",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qlora_kit' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,120 @@
+"""Public test kit: tiny models, a tokenizer and Alpaca rows built in code (no network, no files).
+
+Use it to test your own formatter or plugin the way the library tests itself::
+
+    from qlora_kit.testing import make_tokenizer, make_tiny_llama, make_alpaca_rows
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+_SUBJECTS = [
+    "the cat",
+    "a robot",
+    "my teacher",
+    "the river",
+    "an engineer",
+    "the moon",
+    "a farmer",
+    "the city",
+]
+_VERBS = ["describes", "counts", "paints", "builds", "explains", "measures", "finds", "writes"]
+_OBJECTS = [
+    "a poem",
+    "three apples",
+    "the sky",
+    "a bridge",
+    "the answer",
+    "a small boat",
+    "the stars",
+    "a map",
+]
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+def make_alpaca_rows(n: int = 32, seed: int = 0, with_input_every: int = 3) -> list[dict[str, str]]:
+    """``n`` Alpaca-format rows (instruction, input, output); every ``with_input_every``-th has an input."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        subject, verb, obj = rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(_OBJECTS)
+        words = " ".join(rng.choice(_OBJECTS) for _ in range(rng.randint(1, 6)))
+        rows.append(
+            {
+                "instruction": f"Say what {subject} {verb}.",
+                "input": f"Context {i}: {words}." if with_input_every and i % with_input_every == 0 else "",
+                "output": f"{subject.capitalize()} {verb} {obj}." + " Indeed." * rng.randint(0, 4),
+            }
+        )
+    return rows
+
+
+def make_tokenizer(vocab_size: int = 384, model_max_length: int = 512) -> Any:
+    """A byte-level BPE tokenizer trained in code on generated text (eos = bos = ``<|endoftext|>``,
+    no pad token, like GPT-2). Any text can be encoded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [" ".join(r.values()) for r in make_alpaca_rows(400, seed=1)]
+    corpus += ["Below is an instruction that describes a task. ### Instruction: ### Input: ### Response:"] * 4
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, model_max_length=model_max_length
+    )
+
+
+def make_tiny_llama(path: str | Path | None = None, tokenizer: Any = None, **overrides: Any) -> Any:
+    """A 2-layer random Llama (hidden 64) sized to ``tokenizer``; saved with it to ``path`` if given."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer()
+    settings: dict[str, Any] = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    settings.update(overrides)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**settings))
+    if path is not None:
+        _save(model, tokenizer, path)
+    return model
+
+
+def make_distilgpt2_shape(path: str | Path | None = None, tokenizer: Any = None, **overrides: Any) -> Any:
+    """A random GPT-2 with distilgpt2's shape (6 layers, 768 wide, 50,257 tokens: 81,912,576 parameters).
+
+    ``tokenizer`` is only saved beside it; pass the GPT-2 tokenizer for the real vocabulary.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    settings: dict[str, Any] = dict(n_layer=6, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+    settings.update(overrides)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**settings))
+    if path is not None:
+        _save(model, tokenizer, path)
+    return model
+
+
+def _save(model: Any, tokenizer: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
