@@ -1,0 +1,240 @@
+"""ModelLoader: a model and tokenizer from a hub id, a local directory or a `.gguf` file, quantized per
+the `quant` section; and the k-bit training preparation that does not upcast to fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qlora_kit.errors import ModelLoadError
+from qlora_kit.gguf import dequantize_gguf
+from qlora_kit.quant import (
+    build_bnb_config,
+    check_bitsandbytes,
+    check_dtype_supported,
+    keep_4bit_weights_trainable,
+    torch_dtype,
+)
+
+logger = logging.getLogger(__name__)
+
+PAD_TOKEN = "<|pad|>"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device``; None means ``cuda:0`` when CUDA is available, else ``cpu``."""
+    if device is None:
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)
+    return device
+
+
+class ModelLoader:
+    """Loads the base model (quantized per ``quant_cfg``) and its tokenizer.
+
+    Non-quantized parameters (embeddings, norms, biases, the output head) are loaded in the compute
+    dtype, not fp32: the seed saw them in float16 after 4-bit loading, and blanket fp32 would double
+    their memory for no gain in a frozen base. Every loaded model gets
+    :func:`~qlora_kit.quant.keep_4bit_weights_trainable`, so bitsandbytes' CPU inference repacking
+    can never break training.
+
+    Args:
+        model_cfg: the `model` section.
+        quant_cfg: the `quant` section.
+        device: where the model lives; None means ``cuda:0`` when available, else ``cpu``.
+    """
+
+    def __init__(self, model_cfg: Any, quant_cfg: Any, device: str | torch.device | None = None):
+        self.model_cfg = model_cfg
+        self.quant_cfg = quant_cfg
+        self.device = resolve_device(device)
+        self._source: str | None = None
+
+    def load(self) -> tuple[Any, Any]:
+        """The model and tokenizer, with the pad-token policy applied to both."""
+        tokenizer = self.load_tokenizer()
+        model = self.load_model()
+        fit_embeddings_to_tokenizer(model, tokenizer)
+        return model, tokenizer
+
+    def source(self) -> str:
+        """The directory or hub id transformers loads from (a GGUF file is converted first, once)."""
+        if self._source is None:
+            self._source = self._resolve_source()
+        return self._source
+
+    def load_model(self) -> Any:
+        """The model alone, quantized per the `quant` section and placed on the device."""
+        from transformers import AutoModelForCausalLM
+
+        check_dtype_supported(self.quant_cfg.compute_dtype, self.device)
+        check_bitsandbytes(self.quant_cfg, self.device)
+        source = self.source()
+        kwargs: dict[str, Any] = dict(
+            dtype=torch_dtype(self.quant_cfg.compute_dtype),
+            device_map={"": str(self.device)},
+            trust_remote_code=self.model_cfg.trust_remote_code,
+            **self._hub_kwargs(),
+        )
+        if self.model_cfg.attn_implementation:
+            kwargs["attn_implementation"] = self.model_cfg.attn_implementation
+        bnb_config = build_bnb_config(self.quant_cfg)
+        if bnb_config is not None:
+            bnb_config.llm_int8_skip_modules = self._skip_modules(source)
+            kwargs["quantization_config"] = bnb_config
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except OSError as exc:  # transformers' way of saying "not found / not downloadable / unreadable"
+            raise ModelLoadError(f"model.name_or_path: cannot load {source!r}: {exc}") from exc
+        keep_4bit_weights_trainable(model)
+        return model
+
+    def load_tokenizer(self) -> Any:
+        """The tokenizer with the `model.pad_token` policy and `model.model_max_length` applied."""
+        from transformers import AutoTokenizer
+
+        name = self.model_cfg.tokenizer or self.source()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                name, trust_remote_code=self.model_cfg.trust_remote_code, **self._hub_kwargs()
+            )
+        except (OSError, ValueError) as exc:
+            field = "model.tokenizer" if self.model_cfg.tokenizer else "model.name_or_path"
+            raise ModelLoadError(f"{field}: cannot load a tokenizer from {name!r}: {exc}") from exc
+        if self.model_cfg.model_max_length:
+            tokenizer.model_max_length = self.model_cfg.model_max_length
+        apply_pad_policy(tokenizer, self.model_cfg.pad_token)
+        return tokenizer
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _hub_kwargs(self) -> dict[str, Any]:
+        return {"revision": self.model_cfg.revision, "cache_dir": self.model_cfg.cache_dir}
+
+    def _resolve_source(self) -> str:
+        name = self.model_cfg.name_or_path
+        path = Path(name).expanduser()
+        if name.endswith(".gguf"):
+            cache = Path(self.model_cfg.cache_dir) if self.model_cfg.cache_dir else None
+            return str(dequantize_gguf(path, cache))
+        if path.is_dir():
+            validate_checkpoint_dir(path)
+            return str(path)
+        if path.exists() or _looks_like_path(name):
+            raise ModelLoadError(f"model.name_or_path: no model directory at {name!r}")
+        return name  # a hub id
+
+    def _skip_modules(self, source: str) -> list[str] | None:
+        """The modules kept unquantized: transformers' defaults (the output head) plus `skip_modules`.
+
+        transformers drops its defaults when ``llm_int8_skip_modules`` is given, which would quantize
+        the output head; so the defaults are computed here on an empty (meta) model and kept.
+        """
+        extra = list(self.quant_cfg.skip_modules)
+        if not extra:
+            return None
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.integrations import get_keys_to_not_convert
+
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=self.model_cfg.trust_remote_code, **self._hub_kwargs()
+        )
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=self.model_cfg.trust_remote_code)
+        return sorted(set(get_keys_to_not_convert(skeleton)) | set(extra))
+
+
+def _looks_like_path(name: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else with separators or a leading ./ ~ / is a path.
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def validate_checkpoint_dir(path: Path) -> None:
+    """Check a local model directory before transformers reads it: a config, and every safetensors
+    file's header and size (a truncated or corrupt file is named here, not deep in a stack trace).
+
+    Raises:
+        ModelLoadError: naming the directory or the damaged file.
+    """
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model.name_or_path: {path} has no config.json (not a model directory)")
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(file, framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # SafetensorError is not exported under a stable name
+            raise ModelLoadError(f"model.name_or_path: {file} is corrupt or truncated ({exc})") from exc
+
+
+def apply_pad_policy(tokenizer: Any, policy: str) -> None:
+    """Give ``tokenizer`` a pad token per `model.pad_token` when it has none.
+
+    `add` adds ``<|pad|>`` (the model then needs :func:`fit_embeddings_to_tokenizer`), `eos`/`unk`
+    reuse that token (safe here: labels come from the formatter's segments, never from pad ids), and
+    `keep` requires the tokenizer to have one.
+
+    Raises:
+        ModelLoadError: `keep` without a pad token, or `eos`/`unk` when that token does not exist.
+    """
+    if tokenizer.pad_token is not None:
+        return
+    if policy == "add":
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    elif policy in ("eos", "unk"):
+        token = getattr(tokenizer, f"{policy}_token")
+        if token is None:
+            raise ModelLoadError(f"model.pad_token={policy}: the tokenizer has no {policy} token; use `add`")
+        tokenizer.pad_token = token
+    else:
+        raise ModelLoadError("model.pad_token=keep: the tokenizer has no pad token; use `add`, `eos` or `unk`")
+
+
+def fit_embeddings_to_tokenizer(model: Any, tokenizer: Any) -> bool:
+    """Grow the input embeddings (and a tied or untied output head) when the tokenizer has more
+    tokens than the embedding matrix has rows; set the model's pad id. Returns whether it resized.
+
+    Only the missing rows are added (no rounding up), initialised by transformers at the mean of the
+    existing embeddings. In a 4-bit model the embeddings and output head are never quantized, so
+    this works there too, and tied weights stay tied. The new row stays frozen unless the embeddings
+    are in `adapter.modules_to_save`; that is harmless for a pad token, which is masked out of
+    attention and labels. But the base model's shape has changed: an adapter trained on it needs a
+    base resized the same way (or saved embeddings) to be loaded again.
+    """
+    rows = model.get_input_embeddings().weight.shape[0]
+    resized = len(tokenizer) > rows
+    if resized:
+        logger.info("resizing token embeddings %d -> %d for the added pad token", rows, len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return resized
+
+
+def prepare_for_training(model: Any, grad_checkpointing: bool) -> Any:
+    """k-bit training preparation without peft's fp32 upcasting.
+
+    What ``peft.prepare_model_for_kbit_training`` does, minus casting every non-quantized parameter
+    (embeddings, norms, output head) to fp32: freeze the base, disable the KV cache, and with
+    ``grad_checkpointing`` enable non-reentrant checkpointing plus input gradients (so the
+    checkpointed blocks see an input that requires grad even though the embeddings are frozen).
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    model.config.use_cache = False
+    if grad_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's new name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.enable_input_require_grads()
+    return model
