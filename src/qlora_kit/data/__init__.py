@@ -1,1 +1,34 @@
-"""Data pipeline: sources, formatting into input_ids/labels, truncation, collation, data report."""
+"""Data pipeline: sources, formatting into input_ids/labels, truncation, collation, data report.
+
+``build_datasets(cfg.data, build_formatter(cfg.data.formatter), tokenizer)`` gives a
+:class:`DataBundle`; ``make_collator(cfg.data, tokenizer)`` the matching collator.
+"""
+
+from qlora_kit.data.collate import (
+    IGNORE_INDEX,
+    PACKING_ATTENTION,
+    PackedCollator,
+    PaddedCollator,
+    make_collator,
+)
+from qlora_kit.data.pipeline import DataBundle, build_datasets
+from qlora_kit.data.report import DataReport, Efficiency
+from qlora_kit.data.sampling import LengthGroupedSampler, length_grouped_order
+from qlora_kit.data.seed import seed_dataset_flow
+from qlora_kit.formatting import build_formatter
+
+__all__ = [
+    "IGNORE_INDEX",
+    "PACKING_ATTENTION",
+    "DataBundle",
+    "DataReport",
+    "Efficiency",
+    "LengthGroupedSampler",
+    "PackedCollator",
+    "PaddedCollator",
+    "build_datasets",
+    "build_formatter",
+    "length_grouped_order",
+    "make_collator",
+    "seed_dataset_flow",
+]

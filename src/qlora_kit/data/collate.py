@@ -1,17 +1,39 @@
 """Collators: turn encoded rows ``{"input_ids": [...], "labels": [...]}`` into model batches.
 
 Labels are aligned with ``input_ids`` (the loss shifts them); masked positions hold -100.
+
+Packing and attention implementations (transformers 5, read in ``masking_utils`` and
+``modeling_flash_attention_utils``): with ``attention_mask=None``, ``create_causal_mask`` finds the
+examples of a packed row from ``position_ids`` (``find_packed_sequence_indices``: a new example starts
+wherever the position does not grow by 1) and blocks attention across them for ``sdpa``, ``eager`` and
+``flex_attention``; flash attention 2/3/4 do the same with variable-length kernels, from ``position_ids``
+or from the ``cu_seq_lens_q/k`` and ``max_length_q/k`` this collator adds for them. The detection only
+runs when the forward has no cache, so the model must be called with ``use_cache=False`` (transformers
+forces that under gradient checkpointing in training, but not otherwise).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from qlora_kit.formatting.tokens import IGNORE_INDEX
+
+PACKING_ATTENTION = (
+    "sdpa",
+    "eager",
+    "flex_attention",
+    "flash_attention_2",
+    "flash_attention_3",
+    "flash_attention_4",
+)
+"""Attention implementations that keep packed examples apart (None, the transformers default, is sdpa)."""
+
+__all__ = ["IGNORE_INDEX", "PACKING_ATTENTION", "PackedCollator", "PaddedCollator", "make_collator"]
 
 
 @dataclass
@@ -25,7 +47,7 @@ class PaddedCollator:
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(r["input_ids"]) for r in rows)
-        width = self.max_length or longest
+        width = max(self.max_length or 0, longest)
         if self.max_length is None and self.pad_to_multiple_of:
             width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -37,3 +59,62 @@ class PaddedCollator:
             labels[i, :n] = torch.as_tensor(row["labels"])
             attention_mask[i, :n] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+@dataclass
+class PackedCollator:
+    """Concatenates a micro-batch's examples into one row (batch dimension 1), without padding.
+
+    Returns ``input_ids``, ``labels`` and ``position_ids`` restarting at 0 for each example, and no
+    ``attention_mask`` (its absence is what lets transformers isolate the examples). The first token
+    of each example is never a label: it would otherwise be predicted from the previous example.
+    With ``flash_kwargs`` it also returns ``cu_seq_lens_q/k`` (int32 cumulative lengths) and
+    ``max_length_q/k`` (ints), which flash attention uses directly instead of deriving them from the
+    positions in every layer.
+    """
+
+    flash_kwargs: bool = False
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        lengths = [len(r["input_ids"]) for r in rows]
+        input_ids = torch.cat([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows])
+        labels = torch.cat([torch.as_tensor(r["labels"], dtype=torch.long) for r in rows])
+        position_ids = torch.cat([torch.arange(n, dtype=torch.long) for n in lengths])
+        starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+        labels[starts] = IGNORE_INDEX
+        batch: dict[str, Any] = {
+            "input_ids": input_ids[None],
+            "labels": labels[None],
+            "position_ids": position_ids[None],
+        }
+        if self.flash_kwargs:
+            cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            batch.update(
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths)
+            )
+        return batch
+
+
+def make_collator(data_cfg: Any, tokenizer: Any, *, attn_implementation: str | None = None) -> Any:
+    """The collator ``data_cfg`` asks for.
+
+    Args:
+        data_cfg: A :class:`~qlora_kit.config.DataConfig` (``packing``, ``padding``, ``max_length``).
+        tokenizer: Supplies the pad id (EOS, then 0, when it has none: padded positions are neither
+            attended nor labels, so their id does not matter).
+        attn_implementation: The model's ``config._attn_implementation``. Packing with one that
+            cannot keep examples apart falls back to padding, with a warning.
+    """
+    if data_cfg.packing:
+        if attn_implementation is None or attn_implementation in PACKING_ATTENTION:
+            return PackedCollator(flash_kwargs=str(attn_implementation).startswith("flash_attention"))
+        warnings.warn(
+            f"data.packing: attention implementation {attn_implementation!r} cannot keep packed examples "
+            f"apart (supported: {', '.join(PACKING_ATTENTION)}); padding each batch instead",
+            stacklevel=2,
+        )
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    max_length = data_cfg.max_length if data_cfg.padding == "max_length" else None
+    return PaddedCollator(pad_token_id=pad_id, pad_to_multiple_of=8, max_length=max_length)

@@ -18,7 +18,8 @@ SEED_TEMPLATE = (
 class AlpacaSeedFormatter(PromptFormatter):
     """The seed document's template verbatim, with the Input section even when it is empty."""
 
-    required_fields = ("instruction", "input", "output")
+    required_fields = ("instruction", "output")
+    optional_fields = ("input",)
 
     def render(self, example: dict[str, Any]) -> list[Segment]:
         prompt = SEED_TEMPLATE.format(example["instruction"], example.get("input") or "")
@@ -30,6 +31,7 @@ class AlpacaFormatter(PromptFormatter):
     """Stanford Alpaca: the with-input template, or the no-input one when `input` is empty."""
 
     required_fields = ("instruction", "output")
+    optional_fields = ("input",)
 
     def render(self, example: dict[str, Any]) -> list[Segment]:
         instruction, context = example["instruction"], example.get("input") or ""

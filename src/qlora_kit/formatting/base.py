@@ -1,12 +1,16 @@
 """The PromptFormatter contract: subclasses render an example into segments; the base class owns
-tokenization, label masking and EOS (filled in by the data pipeline)."""
+tokenization, label masking, BOS/EOS and truncation, so every formatter gets them right."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from qlora_kit.formatting.tokens import IGNORE_INDEX, tokenizer_info
+
+Truncation = Literal["truncate", "drop", "error"]
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,44 @@ class Segment:
     trained: bool
 
 
+class RowError(ValueError):
+    """A row the formatter cannot use. ``field`` names the offending field (None: the whole row)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class TooLongError(RowError):
+    """An example longer than ``max_length`` under ``truncation="error"``."""
+
+
+@dataclass
+class EncodedExample:
+    """One tokenized example. ``labels`` is aligned with ``input_ids``; -100 marks untrained tokens.
+
+    Attributes:
+        input_ids: Token ids, BOS (if the tokenizer uses one) first and EOS last unless truncated.
+        labels: Same length as ``input_ids``; the token id where the loss applies, else -100.
+        truncated: The example was longer than ``max_length`` and was cut.
+        eos_lost: Truncation cut the trained EOS off the end.
+        dropped: The example cannot be used (too long under ``drop``, or nothing left to train on).
+        drop_reason: Why it was dropped.
+    """
+
+    input_ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    truncated: bool = False
+    eos_lost: bool = False
+    dropped: bool = False
+    drop_reason: str | None = None
+
+    @property
+    def supervised(self) -> int:
+        """Number of tokens the loss is computed on."""
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
 class NoOptions(BaseModel):
     """Formatters without options."""
 
@@ -25,10 +67,16 @@ class NoOptions(BaseModel):
 
 class PromptFormatter:
     """Base class of prompt templates. Override :meth:`render`; register with
-    ``@formatters.register("name")`` from :mod:`qlora_kit.registry`."""
+    ``@formatters.register("name")`` from :mod:`qlora_kit.registry`.
+
+    ``required_fields`` must be present, strings and non-empty; ``optional_fields`` may be missing or
+    None but must be strings otherwise. Formatters whose rows are not flat strings (chat messages)
+    override :meth:`check` as well.
+    """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
     required_fields: ClassVar[tuple[str, ...]] = ()
+    optional_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: BaseModel | dict[str, Any] | None = None):
         self.options = (
@@ -38,3 +86,106 @@ class PromptFormatter:
     def render(self, example: dict[str, Any]) -> list[Segment]:
         """Turn one row into segments (prompt untrained, response trained)."""
         raise NotImplementedError
+
+    def fields(self) -> tuple[str, ...]:
+        """Columns this formatter reads (checked against the dataset's columns before encoding)."""
+        return self.required_fields
+
+    def check(self, example: dict[str, Any]) -> None:
+        """Raise :class:`RowError` naming the field if ``example`` cannot be rendered."""
+        for name in self.required_fields:
+            value = example.get(name)
+            if value is None:
+                raise RowError("missing", name)
+            if not isinstance(value, str):
+                raise RowError(f"expected a string, got {type(value).__name__}", name)
+            if not value.strip():
+                raise RowError("empty", name)
+        for name in self.optional_fields:
+            value = example.get(name)
+            if value is not None and not isinstance(value, str):
+                raise RowError(f"expected a string, got {type(value).__name__}", name)
+
+    def encode(
+        self,
+        example: dict[str, Any],
+        tokenizer: Any,
+        *,
+        train_on_inputs: bool = False,
+        max_length: int = 1024,
+        truncation: Truncation = "truncate",
+    ) -> EncodedExample:
+        """Render, tokenize and label one example.
+
+        Segments are tokenized one by one, so a label boundary is always a token boundary. BOS is
+        prepended only when the tokenizer's own post-processor would add one and the text does not
+        already start with it; EOS is appended (unless the text already ends with it) and trained.
+        The first token is never a label: nothing precedes it to predict it from, and masking it keeps
+        packed rows (where it would be predicted from the previous example) identical to padded ones.
+
+        Args:
+            example: One row.
+            tokenizer: A Hugging Face tokenizer.
+            train_on_inputs: Train on prompt tokens too.
+            max_length: Longest allowed example in tokens.
+            truncation: ``truncate`` keeps the first ``max_length`` tokens (the prompt, then as much of
+                the response as fits); ``drop`` marks the example dropped; ``error`` raises RowError.
+
+        Raises:
+            RowError: The row is malformed; TooLongError when too long under ``truncation="error"``.
+        """
+        segments = self.render(example)
+        _check_segments(segments, type(self).__name__)
+        info = tokenizer_info(tokenizer)
+        ids: list[int] = []
+        labels: list[int] = []
+        for i, segment in enumerate(segments):
+            tokens = info.encode_segment(tokenizer, segment.text, first=i == 0)
+            ids += tokens
+            labels += tokens if (segment.trained or train_on_inputs) else [IGNORE_INDEX] * len(tokens)
+        if info.adds_bos and (not ids or ids[0] != info.bos_id):
+            ids.insert(0, info.bos_id)
+            labels.insert(0, IGNORE_INDEX)
+        if info.eos_id is not None:
+            if ids and ids[-1] == info.eos_id:
+                labels[-1] = info.eos_id
+            else:
+                ids.append(info.eos_id)
+                labels.append(info.eos_id)
+        if labels:
+            labels[0] = IGNORE_INDEX
+        return _apply_truncation(EncodedExample(ids, labels), max_length, truncation, info.eos_id)
+
+
+def _check_segments(segments: Any, owner: str) -> None:
+    if not isinstance(segments, list) or not segments:
+        raise TypeError(f"{owner}.render must return a non-empty list of Segment, got {segments!r}")
+    for segment in segments:
+        if not isinstance(segment, Segment) or not isinstance(segment.text, str):
+            raise TypeError(
+                f"{owner}.render returned {segment!r}; expected Segment(text: str, trained: bool)"
+            )
+
+
+def _apply_truncation(
+    encoded: EncodedExample, max_length: int, truncation: Truncation, eos_id: int | None
+) -> EncodedExample:
+    length = len(encoded.input_ids)
+    if length > max_length:
+        if truncation == "error":
+            raise TooLongError(f"{length} tokens > max_length {max_length} (data.truncation is 'error')")
+        if truncation == "drop":
+            return EncodedExample(dropped=True, drop_reason="longer than max_length")
+        had_eos = eos_id is not None and encoded.labels[-1] == eos_id
+        encoded = EncodedExample(
+            encoded.input_ids[:max_length],
+            encoded.labels[:max_length],
+            truncated=True,
+            eos_lost=had_eos,
+        )
+    if encoded.supervised == 0:
+        reason = "prompt fills max_length" if encoded.truncated else "no trained tokens"
+        return EncodedExample(
+            truncated=encoded.truncated, eos_lost=encoded.eos_lost, dropped=True, drop_reason=reason
+        )
+    return encoded

@@ -1,0 +1,179 @@
+"""The data report: what was loaded, kept, dropped and truncated, token lengths, supervision, and the
+padding or packing efficiency of each batching strategy (so the gain of the faster ones is visible)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qlora_kit.formatting.tokens import IGNORE_INDEX
+
+REPORT_FILES = ("data_report.json", "data_report.txt", "data_lengths.png")
+
+
+@dataclass
+class Efficiency:
+    """Tokens one epoch pushes through the model under a batching strategy.
+
+    Attributes:
+        processed: Token positions computed (padding included).
+        real: Positions holding example tokens.
+        supervised: Positions with a label.
+    """
+
+    processed: int
+    real: int
+    supervised: int
+
+    @property
+    def real_fraction(self) -> float:
+        """Share of computed positions that are real tokens (1 - padding waste)."""
+        return self.real / self.processed if self.processed else 0.0
+
+    @property
+    def supervised_fraction(self) -> float:
+        """Share of computed positions that carry a label."""
+        return self.supervised / self.processed if self.processed else 0.0
+
+
+def batching_efficiency(
+    lengths: list[int], supervised: list[int], order: list[int], micro_batch_size: int, max_length: int
+) -> dict[str, Efficiency]:
+    """Efficiency of `padding: max_length`, `padding: longest` (multiple of 8) and packing.
+
+    Batches are consecutive ``micro_batch_size`` examples of ``order`` (the data order, or the
+    length-grouped order when that is configured).
+    """
+    real, sup = sum(lengths), sum(supervised)
+    longest = 0
+    for start in range(0, len(order), micro_batch_size):
+        batch = [lengths[i] for i in order[start : start + micro_batch_size]]
+        longest += len(batch) * (-(-max(batch) // 8) * 8)
+    return {
+        "padding: max_length": Efficiency(len(lengths) * max_length, real, sup),
+        "padding: longest": Efficiency(longest, real, sup),
+        "packing": Efficiency(real, real, sup),
+    }
+
+
+@dataclass
+class DataReport:
+    """Everything the data pipeline did, for ``qlora-kit data`` and the run's output folder.
+
+    Counts are of the training split unless named ``eval_``.
+    """
+
+    source: str
+    formatter: str
+    max_length: int
+    truncation: str
+    batching: str
+    micro_batch_size: int
+    rows_loaded: int
+    rows_kept: int
+    rows_skipped: int
+    rows_dropped: dict[str, int]
+    rows_truncated: int
+    eos_lost: int
+    eval_rows: int | None
+    lengths: list[int]
+    tokens: int
+    supervised_tokens: int
+    zero_supervised_rows: int
+    eos_trained_rows: int
+    pad_is_eos: bool
+    efficiency: dict[str, Efficiency]
+    example: str
+    skipped_examples: list[tuple[str, str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def histogram(self, bins: int = 12) -> list[tuple[int, int, int]]:
+        """``(low, high, count)`` buckets of the token lengths, equal width up to the longest."""
+        if not self.lengths:
+            return []
+        top = max(self.lengths)
+        width = max(1, -(-top // bins))
+        counts = [0] * bins
+        for n in self.lengths:
+            counts[min((n - 1) // width, bins - 1)] += 1
+        return [(i * width + 1, (i + 1) * width, c) for i, c in enumerate(counts)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: the fields, the efficiency fractions and length statistics instead of every length."""
+        data = asdict(self)
+        data.pop("lengths")
+        data["length_stats"] = _length_stats(self.lengths)
+        data["histogram"] = self.histogram()
+        for name, eff in self.efficiency.items():
+            data["efficiency"][name].update(
+                real_fraction=round(eff.real_fraction, 4),
+                supervised_fraction=round(eff.supervised_fraction, 4),
+            )
+        return data
+
+    def to_json(self) -> str:
+        """The report as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_text(self) -> str:
+        """The report as readable text."""
+        from qlora_kit.data.report_text import render_text
+
+        return render_text(self)
+
+    def write(self, output_dir: str | Path) -> list[Path]:
+        """Write data_report.json, data_report.txt and the length histogram data_lengths.png."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / name for name in REPORT_FILES]
+        paths[0].write_text(self.to_json() + "\n", encoding="utf-8")
+        paths[1].write_text(self.to_text(), encoding="utf-8")
+        _plot_lengths(self, paths[2])
+        return paths
+
+
+def _length_stats(lengths: list[int]) -> dict[str, float]:
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {
+        "min": ordered[0],
+        "mean": round(sum(ordered) / len(ordered), 1),
+        "p50": pick(0.5),
+        "p90": pick(0.9),
+        "p99": pick(0.99),
+        "max": ordered[-1],
+    }
+
+
+def _plot_lengths(report: DataReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(report.lengths or [0], bins=40, color="#4C72B0")
+    ax.axvline(report.max_length, color="#C44E52", linestyle="--", label=f"max_length {report.max_length}")
+    ax.set_xlabel("tokens per example")
+    ax.set_ylabel("examples")
+    ax.set_title(f"Token lengths ({report.rows_kept} training examples, {report.formatter})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def show_labels(input_ids: list[int], labels: list[int], tokenizer: Any) -> str:
+    """Decode an example with its untrained (label -100) spans wrapped in ``[MASKED]...[/MASKED]``."""
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(input_ids) + 1):
+        if i == len(input_ids) or (labels[i] == IGNORE_INDEX) != (labels[start] == IGNORE_INDEX):
+            text = tokenizer.decode(input_ids[start:i])
+            parts.append(f"[MASKED]{text}[/MASKED]" if labels[start] == IGNORE_INDEX else text)
+            start = i
+    return "".join(parts)

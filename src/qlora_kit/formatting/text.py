@@ -1,0 +1,33 @@
+"""Plain completion: the whole text is trained (language-model continued pretraining)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from qlora_kit.formatting.base import PromptFormatter, Segment
+from qlora_kit.registry import formatters
+
+
+class TextOptions(BaseModel):
+    """Options of the `text` formatter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: str = "text"
+    """Column holding the text."""
+
+
+@formatters.register("text")
+class TextFormatter(PromptFormatter):
+    """One trained segment: the row's text field."""
+
+    Options = TextOptions
+
+    @property
+    def required_fields(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.options.field,)
+
+    def render(self, example: dict[str, Any]) -> list[Segment]:
+        return [Segment(example[self.options.field], trained=True)]
