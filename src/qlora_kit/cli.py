@@ -42,6 +42,24 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from qlora_kit.data import build_datasets, build_formatter
+    from qlora_kit.loading import ModelLoader
+
+    cfg = _load(args)
+    data_cfg = cfg.data.model_copy(update={"skip_bad_rows": True}) if args.skip_bad_rows else cfg.data
+    tokenizer = ModelLoader(cfg.model, cfg.quant, device="cpu").load_tokenizer()
+    bundle = build_datasets(
+        data_cfg,
+        build_formatter(data_cfg.formatter),
+        tokenizer,
+        micro_batch_size=cfg.train.micro_batch_size,
+        output_dir=args.output,
+    )
+    print(bundle.report.to_json() if args.json else bundle.report.to_text())
+    return 0
+
+
 def _with_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML or JSON run config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optimizer.lr=1e-4")
@@ -64,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("data", help="load, format and tokenize the config's data; print the data report")
+    _with_config(p)
+    p.add_argument(
+        "--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of failing"
+    )
+    p.add_argument(
+        "--output", metavar="DIR", help="also write data_report.json/.txt and data_lengths.png here"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_data)
     return parser
 
 

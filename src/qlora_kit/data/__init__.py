@@ -13,7 +13,7 @@ from qlora_kit.data.collate import (
 )
 from qlora_kit.data.pipeline import DataBundle, build_datasets
 from qlora_kit.data.report import DataReport, Efficiency
-from qlora_kit.data.sampling import LengthGroupedSampler, length_grouped_order
+from qlora_kit.data.sampling import LengthGroupedSampler, length_grouped_batches, length_grouped_order
 from qlora_kit.data.seed import seed_dataset_flow
 from qlora_kit.formatting import build_formatter
 
@@ -28,6 +28,7 @@ __all__ = [
     "PaddedCollator",
     "build_datasets",
     "build_formatter",
+    "length_grouped_batches",
     "length_grouped_order",
     "make_collator",
     "seed_dataset_flow",

@@ -15,7 +15,7 @@ def render_text(r: DataReport) -> str:
     lines = [
         f"data report: {r.source}",
         f"  formatter {r.formatter}, max_length {r.max_length}, truncation {r.truncation}, "
-        f"batching {r.batching}, micro batch {r.micro_batch_size}",
+        f"batching {r.batching}, micro batch {r.micro_batch_size}; prepared in {r.seconds:.2f} s",
         "",
         "rows",
         f"  loaded      {r.rows_loaded:>9,}",

@@ -7,25 +7,35 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+MEGA_BATCH_MULT = 50
 
-def length_grouped_order(
-    lengths: Sequence[int], batch_size: int, seed: int, mega_batch_mult: int = 50
-) -> list[int]:
-    """A random order in which consecutive ``batch_size`` indices have similar lengths.
 
-    Shuffles, cuts the order into mega-batches of ``batch_size * mega_batch_mult`` indices, sorts each
-    by length (longest first) and shuffles the resulting batches, so that batch composition stays random
-    at the scale of a mega-batch while padding within a batch shrinks.
+def length_grouped_batches(
+    lengths: Sequence[int],
+    micro_batch_size: int,
+    generator: torch.Generator,
+    mega_batch_mult: int = MEGA_BATCH_MULT,
+) -> list[list[int]]:
+    """Random micro-batches of similar-length examples, all randomness drawn from ``generator``.
+
+    Shuffles, cuts the order into mega-batches of ``micro_batch_size * mega_batch_mult`` indices, sorts
+    each by length (longest first), cuts it into micro-batches and shuffles those, so batch composition
+    stays random at the scale of a mega-batch while the padding inside a batch shrinks. The signature is
+    the trainer's batch-planner hook: ``(lengths, micro_batch_size, generator) -> micro-batches``.
     """
-    generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(lengths), generator=generator).tolist()
-    size = max(1, batch_size * mega_batch_mult)
-    grouped: list[int] = []
+    size = max(1, micro_batch_size * mega_batch_mult)
+    batches: list[list[int]] = []
     for start in range(0, len(order), size):
-        grouped += sorted(order[start : start + size], key=lambda i: -lengths[i])
-    batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
-    shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [index for b in shuffled for index in batches[b]]
+        group = sorted(order[start : start + size], key=lambda i: -lengths[i])
+        batches += [group[i : i + micro_batch_size] for i in range(0, len(group), micro_batch_size)]
+    return [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int) -> list[int]:
+    """The indices of :func:`length_grouped_batches` with a generator seeded by ``seed``, flattened."""
+    generator = torch.Generator().manual_seed(seed)
+    return [i for batch in length_grouped_batches(lengths, batch_size, generator) for i in batch]
 
 
 class LengthGroupedSampler(Sampler[int]):
