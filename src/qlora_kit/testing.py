@@ -118,3 +118,80 @@ def _save(model: Any, tokenizer: Any, path: str | Path) -> None:
     model.save_pretrained(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+
+
+def check_formatter(
+    formatter: Any, rows: list[dict[str, Any]], tokenizer: Any, max_length: int = 4096
+) -> int:
+    """Check a PromptFormatter against the contract on ``rows``; raise AssertionError listing every problem.
+
+    Per row: ``check`` accepts it, ``render`` returns Segments deterministically with at least one
+    trained, non-empty segment; ``encode`` gives labels aligned with ``input_ids`` in which exactly
+    the trained segments' tokens and the final EOS are trained, the tokens decode to the rendered text,
+    BOS is not doubled; and ``train_on_inputs=True`` trains every token but the first.
+
+    Returns:
+        The number of rows checked.
+    """
+    from qlora_kit.formatting import Segment
+
+    problems: list[str] = []
+    for i, row in enumerate(rows):
+        try:
+            formatter.check(row)
+            segments = formatter.render(row)
+        except Exception as exc:  # the contract is what is being tested: report, do not stop
+            problems.append(f"row {i}: check/render raised {type(exc).__name__}: {exc}")
+            continue
+        if not isinstance(segments, list) or not all(isinstance(s, Segment) for s in segments):
+            problems.append(f"row {i}: render must return list[Segment], got {segments!r}")
+            continue
+        if segments != formatter.render(row):
+            problems.append(f"row {i}: render is not deterministic")
+        if not any(s.trained and s.text for s in segments):
+            problems.append(f"row {i}: no trained, non-empty segment (nothing to learn)")
+        problems += [
+            f"row {i}: {p}" for p in _encoding_problems(formatter, row, segments, tokenizer, max_length)
+        ]
+    if problems:
+        raise AssertionError(
+            f"{type(formatter).__name__} breaks the formatter contract:\n  " + "\n  ".join(problems)
+        )
+    return len(rows)
+
+
+def _encoding_problems(
+    formatter: Any, row: dict[str, Any], segments: list, tokenizer: Any, max_length: int
+) -> list[str]:
+    from qlora_kit.formatting import IGNORE_INDEX
+
+    squash = lambda s: "".join(s.split())  # noqa: E731  (tokenizers may normalise whitespace)
+    enc = formatter.encode(row, tokenizer, max_length=max_length)
+    ids, labels = enc.input_ids, enc.labels
+    problems = []
+    if enc.dropped or enc.truncated:
+        return [f"example was dropped or truncated at max_length {max_length}; pass a larger max_length"]
+    if len(ids) != len(labels):
+        problems.append(f"{len(ids)} input_ids but {len(labels)} labels")
+    if any(label not in (IGNORE_INDEX, tok) for tok, label in zip(ids, labels, strict=False)):
+        problems.append("a label differs from its input id (labels must be input ids or -100)")
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    if eos is not None and (ids[-1] != eos or labels[-1] != eos):
+        problems.append("the example does not end with a trained EOS")
+    if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+        problems.append("double BOS at the start")
+    trained = [t for t, label in zip(ids, labels, strict=False) if label != IGNORE_INDEX]
+    expected = "".join(s.text for s in segments if s.trained)
+    got = tokenizer.decode(trained[:-1] if eos is not None and trained and trained[-1] == eos else trained)
+    if squash(got) != squash(expected) and not squash(expected).endswith(squash(got)):
+        problems.append(f"trained tokens decode to {got!r}, expected the trained segments {expected!r}")
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    rendered = "".join(s.text for s in segments)
+    if squash(text) != squash(
+        tokenizer.decode(tokenizer(rendered, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+    ):
+        problems.append("input_ids do not decode to the rendered text")
+    full = formatter.encode(row, tokenizer, max_length=max_length, train_on_inputs=True)
+    if full.labels[1:] != full.input_ids[1:]:
+        problems.append("train_on_inputs=True leaves tokens other than the first untrained")
+    return problems
