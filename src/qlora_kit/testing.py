@@ -135,6 +135,8 @@ def check_formatter(
     """
     from qlora_kit.formatting import Segment
 
+    if hasattr(formatter, "bind"):  # formatters that render with the tokenizer (chat_template)
+        formatter.bind(tokenizer)
     problems: list[str] = []
     for i, row in enumerate(rows):
         try:

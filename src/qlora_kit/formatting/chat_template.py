@@ -73,6 +73,9 @@ class ChatTemplateFormatter(PromptFormatter):
             else:
                 segments.append(Segment(turn, False))
             done = full
+        # Layout after the last turn is not learned; EOS follows the end-of-turn marker directly.
+        while segments and not segments[-1].trained and not segments[-1].text.strip():
+            segments.pop()
         return [s for s in segments if s.text]
 
     @staticmethod
