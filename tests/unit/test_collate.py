@@ -1,0 +1,95 @@
+"""Collators (padded, packed), collator choice and fallback, length-grouped ordering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qlora_kit.config import DataConfig, SourceConfig
+from qlora_kit.data import (
+    IGNORE_INDEX,
+    LengthGroupedSampler,
+    PackedCollator,
+    PaddedCollator,
+    length_grouped_batches,
+    length_grouped_order,
+    make_collator,
+)
+
+ROWS = [
+    {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+    {"input_ids": [8, 9, 10, 11, 12], "labels": [8, -100, 10, 11, 12]},
+]
+
+
+def cfg(**kw) -> DataConfig:
+    return DataConfig(source=SourceConfig(rows=[{"text": "x"}]), **kw)
+
+
+def test_padded_collator_pads_to_a_multiple_of_8_and_masks_padding():
+    batch = PaddedCollator(pad_token_id=0)(ROWS)
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["attention_mask"].sum(1).tolist() == [3, 5]
+    assert batch["labels"][0].tolist() == [-100, 6, 7] + [-100] * 5
+    assert batch["input_ids"][1, 5:].tolist() == [0, 0, 0]
+
+
+def test_padded_collator_max_length_is_the_seeds_fixed_width():
+    assert PaddedCollator(pad_token_id=0, max_length=16)(ROWS)["input_ids"].shape == (2, 16)
+
+
+def test_packed_collator_concatenates_with_restarting_positions():
+    batch = PackedCollator()(ROWS)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 12]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 4]]
+    # The second example's first token (8) must not be predicted from the first example's last one.
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, -100, 10, 11, 12]]
+
+
+def test_packed_collator_flash_kwargs_give_cumulative_lengths():
+    batch = PackedCollator(flash_kwargs=True)(ROWS)
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 8] and batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == batch["max_length_k"] == 5
+
+
+def test_make_collator_follows_the_config(tokenizer):
+    padded = make_collator(cfg(padding="max_length", max_length=64), tokenizer)
+    assert isinstance(padded, PaddedCollator) and padded.max_length == 64
+    assert padded.pad_token_id == tokenizer.eos_token_id  # the test tokenizer has no pad token
+    assert make_collator(cfg(), tokenizer).max_length is None
+    assert isinstance(make_collator(cfg(packing=True), tokenizer), PackedCollator)
+    assert make_collator(cfg(packing=True), tokenizer, attn_implementation="flash_attention_2").flash_kwargs
+
+
+def test_packing_with_an_unsupported_attention_falls_back_to_padding(tokenizer):
+    with pytest.warns(UserWarning, match="cannot keep packed examples apart"):
+        collator = make_collator(cfg(packing=True), tokenizer, attn_implementation="paged|sdpa")
+    assert isinstance(collator, PaddedCollator)
+
+
+def padded_width(lengths, batches):
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_length_grouped_batches_cut_padding_and_stay_a_permutation():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 500, (400,), generator=g).tolist()
+    grouped = length_grouped_batches(lengths, 4, torch.Generator().manual_seed(1))
+    assert sorted(i for b in grouped for i in b) == list(range(400))
+    order = torch.randperm(400, generator=torch.Generator().manual_seed(1)).tolist()
+    random_batches = [order[i : i + 4] for i in range(0, 400, 4)]
+    assert padded_width(lengths, grouped) < 0.8 * padded_width(lengths, random_batches)
+
+
+def test_length_grouped_order_is_reproducible_and_changes_with_the_epoch():
+    lengths = list(range(1, 101))
+    assert length_grouped_order(lengths, 4, seed=3) == length_grouped_order(lengths, 4, seed=3)
+    sampler = LengthGroupedSampler(lengths, batch_size=4, seed=3)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(first) == list(range(100)) and len(sampler) == 100
+
+
+def test_ignore_index_is_the_loss_convention():
+    assert IGNORE_INDEX == -100 == torch.nn.CrossEntropyLoss().ignore_index
