@@ -1,0 +1,236 @@
+"""Setting up and tearing down a training run: accelerator, optimizer, schedule, data order, resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from qlora_kit.errors import ConfigError, DataError
+from qlora_kit.quant import keep_4bit_weights_trainable
+from qlora_kit.training.batches import epoch_batches, row_lengths, windows
+from qlora_kit.training.checkpoint import (
+    CheckpointManager,
+    adapter_fingerprint,
+    check_resumable,
+    config_fingerprint,
+    data_fingerprint,
+    read_state,
+    register_adapter_only_hooks,
+)
+from qlora_kit.training.optim import build_optimizer, build_scheduler
+from qlora_kit.training.state import TrainerState
+from qlora_kit.training.tracking import MetricsLogger
+
+if TYPE_CHECKING:
+    from qlora_kit.training.loop import Trainer, TrainResult
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """``auto`` -> bf16 on GPUs that support it, fp16 (with a loss scaler) on older GPUs, none on CPU."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def oom_message(step: int) -> str:
+    """What to say when a step runs out of memory."""
+    return (
+        f"out of memory at step {step}. Knobs that lower memory, roughly by effect: "
+        "train.micro_batch_size (raise train.grad_accum to keep the effective batch), data.max_length, "
+        "data.packing: true (no padding), train.grad_checkpointing: true, "
+        "train.optimizer.kind: paged_adamw_8bit, train.eval_batch_size."
+    )
+
+
+@dataclass
+class Run:
+    """The live objects of one ``fit`` call."""
+
+    accelerator: Any
+    owns_accelerator: bool
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    state: TrainerState
+    checkpoints: CheckpointManager
+    log: MetricsLogger
+    window_iter: Iterator[list[dict[str, torch.Tensor]]]
+    hooks: list[Any] = field(default_factory=list)
+    interval_losses: list[float] = field(default_factory=list)
+    last_grad_norm: Any = 0.0
+    last_lr: float = 0.0
+    last_eval_step: int | None = None
+    last_checkpoint: Path | None = None
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        """The trainable parameters."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def next_window(self) -> list[dict[str, torch.Tensor]]:
+        """The next accumulation window's micro-batches (epochs roll over by themselves)."""
+        return next(self.window_iter)
+
+    def result(self, seconds: float) -> TrainResult:
+        """Summarise the run."""
+        from qlora_kit.training.loop import TrainResult
+
+        history = self.log.history
+        train = [r for r in history if "loss" in r]
+        evals = [r for r in history if "eval_loss" in r]
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        return TrainResult(
+            history=history,
+            train_loss=train[-1]["loss"] if train else None,
+            eval_loss=evals[-1]["eval_loss"] if evals else None,
+            eval_perplexity=evals[-1]["eval_perplexity"] if evals else None,
+            steps=self.state.step,
+            epochs=self.state.epoch_float,
+            tokens=self.state.tokens,
+            supervised_tokens=self.state.supervised_tokens,
+            train_time_s=seconds,
+            peak_memory_gb=peak,
+            checkpoints=[str(p) for p in self.checkpoints.checkpoints()],
+            stopped_early=self.state.should_stop,
+        )
+
+
+def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any]]) -> Run:
+    """Build the accelerator, optimizer and schedule, prepare them, and resume if configured."""
+    cfg = trainer.cfg
+    if len(train_data) == 0:
+        raise DataError("the training data is empty")
+    acc, owns = _accelerator(trainer)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)  # dropout; a resumed run then restores the checkpoint's RNG states
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    _set_grad_checkpointing(model, cfg.grad_checkpointing)
+    keep_4bit_weights_trainable(model)
+    model.train()
+
+    lengths = row_lengths(train_data) if trainer.batch_planner else range(len(train_data))  # only len() used
+
+    def plan(epoch: int) -> list[list[list[int]]]:
+        micro = epoch_batches(lengths, cfg.micro_batch_size, cfg.seed, epoch, trainer.batch_planner,
+                              acc.process_index, acc.num_processes)  # fmt: skip
+        return windows(micro, cfg.grad_accum)
+
+    steps_per_epoch = len(plan(0))
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(train_data)} training rows make no batch for {acc.num_processes} processes")
+    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+
+    fingerprints = {
+        "train": config_fingerprint(cfg),
+        "data": data_fingerprint(train_data, trainer.collate_fn),
+        "adapter": adapter_fingerprint(model),
+        "processes": acc.num_processes,
+    }
+    optimizer = build_optimizer(cfg.optimizer, model)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total)
+    model, optimizer = acc.prepare(model, optimizer)
+    acc.register_for_checkpointing(scheduler)
+    hooks = register_adapter_only_hooks(acc, model)
+
+    checkpoints = CheckpointManager(trainer.output_dir, cfg.keep_last)
+    state = TrainerState(total_steps=total, steps_per_epoch=steps_per_epoch, fingerprints=fingerprints)
+    resume_from = checkpoints.resolve(cfg.resume)
+    if acc.is_main_process:
+        trainer.output_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.clean_temporary()
+    if resume_from is not None:
+        check_resumable(read_state(resume_from).fingerprints, fingerprints, resume_from)
+        state = checkpoints.load(acc, resume_from)
+        logger.info("resumed from %s at step %d (epoch %.2f)", resume_from, state.step, state.epoch_float)
+    if owns and cfg.trackers:
+        acc.init_trackers("qlora_kit", config=_flat_config(cfg.model_dump(mode="json")))
+
+    run = Run(
+        accelerator=acc, owns_accelerator=owns, model=model, optimizer=optimizer, scheduler=scheduler,
+        state=state, checkpoints=checkpoints, hooks=hooks,
+        log=MetricsLogger(acc, trainer.output_dir, total, start_step=state.step),
+        window_iter=_window_iter(state, plan, train_data, trainer.collate_fn, acc.device),
+    )  # fmt: skip
+    run.last_checkpoint = resume_from
+    return run
+
+
+def finish_run(run: Run) -> None:
+    """Close the logs, release the accelerator's hold on the model, remove the checkpoint hooks."""
+    acc = run.accelerator
+    run.log.close()
+    for hook in run.hooks:
+        hook.remove()
+    # the scheduler was registered for checkpointing by this run only
+    acc._custom_objects = [o for o in acc._custom_objects if o is not run.scheduler]
+    acc.unwrap_model(run.model, keep_fp32_wrapper=False)  # restores the model's own forward
+    keep_4bit_weights_trainable(run.model)
+    if run.owns_accelerator:
+        if acc.trackers:
+            acc.end_training()
+        acc.free_memory()
+
+
+def _accelerator(trainer: Trainer) -> tuple[Any, bool]:
+    if trainer.accelerator is not None:
+        acc, owns = trainer.accelerator, False
+    else:
+        from accelerate import Accelerator
+
+        cfg = trainer.cfg
+        acc = Accelerator(
+            mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+            log_with=list(cfg.trackers) or None,
+            project_dir=str(trainer.output_dir),
+        )
+        owns = True
+    if acc.gradient_accumulation_steps != 1:
+        # accelerator.backward would divide the loss again, on top of the token normalisation
+        raise ConfigError([("train.grad_accum", "pass an Accelerator with gradient_accumulation_steps=1; "
+                            "the Trainer accumulates over train.grad_accum itself")])  # fmt: skip
+    return acc, owns
+
+
+def _set_grad_checkpointing(model: Any, enabled: bool) -> None:
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*; accept both
+    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    if enabled and hasattr(model, f"{prefix}_checkpointing_enable"):
+        # non-reentrant: works with frozen inputs (no enable_input_require_grads) and keeps RNG exact
+        kwargs = {f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
+        getattr(model, f"{prefix}_checkpointing_enable")(**kwargs)
+    elif not enabled and hasattr(model, f"{prefix}_checkpointing_disable"):
+        getattr(model, f"{prefix}_checkpointing_disable")()
+
+
+def _window_iter(state: TrainerState, plan: Any, rows: Any, collate_fn: Any, device: Any) -> Iterator[list]:
+    """Windows from the state's position on: the epoch's order is rebuilt from (seed, epoch), and the
+    windows a resumed run already consumed are skipped without being collated."""
+    while True:
+        for window in plan(state.epoch)[state.step_in_epoch :]:
+            batches = [collate_fn([rows[i] for i in micro]) for micro in window]
+            yield [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+        state.epoch += 1
+        state.step_in_epoch = 0
+
+
+def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalars only, dotted keys (tensorboard's hparams accept nothing else)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat

@@ -1,0 +1,112 @@
+"""Progress bar, ``metrics.jsonl``, the loss-curve PNG, and Accelerate trackers (tensorboard, wandb)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+class MetricsLogger:
+    """Everything a run reports, written by the main process only.
+
+    Each record is a dict with at least ``step``; train records carry ``loss``, ``lr``, ``grad_norm``,
+    ``tokens`` and ``tokens_per_s``, eval records ``eval_loss`` and ``eval_perplexity``.
+    """
+
+    def __init__(self, accelerator: Any, output_dir: Path, total_steps: int, start_step: int = 0):
+        from tqdm.auto import tqdm
+
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.path = Path(output_dir) / METRICS_FILE
+        self.history: list[dict[str, Any]] = []
+        if self.main:
+            self._truncate_after(start_step)
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, disable=not self.main, desc="train", dynamic_ncols=True
+        )
+        self._window_start = time.perf_counter()
+        self._window_tokens = 0
+
+    def count_tokens(self, tokens: int) -> None:
+        """Add input tokens processed since the last log line (for tokens/s)."""
+        self._window_tokens += tokens
+
+    def log_train(self, step: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Log a train record, with throughput measured since the previous one."""
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        record = {"step": step, **record, "tokens_per_s": round(self._window_tokens / elapsed, 1)}
+        self._window_start, self._window_tokens = time.perf_counter(), 0
+        self.bar.set_postfix(
+            loss=f"{record['loss']:.4f}",
+            lr=f"{record['lr']:.2e}",
+            tok_s=f"{record['tokens_per_s']:.0f}",
+            refresh=False,
+        )
+        return self.log(record)
+
+    def log(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Append ``record`` to the history, ``metrics.jsonl`` and the trackers."""
+        self.history.append(record)
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.accelerator.trackers:
+            self.accelerator.log(numbers, step=record["step"])
+        return record
+
+    def advance(self) -> None:
+        """One optimizer step done."""
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Close the progress bar and draw the loss curve."""
+        self.bar.close()
+        if self.main:
+            plot_loss_curve(self.history, self.path.with_name(LOSS_CURVE_FILE))
+
+    def _truncate_after(self, step: int) -> None:
+        # A resumed run rewrites the steps after its checkpoint; drop the interrupted run's copies.
+        if not self.path.exists():
+            return
+        kept = [
+            line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step
+        ]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.history = [json.loads(line) for line in kept]
+
+
+def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """Train (and eval) loss against step, as a PNG (matplotlib's Agg backend: no display needed)."""
+    train = [(r["step"], r["loss"]) for r in history if _finite(r.get("loss"))]
+    evals = [(r["step"], r["eval_loss"]) for r in history if _finite(r.get("eval_loss"))]
+    if not train and not evals:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / supervised token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
