@@ -1,0 +1,54 @@
+"""The seed's dataset flow (its section 3.2) and the opt-in measurement on the shared Alpaca demo file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import pytest
+
+from qlora_kit.config import DataConfig, FormatterSpec
+from qlora_kit.data import build_datasets, build_formatter, seed_dataset_flow
+from qlora_kit.testing import make_alpaca_rows, make_tokenizer
+
+DEMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca_en_demo.json"
+GPT2 = Path(__file__).resolve().parents[3] / "shared" / "assets" / "gpt2-tokenizer"
+
+
+def test_seed_flow_columns_after_each_map_step():
+    tokenizer = make_tokenizer(model_max_length=160)
+    tokenizer.pad_token = tokenizer.eos_token  # as the seed does
+    rows = [
+        {"output": r["output"], "input": r["input"], "instruction": r["instruction"]}
+        for r in make_alpaca_rows(30)
+    ]
+    final, columns = seed_dataset_flow(datasets.Dataset.from_list(rows), tokenizer, n=10)
+    assert columns == [
+        ["output", "input", "instruction"],
+        ["output", "input", "instruction"],
+        ["output", "input", "instruction", "text"],
+        ["output", "input", "instruction", "text", "input_ids", "attention_mask"],
+    ]
+    assert final.num_rows == 10
+    assert {len(ids) for ids in final["input_ids"]} == {160}  # padding="max_length"
+    # The seed's text is exactly what the alpaca_seed formatter renders (prompt + response).
+    formatter = build_formatter(FormatterSpec(kind="alpaca_seed"))
+    row = final[0]
+    assert row["text"] == "".join(s.text for s in formatter.render(row))
+
+
+@pytest.mark.skipif(not (DEMO.is_file() and GPT2.is_dir()), reason="needs ../shared (not shipped)")
+def test_demo_report_runs_in_seconds():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(GPT2), model_max_length=1024)
+    cfg = DataConfig.model_validate(
+        {"source": {"path": str(DEMO)}, "formatter": {"kind": "alpaca_seed"}, "padding": "max_length"}
+    )
+    report = build_datasets(cfg, build_formatter(cfg.formatter), tokenizer, micro_batch_size=2).report
+    assert report.rows_kept == report.rows_loaded > 900
+    assert report.seconds < 30
+    assert (
+        report.efficiency["packing"].real_fraction
+        > 3 * report.efficiency["padding: max_length"].real_fraction
+    )
