@@ -50,7 +50,8 @@ def test_packed_collator_concatenates_with_restarting_positions():
 def test_packed_collator_flash_kwargs_give_cumulative_lengths():
     batch = PackedCollator(flash_kwargs=True)(ROWS)
     assert batch["cu_seq_lens_q"].tolist() == [0, 3, 8] and batch["cu_seq_lens_q"].dtype == torch.int32
-    assert batch["max_length_q"] == batch["max_length_k"] == 5
+    assert batch["max_length_q"].item() == batch["max_length_k"].item() == 5
+    assert all(isinstance(v, torch.Tensor) for v in batch.values())  # all movable with .to(device)
 
 
 def test_make_collator_follows_the_config(tokenizer):

@@ -69,13 +69,13 @@ class PackedCollator:
     ``attention_mask`` (its absence is what lets transformers isolate the examples). The first token
     of each example is never a label: it would otherwise be predicted from the previous example.
     With ``flash_kwargs`` it also returns ``cu_seq_lens_q/k`` (int32 cumulative lengths) and
-    ``max_length_q/k`` (ints), which flash attention uses directly instead of deriving them from the
+    ``max_length_q/k`` (0-d int32 tensors), which flash attention uses directly instead of deriving them from the
     positions in every layer.
     """
 
     flash_kwargs: bool = False
 
-    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         lengths = [len(r["input_ids"]) for r in rows]
         input_ids = torch.cat([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows])
         labels = torch.cat([torch.as_tensor(r["labels"], dtype=torch.long) for r in rows])
@@ -89,9 +89,10 @@ class PackedCollator:
         }
         if self.flash_kwargs:
             cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-            batch.update(
-                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths)
-            )
+            # A 0-d tensor, as transformers' own prepare_fa_kwargs_from_position_ids gives, so that every
+            # value of the batch moves to the device with `.to()`.
+            longest = torch.tensor(max(lengths), dtype=torch.int32)
+            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
         return batch
 
 
