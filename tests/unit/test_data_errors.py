@@ -70,6 +70,15 @@ def test_invalid_json_names_the_line(tmp_path, tokenizer):
         build(tokenizer, source={"path": str(array)})
 
 
+def test_a_single_pretty_printed_object_is_not_rows(tmp_path, tokenizer):
+    path = tmp_path / "nested.json"
+    path.write_text(json.dumps({"data": GOOD}, indent=2))
+    with pytest.raises(
+        DataError, match=r"nested\.json: expected a JSON list of rows or one JSON object per line"
+    ):
+        build(tokenizer, source={"path": str(path)})
+
+
 def test_a_row_that_is_not_an_object(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "train.jsonl", [GOOD[0], ["a", "list"]])
     with pytest.raises(DataError, match=r"line 2: expected a JSON object per row, got list"):

@@ -262,3 +262,23 @@ def test_build_formatter_rejects_unknown_kinds_and_options():
     Spec.kind, Spec.options = "text", {"feild": "x"}
     with pytest.raises(ConfigError, match="feild"):
         build_formatter(Spec())
+
+
+def test_dolly_example_plugin_loads_from_yaml_and_meets_the_contract(monkeypatch, tokenizer):
+    import json
+    from pathlib import Path
+
+    from qlora_kit.config_io import load_config
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    monkeypatch.syspath_prepend(str(examples))
+    monkeypatch.chdir(examples.parent)
+    cfg = load_config(examples / "configs" / "dolly.yaml")
+    formatter = build_formatter(cfg.data.formatter)
+    rows = [json.loads(line) for line in (examples / "data" / "dolly_sample.jsonl").read_text().splitlines()]
+    assert check_formatter(formatter, rows, tokenizer) == len(rows)
+    text = golden(formatter, rows[1], tokenizer)
+    assert text.startswith("[MASKED]### Instruction:\nSummarize") and "### Context:\nThe river" in text
+    assert text.endswith(
+        "### Response:\n[/MASKED]Heavy rain flooded the fields and closed the bridge for a while." + EOS
+    )

@@ -90,14 +90,21 @@ def _from_datasets(path: str, builder: str | None, source: SourceConfig) -> Rows
 
 def _read_json(path: Path) -> Rows:
     text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" and text.lstrip()[:1] == "[":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # "Extra data" after the first value is what JSON lines look like to a whole-file parse.
+        if exc.msg != "Extra data":
             raise DataError(
                 f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
             ) from None
-        origins = [f"{path} row {i}" for i in range(len(data))]
+        whole = None
+    if isinstance(whole, list):
+        data, origins = whole, [f"{path} row {i}" for i in range(len(whole))]
+    elif whole is not None and len(text.strip().splitlines()) > 1:
+        raise DataError(
+            f"{path}: expected a JSON list of rows or one JSON object per line, got one {type(whole).__name__}"
+        )
     else:  # JSON lines (also accepted in a .json file, as `datasets` does)
         data, origins = [], []
         for number, line in enumerate(text.splitlines(), start=1):
