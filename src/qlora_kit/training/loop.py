@@ -186,7 +186,7 @@ class Trainer:
             metrics = run.log.log_train(state.step, self._train_record(run))
             run.interval_losses = []
         if eval_data is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
-            metrics.update(self._evaluate(run, eval_data))
+            metrics = {**metrics, **self._evaluate(run, eval_data)}  # the logged record stays as logged
         if cfg.save_every and state.step % cfg.save_every == 0:
             self._save(run)
         self.callbacks("on_step_end", state, metrics)

@@ -1,0 +1,202 @@
+"""The Trainer on the real QLoRA path (tiny Llama in 4-bit NF4 on the CPU, LoRA on every linear layer)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from qlora_kit.adapters import AdapterBuilder
+from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
+from qlora_kit.data.collate import PackedCollator
+from qlora_kit.errors import TrainingError
+from qlora_kit.loading import ModelLoader, prepare_for_training
+from qlora_kit.training import Callback, Trainer
+
+
+def qlora_model(model_dir, r=8, dropout=0.0):
+    """The tiny Llama in 4-bit with fresh, seeded LoRA adapters."""
+    model = ModelLoader(
+        ModelConfig(name_or_path=str(model_dir)), Bnb4bitQuant(compute_dtype="float32"), "cpu"
+    )
+    model = prepare_for_training(model.load_model(), grad_checkpointing=False)
+    torch.manual_seed(0)
+    return AdapterBuilder(AdapterConfig(r=r, alpha=2 * r, dropout=dropout)).apply(model)
+
+
+def token_rows(n, seed=0, lengths=(6, 24)):
+    """Rows of random ids whose first 1-3 tokens are a prompt (label -100)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        ids = [rng.randrange(1, 300) for _ in range(rng.randint(*lengths))]
+        prompt = rng.randint(1, 3)
+        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return rows
+
+
+def config(**overrides):
+    settings = dict(micro_batch_size=2, grad_accum=1, max_steps=2, grad_checkpointing=False, log_every=1)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def adapter_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def frozen_state(model):
+    tensors = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    for name, module in model.named_modules():  # the 4-bit blocks' scales live in the quant state
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None:
+            tensors[f"{name}.absmax"] = state.absmax.clone()
+    return tensors
+
+
+def test_overfits_a_few_rows_and_only_adapters_change(tiny_llama_dir, tokenizer, tmp_path):
+    model = qlora_model(tiny_llama_dir)
+    rows = token_rows(4, lengths=(8, 12))
+    base_before, adapters_before = frozen_state(model), adapter_state(model)
+    cfg = config(
+        max_steps=None, epochs=12, optimizer={"lr": 1e-2}, eval_every=6, save_every=8,
+        keep_last=2, generation_prompts=["Say what the cat"],
+    )  # fmt: skip
+    result = Trainer(cfg, output_dir=tmp_path, tokenizer=tokenizer, max_new_tokens=4).fit(model, rows, rows)
+
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    assert result.steps == 24 and len(losses) == 24
+    # the random tiny model's frozen head and norms cap how far the loss can fall: ~6.0 -> ~4.9
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.6, losses
+    assert result.eval_loss < losses[0] - 0.6 and result.eval_perplexity == pytest.approx(
+        torch.tensor(result.eval_loss).exp().item()
+    )
+    base_after = frozen_state(model)
+    assert base_before.keys() == base_after.keys()
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before), "the 4-bit base changed"
+    assert any(not torch.equal(adapters_before[k], v) for k, v in adapter_state(model).items())
+
+    # outputs: metrics, curve, generations, the last K checkpoints (adapter-only weights)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records == result.history
+    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= records[0].keys()
+    assert [r["step"] for r in records if "eval_loss" in r] == [6, 12, 18, 24]
+    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+    generations = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
+    assert [g["step"] for g in generations] == [6, 12, 18, 24]
+    assert [p.rsplit("-", 1)[1] for p in result.checkpoints] == ["16", "24"]
+    saved = load_file(f"{result.checkpoints[-1]}/model.safetensors")
+    assert saved.keys() == adapter_state(model).keys()
+    assert all(torch.equal(saved[k], v) for k, v in adapter_state(model).items())
+    assert (tmp_path / "checkpoint-24" / "adapter" / "adapter_config.json").is_file()
+    state = json.loads((tmp_path / "checkpoint-24" / "trainer_state.json").read_text())
+    assert state["step"] == 24 and state["epoch"] == 11 and state["step_in_epoch"] == 2
+
+
+def test_accumulation_2x2_equals_1x4_with_uneven_lengths(tiny_llama_dir, tmp_path, monkeypatch):
+    # two long and two short rows: a mean of per-micro-batch means would weight them differently
+    rows = token_rows(2, seed=1, lengths=(28, 30)) + token_rows(2, seed=2, lengths=(5, 6))
+    grads = {}
+
+    def first_step_grads(micro_batch_size, grad_accum, out):
+        model = qlora_model(tiny_llama_dir)
+        seen = []
+
+        def capture(optimizer, args, kwargs):
+            seen.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+
+        handle = register_optimizer_step_pre_hook(capture)
+        try:
+            cfg = config(
+                micro_batch_size=micro_batch_size, grad_accum=grad_accum, max_steps=1, max_grad_norm=None
+            )
+            Trainer(cfg, output_dir=tmp_path / out).fit(model, rows)
+        finally:
+            handle.remove()
+        return seen[0]
+
+    grads["2x2"] = first_step_grads(2, 2, "a")
+    grads["1x4"] = first_step_grads(4, 1, "b")
+    assert grads["2x2"].keys() == grads["1x4"].keys() and len(grads["1x4"]) > 0
+    for name, grad in grads["1x4"].items():
+        torch.testing.assert_close(grads["2x2"][name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert any(g.abs().sum() > 0 for g in grads["1x4"].values())
+
+
+def test_packed_batches_train(tiny_llama_dir, tmp_path):
+    model = qlora_model(tiny_llama_dir)
+    result = Trainer(config(), output_dir=tmp_path, collate_fn=PackedCollator()).fit(model, token_rows(4))
+    assert result.steps == 2 and result.tokens == sum(len(r["input_ids"]) for r in token_rows(4))
+
+
+class _Raise(Callback):
+    def __init__(self, at_step, exc):
+        self.at_step, self.exc = at_step, exc
+
+    def on_step_end(self, state, metrics):
+        if state.step == self.at_step:
+            raise self.exc
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_llama_dir, tmp_path):
+    model = qlora_model(tiny_llama_dir)
+    forwards = []
+
+    def poison(module, args, output):  # the 3rd forward (step 3, one micro-batch per step) overflows
+        forwards.append(1)
+        return output * float("inf") if len(forwards) == 3 else output
+
+    model.get_output_embeddings().register_forward_hook(poison)
+    trainer = Trainer(config(max_steps=5, save_every=1), output_dir=tmp_path)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step 3.*checkpoint-2"):
+        trainer.fit(model, token_rows(10))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    saved = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in adapter_state(model).items()), (
+        "the bad step updated weights"
+    )
+
+
+def test_window_without_supervised_tokens_is_reported_and_skipped(tiny_llama_dir, tmp_path, caplog):
+    rows = token_rows(3)
+    rows[1] = {"input_ids": rows[1]["input_ids"], "labels": [-100] * len(rows[1]["input_ids"])}
+    model = qlora_model(tiny_llama_dir)
+    result = Trainer(config(micro_batch_size=1, max_steps=3), output_dir=tmp_path).fit(model, rows)
+    skipped = [r for r in result.history if r.get("skipped")]
+    assert len(skipped) == 1 and "no supervised token" in caplog.text
+    assert result.steps == 3 and all(torch.isfinite(p).all() for p in adapter_state(model).values())
+
+
+def test_out_of_memory_names_the_knobs(tiny_llama_dir, tmp_path):
+    model = qlora_model(tiny_llama_dir)
+
+    def oom(module, args, output):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model.get_output_embeddings().register_forward_hook(oom)
+    with pytest.raises(TrainingError, match="out of memory at step 1.*micro_batch_size.*grad_checkpointing"):
+        Trainer(config(), output_dir=tmp_path).fit(model, token_rows(4))
+
+
+def test_callback_can_stop_the_run_with_a_final_checkpoint(tiny_llama_dir, tmp_path):
+    class StopAtTwo(Callback):
+        def on_step_end(self, state, metrics):
+            state.should_stop = state.step == 2
+
+    result = Trainer(config(max_steps=10), output_dir=tmp_path, callbacks=[StopAtTwo()]).fit(
+        qlora_model(tiny_llama_dir), token_rows(8)
+    )
+    assert result.steps == 2 and result.stopped_early
+    assert result.checkpoints[-1].endswith("checkpoint-2")
+
+
+@pytest.mark.parametrize("kind", ["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"])
+def test_each_optimizer_trains_the_adapters(tiny_llama_dir, tmp_path, kind):
+    model = qlora_model(tiny_llama_dir)
+    before = adapter_state(model)
+    cfg = config(max_steps=1, optimizer={"kind": kind, "lr": 1e-3}, scheduler={"kind": "constant"})
+    Trainer(cfg, output_dir=tmp_path).fit(model, token_rows(2))
+    assert any(not torch.equal(before[k], v) for k, v in adapter_state(model).items())
