@@ -40,7 +40,9 @@ def linear_layer_names(model: nn.Module) -> list[str]:
 
 
 def _leaf_names(model: nn.Module) -> list[str]:
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and not list(m.children())})
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and not list(m.children())}
+    )
 
 
 def _matches(name: str, target: str) -> bool:
@@ -131,7 +133,12 @@ class AdapterBuilder:
         if missing:
             existing = ", ".join(_leaf_names(model))
             raise ConfigError(
-                [(field, f"no module named {', '.join(map(repr, missing))} in the model; modules: {existing}")]
+                [
+                    (
+                        field,
+                        f"no module named {', '.join(map(repr, missing))} in the model; modules: {existing}",
+                    )
+                ]
             )
 
     @staticmethod

@@ -146,7 +146,9 @@ class ModelLoader:
             source, trust_remote_code=self.model_cfg.trust_remote_code, **self._hub_kwargs()
         )
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=self.model_cfg.trust_remote_code)
+            skeleton = AutoModelForCausalLM.from_config(
+                config, trust_remote_code=self.model_cfg.trust_remote_code
+            )
         return sorted(set(get_keys_to_not_convert(skeleton)) | set(extra))
 
 
@@ -194,7 +196,9 @@ def apply_pad_policy(tokenizer: Any, policy: str) -> None:
             raise ModelLoadError(f"model.pad_token={policy}: the tokenizer has no {policy} token; use `add`")
         tokenizer.pad_token = token
     else:
-        raise ModelLoadError("model.pad_token=keep: the tokenizer has no pad token; use `add`, `eos` or `unk`")
+        raise ModelLoadError(
+            "model.pad_token=keep: the tokenizer has no pad token; use `add`, `eos` or `unk`"
+        )
 
 
 def fit_embeddings_to_tokenizer(model: Any, tokenizer: Any) -> bool:

@@ -11,7 +11,12 @@ import torch
 
 from qlora_kit.errors import ConfigError, ModelLoadError
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8}
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "uint8": torch.uint8,
+}
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -96,8 +101,6 @@ def _probe_bitsandbytes(bnb_functional: Any, device: torch.device) -> None:
     weight = torch.ones(64, 64, device=device)
     packed, state = bnb_functional.quantize_4bit(weight, quant_type="nf4")
     bnb_functional.dequantize_4bit(packed, state)
-
-
 
 
 def _linear4bit_modules(model: Any) -> list[Any]:
