@@ -200,3 +200,17 @@ def test_each_optimizer_trains_the_adapters(tiny_llama_dir, tmp_path, kind):
     cfg = config(max_steps=1, optimizer={"kind": kind, "lr": 1e-3}, scheduler={"kind": "constant"})
     Trainer(cfg, output_dir=tmp_path).fit(model, token_rows(2))
     assert any(not torch.equal(before[k], v) for k, v in adapter_state(model).items())
+
+
+def test_mixed_precision_from_config_and_back(tiny_llama_dir, tmp_path):
+    """bf16 autocast when asked (here on the CPU), then none again in the same process."""
+    for precision, expected in [("bf16", torch.bfloat16), ("no", torch.float32)]:
+        model = qlora_model(tiny_llama_dir)
+        seen = []
+        adapter_linear = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A.default
+        adapter_linear.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+        result = Trainer(config(max_steps=1, mixed_precision=precision), output_dir=tmp_path / precision).fit(
+            model, token_rows(2)
+        )
+        assert set(seen) == {expected} and result.steps == 1
+        assert not hasattr(model, "_original_forward")  # the autocast wrapper is removed after fit

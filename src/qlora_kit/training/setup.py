@@ -33,11 +33,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def resolve_mixed_precision(choice: str) -> str:
-    """``auto`` -> bf16 on GPUs that support it, fp16 (with a loss scaler) on older GPUs, none on CPU."""
+def resolve_mixed_precision(choice: str, device: torch.device | None = None) -> str:
+    """``auto`` -> bf16 on GPUs that support it, fp16 (with a loss scaler) on older GPUs, none on CPU.
+
+    ``device`` is where the model lives (default: ``cuda`` when available); a CPU model gets no
+    autocast under ``auto`` even on a machine with a GPU.
+    """
     if choice != "auto":
         return choice
-    if torch.cuda.is_available():
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_cuda:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "no"
 
@@ -88,7 +93,8 @@ class Run:
         history = self.log.history
         train = [r for r in history if "loss" in r]
         evals = [r for r in history if "eval_loss" in r]
-        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        device = self.accelerator.device
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         return TrainResult(
             history=history,
             train_loss=train[-1]["loss"] if train else None,
@@ -110,12 +116,12 @@ def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any
     cfg = trainer.cfg
     if len(train_data) == 0:
         raise DataError("the training data is empty")
-    acc, owns = _accelerator(trainer)
+    acc, owns = _accelerator(trainer, model)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)  # dropout; a resumed run then restores the checkpoint's RNG states
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    if acc.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(acc.device)
     _set_grad_checkpointing(model, cfg.grad_checkpointing)
     keep_4bit_weights_trainable(model)
     model.train()
@@ -183,15 +189,15 @@ def finish_run(run: Run) -> None:
         acc.free_memory()
 
 
-def _accelerator(trainer: Trainer) -> tuple[Any, bool]:
+def _accelerator(trainer: Trainer, model: Any) -> tuple[Any, bool]:
     if trainer.accelerator is not None:
         acc, owns = trainer.accelerator, False
     else:
-        from accelerate import Accelerator
-
         cfg = trainer.cfg
-        acc = Accelerator(
-            mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+        device = next(model.parameters()).device
+        acc = _new_accelerator(
+            cpu=device.type == "cpu",
+            mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device),
             log_with=list(cfg.trackers) or None,
             project_dir=str(trainer.output_dir),
         )
@@ -201,6 +207,26 @@ def _accelerator(trainer: Trainer) -> tuple[Any, bool]:
         raise ConfigError([("train.grad_accum", "pass an Accelerator with gradient_accumulation_steps=1; "
                             "the Trainer accumulates over train.grad_accum itself")])  # fmt: skip
     return acc, owns
+
+
+def _new_accelerator(**kwargs: Any) -> Any:
+    """An Accelerator, even after an earlier fit in this process used another device or precision.
+
+    Accelerate keeps its device and precision in process-wide state that a second Accelerator cannot
+    change (it raises, or silently keeps the old device). In a single-process run, that state is
+    reset when it disagrees with this run's model; a distributed launch is left to accelerate.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        current = PartialState()
+        stale = (current.device.type == "cpu") != kwargs["cpu"]
+        if AcceleratorState._shared_state:
+            stale = stale or AcceleratorState().mixed_precision != kwargs["mixed_precision"]
+        if stale:
+            AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(**kwargs)
 
 
 def _set_grad_checkpointing(model: Any, enabled: bool) -> None:
