@@ -208,7 +208,9 @@ def test_mixed_precision_from_config_and_back(tiny_llama_dir, tmp_path):
         model = qlora_model(tiny_llama_dir)
         seen = []
         adapter_linear = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A.default
-        adapter_linear.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+        adapter_linear.register_forward_hook(
+            lambda module, args, output, seen=seen: seen.append(output.dtype)
+        )
         result = Trainer(config(max_steps=1, mixed_precision=precision), output_dir=tmp_path / precision).fit(
             model, token_rows(2)
         )
