@@ -1,0 +1,42 @@
+"""Adapter export: the LoRA adapter in PEFT format, with its tokenizer, generation config and run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qlora_kit.errors import QloraKitError
+from qlora_kit.export.files import atomic_dir, generation_config_for, write_run_files
+
+ADAPTER_DIR = "adapter"
+
+
+def require_peft_model(model: Any) -> None:
+    """Raise unless ``model`` is a ``peft.PeftModel`` (nothing else has an adapter to export)."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        raise QloraKitError(
+            f"export: expected a peft.PeftModel (from AdapterBuilder.apply), got {type(model).__name__}"
+        )
+
+
+def save_adapter(model: Any, tokenizer: Any, target: str | Path, run_cfg: Any) -> Path:
+    """Write ``target`` atomically: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's own
+    format: ``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM`` load it), the tokenizer, a
+    ``generation_config.json`` whose EOS and pad ids are the training tokenizer's, and the run config.
+
+    PEFT also saves the embedding matrices when the tokenizer grew (an added pad token), so the
+    adapter loads onto a base resized the same way.
+
+    Returns:
+        ``target`` as a Path.
+    """
+    require_peft_model(model)
+    target = Path(target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        generation_config_for(model, tokenizer, run_cfg.data.formatter.kind).save_pretrained(tmp)
+        write_run_files(tmp, run_cfg)
+    return target

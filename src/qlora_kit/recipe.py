@@ -1,0 +1,126 @@
+"""``run(cfg)``: the whole QLoRA pipeline in straight lines you can copy and change.
+
+load -> format + encode data (report written) -> k-bit prep -> LoRA -> train -> export -> summary.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` produced.
+
+    Attributes:
+        output_dir: Where everything was written.
+        train: The trainer's :class:`~qlora_kit.training.TrainResult` (losses, steps, time, memory).
+        export: The exporter's :class:`~qlora_kit.export.ExportResult` (directories, merge report).
+        data_report: The data pipeline's :class:`~qlora_kit.data.DataReport`.
+        seconds: Wall time of the whole run (loading and export included).
+    """
+
+    output_dir: Path
+    train: Any
+    export: Any
+    data_report: Any
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as plain JSON values (also written to ``summary.json``)."""
+        t = self.train
+        return {
+            "output_dir": str(self.output_dir),
+            "seconds": round(self.seconds, 2),
+            "train_seconds": round(t.train_time_s, 2),
+            "steps": t.steps,
+            "train_loss": t.train_loss,
+            "eval_loss": t.eval_loss,
+            "eval_perplexity": t.eval_perplexity,
+            "tokens": t.tokens,
+            "supervised_tokens": t.supervised_tokens,
+            "peak_cuda_memory_gb": t.peak_memory_gb,
+            "peak_rss_gb": round(peak_rss_gb(), 3),
+            "adapter_dir": str(self.export.adapter_dir) if self.export.adapter_dir else None,
+            "merged_dir": str(self.export.merged_dir) if self.export.merged_dir else None,
+            "merge_passed": None if self.export.merge_report is None else self.export.merge_report["passed"],
+            "checkpoints": t.checkpoints,
+        }
+
+    def summary(self) -> str:
+        """A few human-readable lines: where things are, final losses, time, peak memory."""
+        d, t = self.to_dict(), self.train
+        fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+        memory = (
+            f"{d['peak_cuda_memory_gb']:.2f} GB CUDA"
+            if d["peak_cuda_memory_gb"]
+            else f"{d['peak_rss_gb']:.2f} GB RSS"
+        )
+        lines = [
+            f"output:     {self.output_dir}",
+            f"train loss: {fmt(t.train_loss)}   eval loss: {fmt(t.eval_loss)}   ({t.steps} steps)",
+            f"time:       {d['train_seconds']:.1f} s training, {d['seconds']:.1f} s in all   peak memory: {memory}",
+            self.export.summary(),
+        ]
+        return "\n".join(lines)
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process in GB (ru_maxrss is in KB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1e9 if sys.platform == "darwin" else 1e6)
+
+
+def run(cfg: Any, overrides: Iterable[str] = ()) -> RunResult:
+    """Fine-tune per ``cfg`` (a RunConfig, a dict or a YAML/JSON path, plus dotted ``overrides``).
+
+    Writes into ``cfg.output_dir``: ``run_config.yaml``, the data report, checkpoints, ``metrics.jsonl``,
+    the export (``adapter/``, ``merged/``) and ``summary.json``.
+    """
+    from qlora_kit.adapters import AdapterBuilder
+    from qlora_kit.config_io import load_config, write_run_config
+    from qlora_kit.data import build_datasets, build_formatter, length_grouped_batches, make_collator
+    from qlora_kit.export import build_exporter
+    from qlora_kit.loading import ModelLoader, prepare_for_training
+    from qlora_kit.training import Trainer
+
+    started = time.perf_counter()
+    cfg = load_config(cfg, overrides)
+    out = Path(cfg.output_dir)
+    write_run_config(cfg, out)
+    model, tokenizer = ModelLoader(cfg.model, cfg.quant).load()
+    formatter = build_formatter(cfg.data.formatter)
+    data = build_datasets(
+        cfg.data, formatter, tokenizer, micro_batch_size=cfg.train.micro_batch_size, output_dir=out
+    )
+    model = prepare_for_training(model, cfg.train.grad_checkpointing)  # freezes the base: before LoRA
+    model = AdapterBuilder(cfg.adapter).apply(model)
+    trainer = Trainer(
+        cfg.train,
+        output_dir=out,
+        collate_fn=make_collator(cfg.data, tokenizer, attn_implementation=model.config._attn_implementation),
+        batch_planner=length_grouped_batches if cfg.data.group_by_length else None,
+        tokenizer=tokenizer,
+    )
+    trained = trainer.fit(model, data.train, data.eval)
+    held_out = data.eval if data.eval is not None else data.train
+    exported = build_exporter(cfg.export).export(model, tokenizer, out, cfg, verify_rows=held_out)
+    result = RunResult(out, trained, exported, data.report, time.perf_counter() - started)
+    write_summary(result)
+    return result
+
+
+def write_summary(result: RunResult, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``summary.json`` into the run's output dir."""
+    path = result.output_dir / SUMMARY_FILE
+    path.write_text(json.dumps({**result.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
+    return path
