@@ -60,6 +60,64 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge_exit_code(exported) -> int:
+    """3 when a merged export failed verification (the model was saved, but differs from the trained one)."""
+    if exported.merge_failed:
+        print(f"\n!!! {exported.merge_report['message']}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from qlora_kit.recipe import run
+
+    result = run(args.config, args.overrides)
+    print(result.summary())
+    return _merge_exit_code(result.export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from qlora_kit.export.rerun import export_run
+
+    overrides = list(args.overrides)
+    overrides += [f"export.kind={args.kind}"] if args.kind else []
+    overrides += [f"export.merge_base={args.merge_base}"] if args.merge_base else []
+    result = export_run(args.output_dir, overrides, device=args.device)
+    print(result.summary())
+    return _merge_exit_code(result)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from qlora_kit.generation import chat, generate, load_exported
+
+    fields = dict(item.split("=", 1) for item in args.field)
+    loaded = load_exported(args.output_dir, prefer=args.use, device=args.device)
+    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    if args.chat:
+        chat(loaded, args.prompt[0] if args.prompt else None, **options)
+        return 0
+    if not args.prompt:
+        raise QloraKitError("generate: give --prompt TEXT (repeatable) or --chat")
+    for prompt in args.prompt:
+        print(generate(loaded, prompt, input=args.input, fields=fields, **options))
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from qlora_kit.quickstart import quickstart
+
+    result = quickstart(
+        output_dir=args.output_dir,
+        steps=args.steps,
+        train_rows=args.train_rows,
+        eval_rows=args.eval_rows,
+        device=args.device,
+        export=args.export,
+    )
+    print(result.report())
+    return _merge_exit_code(result.run.export)
+
+
 def _with_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML or JSON run config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optimizer.lr=1e-4")
@@ -93,6 +151,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("train", help="run the whole pipeline: load, data report, adapt, train, export")
+    _with_config(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="export a finished run again (adapter, or a verified merged model)")
+    p.add_argument("output_dir", help="the run's output_dir (holds run_config.yaml)")
+    p.add_argument(
+        "overrides", nargs="*", help="dotted overrides of the export section, e.g. export.dtype=float16"
+    )
+    p.add_argument("--kind", choices=["adapter", "merged"], help="shortcut for export.kind=...")
+    p.add_argument(
+        "--merge-base", choices=["original", "dequantized"], help="shortcut for export.merge_base=..."
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("generate", help="generate from an exported run in its training prompt format")
+    p.add_argument("output_dir", help="a run's output_dir, or its adapter/ or merged/ directory")
+    p.add_argument(
+        "--prompt", action="append", default=[], help="the instruction / user message (repeatable)"
+    )
+    p.add_argument("--input", help="the Alpaca `input` (context) field")
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="another field of a custom formatter",
+    )
+    p.add_argument(
+        "--chat", action="store_true", help="a conversation on stdin (chatml / chat_template runs)"
+    )
+    p.add_argument(
+        "--use", choices=["adapter", "merged"], help="which export of a run dir (default: merged if present)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "quickstart", help="fine-tune SmolLM2-135M offline on a generated task; before/after report"
+    )
+    p.add_argument("--output-dir", default="runs/quickstart")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the quickstart's full length)")
+    p.add_argument("--train-rows", type=int, help="generated training rows")
+    p.add_argument("--eval-rows", type=int, help="held-out rows scored before and after")
+    p.add_argument("--export", choices=["adapter", "merged"], default="merged")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
+    p.set_defaults(func=_cmd_quickstart)
     return parser
 
 

@@ -194,3 +194,43 @@ def complete(
         cut = next((i for i, tok in enumerate(row) if tok in stops), len(row))
         texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
     return texts
+
+
+def chat(
+    loaded: LoadedModel,
+    first: str | None = None,
+    *,
+    read: Any = input,
+    write: Any = print,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+) -> list[dict[str, str]]:
+    """Turn-by-turn conversation: each user line is answered with the whole conversation as context.
+
+    Needs a chat formatter (`chatml`, `chat_template`). Ends at an empty line or end of input.
+
+    Returns:
+        The conversation's messages.
+    """
+    if not getattr(loaded.formatter.options, "messages_field", None):
+        raise QloraKitError(
+            f"--chat needs a run trained with a chat formatter (chatml, chat_template); "
+            f"this one used {loaded.run_cfg.data.formatter.kind!r}"
+        )
+    history: list[dict[str, str]] = []
+    prompt = first
+    while True:
+        if prompt is None:
+            try:
+                prompt = read("you> ")
+            except EOFError:
+                break
+        if not prompt.strip():
+            break
+        reply = generate(
+            loaded, prompt, history=history, max_new_tokens=max_new_tokens, temperature=temperature
+        )
+        write(f"model> {reply}")
+        history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        prompt = None
+    return history
