@@ -91,9 +91,13 @@ def _convert(path: Path, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
         raise ModelLoadError(f"model.name_or_path: cannot dequantize GGUF file {path}: {exc}") from exc
-    # A fresh model from the config sheds whatever GGUF-loading state the loaded one carries, so the
-    # saved directory is an ordinary checkpoint.
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    # The loaded model is marked as GGUF-quantized (config.quantization_config, quantizer hooks), which
+    # would make bitsandbytes refuse it later: a fresh model from the config without that marker, given
+    # the dequantized weights, saves as an ordinary checkpoint.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -140,7 +140,7 @@ class ModelLoader:
         if not extra:
             return None
         from transformers import AutoConfig, AutoModelForCausalLM
-        from transformers.integrations import get_keys_to_not_convert
+        from transformers.quantizers.base import get_keys_to_not_convert
 
         config = AutoConfig.from_pretrained(
             source, trust_remote_code=self.model_cfg.trust_remote_code, **self._hub_kwargs()

@@ -197,3 +197,61 @@ def _encoding_problems(
     if full.labels[1:] != full.input_ids[1:]:
         problems.append("train_on_inputs=True leaves tokens other than the first untrained")
     return problems
+
+
+def make_tiny_gguf(path: str | Path, tokenizer: Any = None, **overrides: Any) -> Any:
+    """Write :func:`make_tiny_llama` (float32 tensors) and its tokenizer as a llama GGUF file at
+    ``path``, the way llama.cpp's converter lays it out. Returns the model it holds."""
+    import json
+
+    import gguf
+    import numpy as np
+
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer()
+    model = make_tiny_llama(tokenizer=tokenizer, **overrides)
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    rope = getattr(cfg, "rope_parameters", None) or {"rope_theta": getattr(cfg, "rope_theta", 10000.0)}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+    special = set(tokenizer.all_special_ids)
+    writer.add_token_types([3 if i in special else 1 for i in range(len(tokenizer))])  # 3 = control
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        array = tensor.float().numpy()
+        if name.endswith("q_proj.weight"):  # llama.cpp stores q/k rows permuted for its RoPE layout
+            array = _permute_for_gguf(array, cfg.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            array = _permute_for_gguf(array, cfg.num_key_value_heads)
+        writer.add_tensor(
+            names.get_name(name, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(array)
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return model
+
+
+def _permute_for_gguf(weights: Any, n_head: int) -> Any:
+    rows = weights.shape[0]
+    return (
+        weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
