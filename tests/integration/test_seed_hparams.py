@@ -53,7 +53,7 @@ def test_seed_hyperparameters_are_expressible_and_run(tiny_llama_dir, tmp_path):
     model = AdapterBuilder(cfg.adapter).apply(prepare_for_training(model, train.grad_checkpointing))
     rng = random.Random(0)
     rows = []
-    for _ in range(20):  # 10 micro-batches of 2 -> 2 optimizer steps of 5 micro-batches per epoch
+    for _ in range(10):  # 5 micro-batches of 2 -> 1 optimizer step of 5 micro-batches per epoch
         ids = [rng.randrange(1, 300) for _ in range(rng.randint(6, 16))]
         rows.append({"input_ids": ids, "labels": ids})  # the seed trains on all tokens
     optimizers = []
@@ -63,10 +63,10 @@ def test_seed_hyperparameters_are_expressible_and_run(tiny_llama_dir, tmp_path):
     finally:
         handle.remove()
 
-    assert result.steps == 6 and result.epochs == 3
+    assert result.steps == 3 and result.epochs == 3
     assert bnb.optim.AdamW8bit in optimizers
     assert model.base_model.model.model.gradient_checkpointing
     lrs = [r["lr"] for r in result.history]
-    # warmup: ceil(0.03 * 6) = 1 step at half the peak, then linear decay from 2e-4 over the 5 others
-    assert lrs == pytest.approx([1e-4, 2e-4, 1.6e-4, 1.2e-4, 0.8e-4, 0.4e-4])
+    # warmup: ceil(0.03 * 3) = 1 step at half the peak, then linear decay from the 2e-4 peak
+    assert lrs == pytest.approx([1e-4, 2e-4, 1e-4])
     assert all(r["grad_norm"] > 0 for r in result.history)

@@ -216,3 +216,42 @@ def test_mixed_precision_from_config_and_back(tiny_llama_dir, tmp_path):
         )
         assert set(seen) == {expected} and result.steps == 1
         assert not hasattr(model, "_original_forward")  # the autocast wrapper is removed after fit
+
+
+def test_datasets_rows_with_a_length_grouping_planner(tiny_llama_dir, tmp_path):
+    from datasets import Dataset
+
+    from qlora_kit.data.sampling import length_grouped_batches
+
+    rows = Dataset.from_list(token_rows(8, lengths=(4, 30)))
+    planned = []
+
+    def planner(lengths, micro_batch_size, generator):
+        batches = length_grouped_batches(lengths, micro_batch_size, generator, mega_batch_mult=4)
+        planned.append([[len(rows[i]["input_ids"]) for i in b] for b in batches])
+        return batches
+
+    result = Trainer(config(max_steps=4), output_dir=tmp_path, batch_planner=planner).fit(
+        qlora_model(tiny_llama_dir), rows, rows.select(range(2))
+    )
+    assert result.steps == 4 and result.eval_loss is not None
+    lengths_sorted = sorted(len(r) for r in rows["input_ids"])
+    assert sorted(n for b in planned[0] for n in b) == lengths_sorted  # one epoch covers every row once
+
+
+class _FlatEval(Callback):
+    """Reports the same eval loss every time (runs before EarlyStopping, which the trainer adds last)."""
+
+    def on_evaluate(self, state, metrics):
+        metrics["eval_loss"] = 3.0
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(tiny_llama_dir, tmp_path):
+    cfg = config(max_steps=10, eval_every=1, early_stopping_patience=2)
+    rows = token_rows(4)
+    result = Trainer(cfg, output_dir=tmp_path, callbacks=[_FlatEval()]).fit(
+        qlora_model(tiny_llama_dir), rows, rows
+    )
+    # eval 1 sets the best, evals 2 and 3 do not improve on it: stop after step 3, with a checkpoint
+    assert result.steps == 3 and result.stopped_early
+    assert result.checkpoints[-1].endswith("checkpoint-3")

@@ -8,9 +8,12 @@ uninterrupted run would have seen.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from qlora_kit.training.loss import count_supervised
 
 BatchPlanner = Callable[[Sequence[int], int, torch.Generator], list[list[int]]]
 """``(row_lengths, micro_batch_size, generator) -> micro-batches of row indices`` for one epoch.
@@ -56,3 +59,30 @@ def row_lengths(rows: Any) -> list[int]:
     """Token count of each row (datasets' column access when available: no per-row decoding)."""
     column = rows["input_ids"] if hasattr(rows, "column_names") else (r["input_ids"] for r in rows)
     return [len(ids) for ids in column]
+
+
+@dataclass
+class Window:
+    """One optimizer step's micro-batches (on the device) and their token counts on this process.
+
+    The counts are taken on the CPU before the batches move, so reading them never waits for the device.
+    """
+
+    batches: list[dict[str, Any]]
+    supervised_tokens: int
+    input_tokens: int
+
+    @classmethod
+    def collate(cls, rows: Any, micro_batches: list[list[int]], collate_fn: Any, device: Any) -> Window:
+        """Collate ``micro_batches`` (row indices) with ``collate_fn`` and move them to ``device``."""
+        batches = [collate_fn([rows[i] for i in micro]) for micro in micro_batches]
+        supervised = sum(count_supervised(b) for b in batches)
+        inputs = sum(_input_tokens(b) for b in batches)
+        on_device = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+        return cls(on_device, supervised, inputs)
+
+
+def _input_tokens(batch: dict[str, Any]) -> int:
+    """Real (non-padding) input tokens of a batch."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()

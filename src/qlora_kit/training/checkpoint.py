@@ -129,6 +129,7 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every process's RNG file is in tmp before the rename
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             if hasattr(unwrapped, "save_pretrained"):

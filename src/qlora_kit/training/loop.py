@@ -20,10 +20,10 @@ import torch
 from qlora_kit.config import TrainConfig
 from qlora_kit.data.collate import PaddedCollator
 from qlora_kit.errors import TrainingError
-from qlora_kit.training.batches import BatchPlanner
+from qlora_kit.training.batches import BatchPlanner, Window
 from qlora_kit.training.callbacks import Callback, CallbackList, EarlyStopping
 from qlora_kit.training.evaluation import evaluate, generate_panel
-from qlora_kit.training.loss import LossFn, causal_lm_loss, count_supervised
+from qlora_kit.training.loss import LossFn, causal_lm_loss
 from qlora_kit.training.setup import Run, finish_run, oom_message, prepare_run
 
 logger = logging.getLogger(__name__)
@@ -105,9 +105,11 @@ class Trainer:
         when the checkpoint to resume from belongs to a different config or data.
         """
         started = time.perf_counter()
+        if eval_data is not None and len(eval_data) == 0:
+            eval_data = None
         run = prepare_run(self, model, train_data)
         try:
-            self._train(run, train_data, eval_data)
+            self._train(run, eval_data)
         except torch.OutOfMemoryError as err:
             raise TrainingError(oom_message(run.state.step + 1)) from err
         finally:
@@ -116,7 +118,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- the loop
 
-    def _train(self, run: Run, train_data: Sequence[dict[str, Any]], eval_data: Any) -> None:
+    def _train(self, run: Run, eval_data: Any) -> None:
         acc, state, cfg = run.accelerator, run.state, self.cfg
         model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
         self.callbacks("on_train_begin", state)
@@ -124,15 +126,15 @@ class Trainer:
             window = run.next_window()  # grad_accum collated micro-batches, already on the device
             # Normalise by the supervised tokens of the WHOLE window, counted over all processes
             # before any backward pass: a mean of per-micro-batch means over-weights short batches.
-            n_tokens = int(acc.reduce(torch.tensor(sum(map(count_supervised, window)), device=acc.device)))
+            n_tokens = run.global_sum(window.supervised_tokens)
             if n_tokens == 0:
                 self._skip_empty_window(run, window)
                 continue
             scale = acc.num_processes / n_tokens  # DDP averages gradients over processes: undo that
             loss_sum = torch.zeros((), device=acc.device)
-            for i, batch in enumerate(window):
+            for i, batch in enumerate(window.batches):
                 # Gradients are all-reduced across processes only on the window's last micro-batch.
-                with acc.no_sync(model) if i < len(window) - 1 else nullcontext():
+                with acc.no_sync(model) if i < len(window.batches) - 1 else nullcontext():
                     batch_loss = self.loss_fn(model, batch)  # summed token cross-entropy
                     acc.backward(batch_loss * scale)
                 loss_sum += batch_loss.detach()
@@ -154,10 +156,10 @@ class Trainer:
             )
         self._finish(run, eval_data)
 
-    def _skip_empty_window(self, run: Run, window: list[dict[str, torch.Tensor]]) -> None:
+    def _skip_empty_window(self, run: Run, window: Window) -> None:
         logger.warning(
             "step %d: no supervised token in its %d micro-batch(es); skipped without an update",
-            run.state.step + 1, len(window),
+            run.state.step + 1, len(window.batches),
         )  # fmt: skip
         run.optimizer.zero_grad(set_to_none=True)
         run.scheduler.step()  # keep the schedule aligned with the step count
@@ -167,10 +169,10 @@ class Trainer:
     # --------------------------------------------------------------------- between the steps
 
     def _after_step(
-        self, run: Run, window: list, step: dict[str, Any] | None, n_tokens: int, eval_data: Any
+        self, run: Run, window: Window, step: dict[str, Any] | None, n_tokens: int, eval_data: Any
     ) -> None:
-        acc, state, cfg = run.accelerator, run.state, self.cfg
-        tokens = int(acc.reduce(torch.tensor(sum(_input_tokens(b) for b in window), device=acc.device)))
+        state, cfg = run.state, self.cfg
+        tokens = run.global_sum(window.input_tokens)
         state.step += 1
         state.step_in_epoch += 1
         state.tokens += tokens
@@ -213,7 +215,7 @@ class Trainer:
         acc.wait_for_everyone()
         run.last_eval_step = run.state.step
         record = run.log.log({"step": run.state.step, **metrics})
-        self.callbacks("on_evaluate", run.state, record)
+        self.callbacks("on_evaluate", run.state, dict(record))  # callbacks get a copy of the logged record
         return metrics
 
     def _save(self, run: Run) -> None:
@@ -222,14 +224,11 @@ class Trainer:
         self.callbacks("on_save", run.state, str(path))
 
     def _finish(self, run: Run, eval_data: Any) -> None:
+        if run.interval_losses:  # stopped early, between two log lines
+            run.log.log_train(run.state.step, self._train_record(run))
+            run.interval_losses = []
         if eval_data is not None and run.last_eval_step != run.state.step:
             self._evaluate(run, eval_data)
         if run.last_checkpoint is None or run.last_checkpoint.name != f"checkpoint-{run.state.step}":
             self._save(run)
         self.callbacks("on_train_end", run.state)
-
-
-def _input_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Real (non-padding) input tokens of a batch."""
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()

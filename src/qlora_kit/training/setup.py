@@ -13,7 +13,7 @@ import torch
 
 from qlora_kit.errors import ConfigError, DataError
 from qlora_kit.quant import keep_4bit_weights_trainable
-from qlora_kit.training.batches import epoch_batches, row_lengths, windows
+from qlora_kit.training.batches import Window, epoch_batches, row_lengths, windows
 from qlora_kit.training.checkpoint import (
     CheckpointManager,
     adapter_fingerprint,
@@ -69,7 +69,7 @@ class Run:
     state: TrainerState
     checkpoints: CheckpointManager
     log: MetricsLogger
-    window_iter: Iterator[list[dict[str, torch.Tensor]]]
+    window_iter: Iterator[Window]
     hooks: list[Any] = field(default_factory=list)
     interval_losses: list[float] = field(default_factory=list)
     last_grad_norm: Any = 0.0
@@ -82,9 +82,15 @@ class Run:
         """The trainable parameters."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def next_window(self) -> list[dict[str, torch.Tensor]]:
-        """The next accumulation window's micro-batches (epochs roll over by themselves)."""
+    def next_window(self) -> Window:
+        """The next accumulation window (epochs roll over by themselves)."""
         return next(self.window_iter)
+
+    def global_sum(self, value: int) -> int:
+        """``value`` summed over all processes (no collective, and no device sync, on one process)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        return int(self.accelerator.reduce(torch.tensor(value, device=self.accelerator.device), "sum"))
 
     def result(self, seconds: float) -> TrainResult:
         """Summarise the run."""
@@ -160,6 +166,8 @@ def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any
         check_resumable(read_state(resume_from).fingerprints, fingerprints, resume_from)
         state = checkpoints.load(acc, resume_from)
         logger.info("resumed from %s at step %d (epoch %.2f)", resume_from, state.step, state.epoch_float)
+    elif cfg.resume == "auto":
+        logger.info("train.resume=auto: no checkpoint in %s, starting from scratch", trainer.output_dir)
     if owns and cfg.trackers:
         acc.init_trackers("qlora_kit", config=_flat_config(cfg.model_dump(mode="json")))
 
@@ -240,13 +248,12 @@ def _set_grad_checkpointing(model: Any, enabled: bool) -> None:
         getattr(model, f"{prefix}_checkpointing_disable")()
 
 
-def _window_iter(state: TrainerState, plan: Any, rows: Any, collate_fn: Any, device: Any) -> Iterator[list]:
+def _window_iter(state: TrainerState, plan: Any, rows: Any, collate_fn: Any, device: Any) -> Iterator[Window]:
     """Windows from the state's position on: the epoch's order is rebuilt from (seed, epoch), and the
     windows a resumed run already consumed are skipped without being collated."""
     while True:
-        for window in plan(state.epoch)[state.step_in_epoch :]:
-            batches = [collate_fn([rows[i] for i in micro]) for micro in window]
-            yield [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+        for micro_batches in plan(state.epoch)[state.step_in_epoch :]:
+            yield Window.collate(rows, micro_batches, collate_fn, device)
         state.epoch += 1
         state.step_in_epoch = 0
 
