@@ -47,7 +47,13 @@ def inspect_model(cfg: Any, device: str | torch.device | None = None) -> Inspect
     )
     quantized = loader.load_model()
     peft_model = AdapterBuilder(cfg.adapter).apply(quantized)
-    return inspect_loaded(original, peft_model, name=cfg.model.name_or_path, quant_cfg=cfg.quant)
+    report = inspect_loaded(original, peft_model, name=cfg.model.name_or_path, quant_cfg=cfg.quant)
+    if cfg.model.name_or_path.endswith(".gguf"):
+        report.notes.append(
+            f"The original is the GGUF file dequantized to float32 once (cached at {loader.source()}); "
+            "bitsandbytes quantized that copy, not the GGUF's own quantized blocks."
+        )
+    return report
 
 
 def inspect_loaded(

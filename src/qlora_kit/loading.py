@@ -73,6 +73,8 @@ class ModelLoader:
         """The model alone, quantized per the `quant` section and placed on the device."""
         from transformers import AutoModelForCausalLM
 
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {self.device} was asked for, but CUDA is not available here")
         check_dtype_supported(self.quant_cfg.compute_dtype, self.device)
         check_bitsandbytes(self.quant_cfg, self.device)
         source = self.source()

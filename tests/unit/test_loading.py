@@ -209,6 +209,7 @@ def test_bitsandbytes_without_a_backend_for_the_device(tiny_llama_dir, monkeypat
 
 
 def test_bf16_on_a_gpu_without_bf16(tiny_llama_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
     loader = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(), "cuda")
@@ -216,6 +217,12 @@ def test_bf16_on_a_gpu_without_bf16(tiny_llama_dir, monkeypatch):
         ModelLoadError, match="quant.compute_dtype: bfloat16 is not supported on cuda:0 \\(Tesla T4\\)"
     ):
         loader.load_model()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_cuda(tiny_llama_dir):
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(), "cuda:0").load_model()
 
 
 def test_cli_reports_a_bad_model_without_traceback(tmp_path, capsys):

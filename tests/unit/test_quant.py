@@ -45,9 +45,16 @@ def test_torch_dtype_names():
         torch_dtype("fp8")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny CPU work: extra threads only contend on a busy machine
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def quantized(tiny_llama_dir):
-    torch.set_num_threads(1)
     return ModelLoader(
         ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(compute_dtype="float32"), "cpu"
     )
