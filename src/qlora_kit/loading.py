@@ -207,18 +207,27 @@ def fit_embeddings_to_tokenizer(model: Any, tokenizer: Any) -> bool:
     """Grow the input embeddings (and a tied or untied output head) when the tokenizer has more
     tokens than the embedding matrix has rows; set the model's pad id. Returns whether it resized.
 
-    Only the missing rows are added (no rounding up), initialised by transformers at the mean of the
-    existing embeddings. In a 4-bit model the embeddings and output head are never quantized, so
-    this works there too, and tied weights stay tied. The new row stays frozen unless the embeddings
-    are in `adapter.modules_to_save`; that is harmless for a pad token, which is masked out of
-    attention and labels. But the base model's shape has changed: an adapter trained on it needs a
-    base resized the same way (or saved embeddings) to be loaded again.
+    Only the missing rows are added (no rounding up), each set to the mean of the existing rows:
+    deterministic, so every load of the same base (training, export, generation) gets the same
+    matrix; transformers' own mean resizing samples them at random. In a 4-bit model the embeddings
+    and output head are never quantized, so this works there too, and tied weights stay tied. The
+    new row stays frozen unless the embeddings are in `adapter.modules_to_save`; that is harmless for
+    a pad token, which is masked out of attention and labels. The base's shape has changed, though:
+    an adapter trained on it loads only on a base resized the same way (as ModelLoader does).
     """
     rows = model.get_input_embeddings().weight.shape[0]
     resized = len(tokenizer) > rows
     if resized:
-        logger.info("resizing token embeddings %d -> %d for the added pad token", rows, len(tokenizer))
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        logger.info("resizing token embeddings %d -> %d for added tokens", rows, len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        matrices = {
+            id(m.weight): m.weight
+            for m in (model.get_input_embeddings(), model.get_output_embeddings())
+            if m is not None
+        }
+        with torch.no_grad():
+            for weight in matrices.values():
+                weight[rows:] = weight[:rows].float().mean(dim=0).to(weight.dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -98,6 +98,17 @@ def test_pad_policy_add_resizes_and_keeps_tied_embeddings_tied(tmp_path, tokeniz
     assert model.lm_head.weight is model.get_input_embeddings().weight
     assert model.config.pad_token_id == tok.pad_token_id
     assert isinstance(model.transformer.h[0].attn.c_attn, Linear4bit)
+    embeddings = model.get_input_embeddings().weight
+    assert torch.equal(embeddings[-1], embeddings[:-1].float().mean(0).to(embeddings.dtype))
+    again, _ = _loader(tmp_path, pad_token="add").load()
+    assert torch.equal(again.get_input_embeddings().weight, embeddings)  # every load resizes alike
+
+
+def test_pad_policy_add_on_an_untied_head(tiny_llama_dir, tokenizer):
+    model, tok = _loader(tiny_llama_dir, pad_token="add").load()
+    head = model.get_output_embeddings().weight
+    assert head.shape[0] == len(tokenizer) + 1 and head is not model.get_input_embeddings().weight
+    assert torch.equal(head[-1], head[:-1].float().mean(0).to(head.dtype))
 
 
 def test_pad_policy_eos_reuses_eos_without_resizing(tiny_llama_dir, tokenizer):
