@@ -195,29 +195,37 @@ def _replace_dir(src: Path, dst: Path) -> None:
 def register_adapter_only_hooks(accelerator: Any, model: Any) -> list[Any]:
     """Make ``save_state``/``load_state`` store only ``model``'s trainable tensors (not the 4-bit base).
 
+    Accelerate lists the model it saves without its DDP wrapper, so both forms are recognised.
     Returns the hook handles; call ``.remove()`` on them when done.
     """
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    targets = (model, accelerator.unwrap_model(model))
+
+    def ours(m: Any) -> bool:
+        return any(m is t for t in targets)
+
+    def trainable(m: Any) -> set[str]:
+        return {name for name, p in m.named_parameters() if p.requires_grad}
 
     def save_hook(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
         for i, m in enumerate(models):
-            if m is model:
-                weights[i] = {k: v for k, v in weights[i].items() if k in trainable}
+            if ours(m):
+                keep = trainable(m)
+                weights[i] = {k: v for k, v in weights[i].items() if k in keep}
 
     def load_hook(models: list[Any], input_dir: str) -> None:
         from safetensors.torch import load_file
 
-        if model in models:
-            models.remove(model)  # loaded here, strictly, instead of by accelerate
+        for m in [m for m in models if ours(m)]:
+            models.remove(m)  # loaded here, strictly, instead of by accelerate
+            expected = trainable(m)
             tensors = load_file(os.path.join(input_dir, "model.safetensors"))
-            missing = sorted(trainable - set(tensors))
-            unexpected = sorted(set(tensors) - trainable)
+            missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
             if missing or unexpected:
                 raise TrainingError(
                     f"checkpoint {input_dir} does not match the adapter: missing {missing[:3]}, "
                     f"unexpected {unexpected[:3]}"
                 )
-            model.load_state_dict(tensors, strict=False)
+            m.load_state_dict(tensors, strict=False)
 
     return [
         accelerator.register_save_state_pre_hook(save_hook),
