@@ -45,8 +45,10 @@ def inspect_model(cfg: Any, device: str | torch.device | None = None) -> Inspect
         revision=cfg.model.revision,
         cache_dir=cfg.model.cache_dir,
     )
+    builder = AdapterBuilder(cfg.adapter)
+    builder.lora_config(original)  # a bad target fails here, before the quantized load
     quantized = loader.load_model()
-    peft_model = AdapterBuilder(cfg.adapter).apply(quantized)
+    peft_model = builder.apply(quantized)
     report = inspect_loaded(original, peft_model, name=cfg.model.name_or_path, quant_cfg=cfg.quant)
     if cfg.model.name_or_path.endswith(".gguf"):
         report.notes.append(
