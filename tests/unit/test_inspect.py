@@ -143,3 +143,19 @@ def test_inspect_loaded_matches_get_memory_footprint_and_dora_arithmetic(tiny_ll
     assert {row.pattern.rsplit(".", 1)[-1] for row in report.adapter.rows} == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
     }  # fmt: skip
+
+
+def test_cli_inspect_json_and_unknown_target(tiny_llama_dir, tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": str(tiny_llama_dir)}, "adapter": {"r": 4}}))
+    assert main(["inspect", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model_type"] == "llama" and data["adapter"]["targets"][0] == "down_proj"
+    path.write_text(
+        yaml.safe_dump(
+            {"model": {"name_or_path": str(tiny_llama_dir)}, "adapter": {"target_modules": ["c_attn"]}}
+        )
+    )
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "adapter.target_modules" in err and "q_proj" in err and "Traceback" not in err
