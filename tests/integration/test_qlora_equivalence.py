@@ -29,7 +29,7 @@ from qlora_kit.loading import ModelLoader, prepare_for_training
 from qlora_kit.quant import keep_4bit_weights_trainable
 from qlora_kit.testing import make_alpaca_rows, make_tiny_llama
 
-STEPS, CONTROL_STEPS, EVAL_EVERY, LR = 40, 20, 10, 1e-2
+STEPS, CONTROL_STEPS, EVAL_EVERY, LR = 60, 20, 10, 1e-2
 LOSS_TOL, ADAPTER_TOL = 1e-4, 1e-5
 # bitsandbytes packs a layer for the CPU only when out_features % 32 == 0 and in_features is a
 # multiple of the 64-wide quantization block; hidden 64 / kv-width 32 / intermediate 128 all are.
