@@ -68,9 +68,11 @@ class ModelConfig(StrictModel):
     """Run code shipped with the model repository. Off unless you trust the source."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] | None = None
     """Attention kernel; None lets transformers choose (sdpa where available)."""
-    pad_token: Literal["keep", "eos", "unk", "add"] = "add"
-    """Pad-token policy when the tokenizer has none: `add` a new `<|pad|>` token (labels never confuse
-    padding with EOS), reuse `eos` or `unk`, or `keep` (error if there is no pad token)."""
+    pad_token: Literal["keep", "eos", "unk", "add"] = "eos"
+    """Pad-token policy when the tokenizer has none: reuse `eos` (safe here: labels come from the
+    formatter's segments and padding is masked by length, so EOS is still trained), reuse `unk`, `add` a
+    new `<|pad|>` token (resizes the embeddings: the adapter then needs a base resized the same way),
+    or `keep` (error if there is no pad token)."""
     model_max_length: int | None = Field(default=None, gt=0)
     """Override the tokenizer's maximum length (e.g. 1024 for GPT-2)."""
     cache_dir: str | None = None
