@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -60,19 +61,21 @@ class Crash(Callback):
 
 
 def test_interrupted_then_resumed_run_ends_with_the_same_adapters(tiny_llama_dir, tmp_path):
-    rows = token_rows(10)  # 5 micro-batches -> 3 windows per epoch (the last one short), 6 steps
+    rows = token_rows(6)  # 3 micro-batches -> 2 windows per epoch (the second one short), 4 steps
     reference = qlora_model(tiny_llama_dir)
-    full = Trainer(config(), output_dir=tmp_path / "full").fit(reference, rows)
-    assert full.steps == 6
+    full = Trainer(config(save_every=3), output_dir=tmp_path / "full").fit(reference, rows)
+    assert full.steps == 4
 
-    with pytest.raises(KeyboardInterrupt):  # step 4 is the first window of the second epoch
-        Trainer(config(), output_dir=tmp_path / "cut", callbacks=[Crash(4)]).fit(
+    with pytest.raises(KeyboardInterrupt):  # step 3 is the first window of the second epoch
+        Trainer(config(save_every=3), output_dir=tmp_path / "cut", callbacks=[Crash(3)]).fit(
             qlora_model(tiny_llama_dir), rows
         )
     resumed_model = qlora_model(tiny_llama_dir)
-    resumed = Trainer(config(resume="auto"), output_dir=tmp_path / "cut").fit(resumed_model, rows)
+    resumed = Trainer(config(save_every=3, resume="auto"), output_dir=tmp_path / "cut").fit(
+        resumed_model, rows
+    )
 
-    assert resumed.steps == 6 and resumed.tokens == full.tokens
+    assert resumed.steps == 4 and resumed.tokens == full.tokens
     ref, got = adapters(reference), adapters(resumed_model)
     for name in ref:
         torch.testing.assert_close(got[name], ref[name], rtol=0, atol=1e-6, msg=name)
@@ -80,7 +83,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_adapters(tiny_llama_dir
     steps = [
         json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == [1, 2, 3, 4]
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], abs=1e-6)
 
 
@@ -95,14 +98,12 @@ def test_resume_from_an_explicit_path(tiny_llama_dir, tmp_path):
     assert result.steps == 4 and [r["step"] for r in result.history] == [3, 4]
 
 
-@pytest.fixture
-def checkpointed(tiny_llama_dir, tmp_path):
-    """An output dir with a checkpoint at step 1 of a 2-step run, and the rows it was trained on."""
-    rows = token_rows(8)
-    Trainer(config(max_steps=2, save_every=1), output_dir=tmp_path, callbacks=[]).fit(
-        qlora_model(tiny_llama_dir), rows
-    )
-    return tmp_path, rows
+@pytest.fixture(scope="module")
+def checkpointed(tiny_llama_dir, tmp_path_factory):
+    """An output dir with checkpoints at steps 1 and 2 of a 2-step run, and the rows it was trained on."""
+    out, rows = tmp_path_factory.mktemp("checkpointed"), token_rows(8)
+    Trainer(config(max_steps=2, save_every=1), output_dir=out).fit(qlora_model(tiny_llama_dir), rows)
+    return out, rows
 
 
 def test_resume_refuses_a_changed_config_naming_the_fields(tiny_llama_dir, checkpointed):
@@ -124,8 +125,9 @@ def test_resume_refuses_changed_data(tiny_llama_dir, checkpointed):
         )
 
 
-def test_resume_allows_a_changed_logging_cadence(tiny_llama_dir, checkpointed):
-    out, rows = checkpointed
+def test_resume_allows_a_changed_logging_cadence(tiny_llama_dir, checkpointed, tmp_path):
+    out, rows = tmp_path / "copy", checkpointed[1]
+    shutil.copytree(checkpointed[0], out)
     cfg = config(max_steps=2, save_every=1, resume="auto", log_every=5, eval_every=7, keep_last=3)
     assert Trainer(cfg, output_dir=out).fit(qlora_model(tiny_llama_dir), rows).steps == 2
 
@@ -144,16 +146,15 @@ def test_crash_mid_save_leaves_the_previous_checkpoint_as_latest(tiny_llama_dir,
 
     monkeypatch.setattr(Accelerator, "save_state", crash_on_second_save)
     with pytest.raises(SystemExit):
-        Trainer(config(save_every=1), output_dir=tmp_path).fit(qlora_model(tiny_llama_dir), rows)
+        Trainer(config(max_steps=3, save_every=1), output_dir=tmp_path).fit(qlora_model(tiny_llama_dir), rows)
     monkeypatch.undo()
 
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
     assert (tmp_path / ".checkpoint-2.tmp").is_dir()  # the partial save never got the final name
     assert CheckpointManager(tmp_path, keep_last=2).resolve("auto") == tmp_path / "checkpoint-1"
-    result = Trainer(config(save_every=1, resume="auto"), output_dir=tmp_path).fit(
-        qlora_model(tiny_llama_dir), rows
-    )
-    assert [r["step"] for r in result.history] == [1, 2, 3, 4]
+    cfg = config(max_steps=3, save_every=1, resume="auto")
+    result = Trainer(cfg, output_dir=tmp_path).fit(qlora_model(tiny_llama_dir), rows)
+    assert [r["step"] for r in result.history] == [1, 2, 3]
     assert not (tmp_path / ".checkpoint-2.tmp").exists()
 
 
