@@ -7,13 +7,16 @@ import random
 
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.tracking import GeneralTracker
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
 from qlora_kit.data.collate import PackedCollator
-from qlora_kit.errors import TrainingError
+from qlora_kit.errors import ConfigError, TrainingError
 from qlora_kit.loading import ModelLoader, prepare_for_training
 from qlora_kit.training import Callback, Trainer
 
@@ -255,3 +258,48 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tiny_llam
     # eval 1 sets the best, evals 2 and 3 do not improve on it: stop after step 3, with a checkpoint
     assert result.steps == 3 and result.stopped_early
     assert result.checkpoints[-1].endswith("checkpoint-3")
+
+
+class _ListTracker(GeneralTracker):
+    name = "list"
+    requires_logging_directory = False
+
+    def __init__(self):
+        super().__init__()
+        self.logged = []
+
+    @property
+    def tracker(self):
+        return self.logged
+
+    def store_init_configuration(self, values):
+        self.logged.append(("config", values))
+
+    def log(self, values, step=None, **kwargs):
+        self.logged.append((step, values))
+
+
+def _fresh_cpu_accelerator(**kwargs):
+    # accelerate's device/precision state is process-wide; a test building its own Accelerator resets it
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=True, **kwargs)
+
+
+def test_a_given_accelerator_and_its_trackers_receive_the_metrics(tiny_llama_dir, tmp_path):
+    tracker = _ListTracker()
+    accelerator = _fresh_cpu_accelerator(log_with=[tracker])
+    accelerator.init_trackers("test")
+    rows = token_rows(4)
+    Trainer(config(eval_every=2), output_dir=tmp_path, accelerator=accelerator).fit(
+        qlora_model(tiny_llama_dir), rows, rows
+    )
+    steps = [step for step, values in tracker.logged if "loss" in values]
+    assert steps == [1, 2] and any("eval_loss" in values for _, values in tracker.logged)
+
+
+def test_an_accelerator_that_accumulates_itself_is_refused(tiny_llama_dir, tmp_path):
+    accelerator = _fresh_cpu_accelerator(gradient_accumulation_steps=2)
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=1"):
+        Trainer(config(), output_dir=tmp_path, accelerator=accelerator).fit(
+            qlora_model(tiny_llama_dir), token_rows(2)
+        )
