@@ -10,7 +10,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ class RunResult:
         export: The exporter's :class:`~qlora_kit.export.ExportResult` (directories, merge report).
         data_report: The data pipeline's :class:`~qlora_kit.data.DataReport`.
         seconds: Wall time of the whole run (loading and export included).
+        model: The trained PEFT model, still in memory (e.g. to evaluate it further).
+        tokenizer: Its tokenizer.
+        data: The :class:`~qlora_kit.data.DataBundle` it was trained and evaluated on.
     """
 
     output_dir: Path
@@ -34,6 +37,9 @@ class RunResult:
     export: Any
     data_report: Any
     seconds: float
+    model: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
+    data: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain JSON values (also written to ``summary.json``)."""
@@ -114,7 +120,9 @@ def run(cfg: Any, overrides: Iterable[str] = ()) -> RunResult:
     trained = trainer.fit(model, data.train, data.eval)
     held_out = data.eval if data.eval is not None else data.train
     exported = build_exporter(cfg.export).export(model, tokenizer, out, cfg, verify_rows=held_out)
-    result = RunResult(out, trained, exported, data.report, time.perf_counter() - started)
+    result = RunResult(
+        out, trained, exported, data.report, time.perf_counter() - started, model, tokenizer, data
+    )
     write_summary(result)
     return result
 

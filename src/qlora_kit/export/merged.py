@@ -126,25 +126,34 @@ def merge_and_verify(
 
 def _report(cfg: Any, errors: dict[str, dict[str, float]], prompts: int, held_out: bool) -> dict[str, Any]:
     chosen = errors[cfg.merge_base]
-    passed = chosen["max_abs_logit_diff"] <= cfg.max_abs_logit_diff
-    if passed:
+    failures = []
+    if chosen["mean_kl"] > cfg.max_mean_kl:
+        failures.append(f"mean KL {chosen['mean_kl']:.3g} > {cfg.max_mean_kl}")
+    if cfg.max_abs_logit_diff is not None and chosen["max_abs_logit_diff"] > cfg.max_abs_logit_diff:
+        failures.append(f"max |logit diff| {chosen['max_abs_logit_diff']:.4g} > {cfg.max_abs_logit_diff}")
+    where = f"merge_base={cfg.merge_base}, {cfg.dtype}"
+    if failures:
         message = (
-            f"merge verified: max |logit diff| {chosen['max_abs_logit_diff']:.4g} <= "
-            f"{cfg.max_abs_logit_diff} (merge_base={cfg.merge_base})"
+            f"MERGE VERIFICATION FAILED: the merged model ({where}) differs from the trained adapter model: "
+            f"{'; '.join(failures)} (top-1 agreement {chosen['top1_agreement']:.1%}). The merged weights were "
+            "saved; use the adapter instead"
+            + (
+                ", or export.merge_base=dequantized (the weights it was trained on)."
+                if cfg.merge_base == "original"
+                else "."
+            )
         )
     else:
         message = (
-            f"MERGE VERIFICATION FAILED: the merged model (merge_base={cfg.merge_base}, {cfg.dtype}) differs "
-            f"from the trained adapter model by max |logit diff| {chosen['max_abs_logit_diff']:.4g} > "
-            f"{cfg.max_abs_logit_diff} (mean KL {chosen['mean_kl']:.3g}). The merged weights were saved; "
-            "use the adapter, or export.merge_base=dequantized to merge into the weights it was trained on."
+            f"merge verified ({where}): mean KL {chosen['mean_kl']:.3g} <= {cfg.max_mean_kl}, "
+            f"top-1 agreement {chosen['top1_agreement']:.1%}, max |logit diff| {chosen['max_abs_logit_diff']:.4g}"
         )
     return {
-        "passed": passed,
+        "passed": not failures,
         "message": message,
         "merge_base": cfg.merge_base,
         "dtype": cfg.dtype,
-        "tolerance_max_abs_logit_diff": cfg.max_abs_logit_diff,
+        "tolerance": {"max_mean_kl": cfg.max_mean_kl, "max_abs_logit_diff": cfg.max_abs_logit_diff},
         "prompts": prompts,
         "prompt_source": "held-out rows" if held_out else "built-in prompts",
         "bases": {base: errors[base] for base in BASES},
