@@ -19,7 +19,7 @@ import torch
 
 from qlora_kit.config import TrainConfig
 from qlora_kit.data.collate import PaddedCollator
-from qlora_kit.errors import TrainingError
+from qlora_kit.errors import ConfigError, TrainingError
 from qlora_kit.training.batches import BatchPlanner, Window
 from qlora_kit.training.callbacks import Callback, CallbackList, EarlyStopping
 from qlora_kit.training.evaluation import evaluate, generate_panel
@@ -81,8 +81,8 @@ class Trainer:
         max_new_tokens: int = 64,
     ):
         if train_cfg.generation_prompts and tokenizer is None:
-            raise TrainingError(
-                "train.generation_prompts needs the tokenizer: pass Trainer(..., tokenizer=...)"
+            raise ConfigError(
+                [("train.generation_prompts", "needs the tokenizer: pass Trainer(..., tokenizer=...)")]
             )
         self.cfg = train_cfg
         self.output_dir = Path(output_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,11 +118,36 @@ class Run:
 
 
 def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any]]) -> Run:
-    """Build the accelerator, optimizer and schedule, prepare them, and resume if configured."""
+    """Build the accelerator, optimizer and schedule, prepare them, and resume if configured.
+
+    Every check that can refuse the run (empty data, a checkpoint of another run) happens before
+    the model is handed to the accelerator, so a refusal leaves the model untouched.
+    """
     cfg = trainer.cfg
     if len(train_data) == 0:
         raise DataError("the training data is empty")
     acc, owns = _accelerator(trainer, model)
+    plan = _data_plan(trainer, train_data, acc)
+    steps_per_epoch = len(plan(0))
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(train_data)} training rows make no batch for {acc.num_processes} processes")
+    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    fingerprints = {
+        "train": config_fingerprint(cfg),
+        "data": data_fingerprint(train_data, trainer.collate_fn),
+        "adapter": adapter_fingerprint(model),
+        "processes": acc.num_processes,
+    }
+    checkpoints = CheckpointManager(trainer.output_dir, cfg.keep_last)
+    resume_from = checkpoints.resolve(cfg.resume)
+    if resume_from is not None:
+        check_resumable(read_state(resume_from).fingerprints, fingerprints, resume_from)
+    elif cfg.resume == "auto":
+        logger.info("train.resume=auto: no checkpoint in %s, starting from scratch", trainer.output_dir)
+    if acc.is_main_process:
+        trainer.output_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.clean_temporary()
+
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)  # dropout; a resumed run then restores the checkpoint's RNG states
@@ -131,43 +156,19 @@ def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any
     _set_grad_checkpointing(model, cfg.grad_checkpointing)
     keep_4bit_weights_trainable(model)
     model.train()
-
-    lengths = row_lengths(train_data) if trainer.batch_planner else range(len(train_data))  # only len() used
-
-    def plan(epoch: int) -> list[list[list[int]]]:
-        micro = epoch_batches(lengths, cfg.micro_batch_size, cfg.seed, epoch, trainer.batch_planner,
-                              acc.process_index, acc.num_processes)  # fmt: skip
-        return windows(micro, cfg.grad_accum)
-
-    steps_per_epoch = len(plan(0))
-    if steps_per_epoch == 0:
-        raise DataError(f"{len(train_data)} training rows make no batch for {acc.num_processes} processes")
-    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-
-    fingerprints = {
-        "train": config_fingerprint(cfg),
-        "data": data_fingerprint(train_data, trainer.collate_fn),
-        "adapter": adapter_fingerprint(model),
-        "processes": acc.num_processes,
-    }
     optimizer = build_optimizer(cfg.optimizer, model)
     scheduler = build_scheduler(cfg.scheduler, optimizer, total)
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)
     hooks = register_adapter_only_hooks(acc, model)
-
-    checkpoints = CheckpointManager(trainer.output_dir, cfg.keep_last)
     state = TrainerState(total_steps=total, steps_per_epoch=steps_per_epoch, fingerprints=fingerprints)
-    resume_from = checkpoints.resolve(cfg.resume)
-    if acc.is_main_process:
-        trainer.output_dir.mkdir(parents=True, exist_ok=True)
-        checkpoints.clean_temporary()
     if resume_from is not None:
-        check_resumable(read_state(resume_from).fingerprints, fingerprints, resume_from)
-        state = checkpoints.load(acc, resume_from)
+        try:
+            state = checkpoints.load(acc, resume_from)
+        except BaseException:
+            _release(acc, model, scheduler, hooks)
+            raise
         logger.info("resumed from %s at step %d (epoch %.2f)", resume_from, state.step, state.epoch_float)
-    elif cfg.resume == "auto":
-        logger.info("train.resume=auto: no checkpoint in %s, starting from scratch", trainer.output_dir)
     if owns and cfg.trackers:
         acc.init_trackers("qlora_kit", config=_flat_config(cfg.model_dump(mode="json")))
 
@@ -182,19 +183,37 @@ def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any
 
 
 def finish_run(run: Run) -> None:
-    """Close the logs, release the accelerator's hold on the model, remove the checkpoint hooks."""
+    """Close the logs, give the model back as it came (own forward, trainable 4-bit weights), end trackers."""
     acc = run.accelerator
     run.log.close()
-    for hook in run.hooks:
-        hook.remove()
-    # the scheduler was registered for checkpointing by this run only
-    acc._custom_objects = [o for o in acc._custom_objects if o is not run.scheduler]
-    acc.unwrap_model(run.model, keep_fp32_wrapper=False)  # restores the model's own forward
-    keep_4bit_weights_trainable(run.model)
+    _release(acc, run.model, run.scheduler, run.hooks)
     if run.owns_accelerator:
         if acc.trackers:
             acc.end_training()
         acc.free_memory()
+
+
+def _release(acc: Any, model: Any, scheduler: Any, hooks: list[Any]) -> None:
+    for hook in hooks:
+        hook.remove()
+    # the scheduler was registered for checkpointing by this run only
+    acc._custom_objects = [o for o in acc._custom_objects if o is not scheduler]
+    acc.unwrap_model(model, keep_fp32_wrapper=False)  # restores the model's own forward (no autocast)
+    keep_4bit_weights_trainable(model)
+
+
+def _data_plan(trainer: Trainer, rows: Any, acc: Any) -> Callable[[int], list[list[list[int]]]]:
+    """``epoch -> this process's windows`` (lists of micro-batches of row indices)."""
+    cfg = trainer.cfg
+    # the default planner only needs the row count; a length-grouping one needs every length
+    lengths = row_lengths(rows) if trainer.batch_planner else range(len(rows))
+
+    def plan(epoch: int) -> list[list[list[int]]]:
+        micro = epoch_batches(lengths, cfg.micro_batch_size, cfg.seed, epoch, trainer.batch_planner,
+                              acc.process_index, acc.num_processes)  # fmt: skip
+        return windows(micro, cfg.grad_accum)
+
+    return plan
 
 
 def _accelerator(trainer: Trainer, model: Any) -> tuple[Any, bool]:
