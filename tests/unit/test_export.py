@@ -1,0 +1,183 @@
+"""Export: atomic directories, EOS ids, logit comparison, adapter round-trip in a fresh process,
+merge verification into both bases, sharding, and nothing half-written when a merge fails."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from qlora_kit.config_io import load_config
+from qlora_kit.export import MergeVerificationWarning, build_exporter
+from qlora_kit.export.files import atomic_dir, eos_token_ids
+from qlora_kit.export.verify import compare_logits, logits_of
+from qlora_kit.testing import make_tokenizer
+
+
+def test_atomic_dir_replaces_on_success_and_keeps_old_on_failure(tmp_path):
+    target = tmp_path / "adapter"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("one")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("disk full")
+    assert (target / "a.txt").read_text() == "one"
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no .partial / .old leftovers
+
+
+def test_eos_ids_add_im_end_only_for_chat_formats_with_that_token(tokenizer):
+    assert eos_token_ids(tokenizer, "alpaca") == [tokenizer.eos_token_id]
+    assert eos_token_ids(tokenizer, "chatml") == [tokenizer.eos_token_id]  # <|im_end|> is not one token here
+    chat_tok = make_tokenizer()  # a copy: the session fixture stays untouched
+    chat_tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    end = chat_tok.convert_tokens_to_ids("<|im_end|>")
+    assert eos_token_ids(chat_tok, "chatml") == [chat_tok.eos_token_id, end]
+
+
+def test_compare_logits_measures_difference_kl_and_agreement():
+    ref = [torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])]
+    assert compare_logits(ref, ref) == {
+        "max_abs_logit_diff": 0.0, "mean_kl": 0.0, "max_kl": 0.0, "top1_agreement": 1.0, "tokens": 2,
+    }  # fmt: skip
+    other = [torch.tensor([[0.0, 2.0, 0.0, 9.0], [0.0, 3.0, 0.0, 9.0]])]  # an extra (pad) column is ignored
+    result = compare_logits(ref, other)
+    assert result["max_abs_logit_diff"] == 2.0
+    assert result["top1_agreement"] == 0.5
+    assert result["mean_kl"] > 0.1
+
+
+def _run_cfg(model_dir, out, export):
+    return load_config({
+        "output_dir": str(out),
+        "model": {"name_or_path": str(model_dir)},
+        "quant": {"kind": "bnb_4bit", "compute_dtype": "float32"},
+        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "data": {"source": {"rows": [{"instruction": "x", "output": "y"}]}, "formatter": {"kind": "alpaca"}},
+        "export": export,
+    })  # fmt: skip
+
+
+@pytest.fixture
+def adapted(tiny_llama_dir, tmp_path):
+    """A 4-bit tiny Llama with a LoRA adapter whose B matrices are non-zero (as after training)."""
+    from qlora_kit.adapters import AdapterBuilder
+    from qlora_kit.loading import ModelLoader, prepare_for_training
+
+    def build(export):
+        cfg = _run_cfg(tiny_llama_dir, tmp_path / "run", export)
+        model, tok = ModelLoader(cfg.model, cfg.quant, device="cpu").load()
+        model = AdapterBuilder(cfg.adapter).apply(prepare_for_training(model, False))
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.05)
+        return model, tok, cfg
+
+    return build
+
+
+def _ids(tok):
+    return [
+        tok("Say what the cat paints. The cat paints a map.")["input_ids"],
+        tok("Indeed, the moon.")["input_ids"],
+    ]
+
+
+def test_adapter_round_trip_in_a_fresh_process_gives_identical_logits(adapted, tmp_path):
+    model, tok, cfg = adapted({"kind": "adapter"})
+    result = build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg)
+    adapter = result.adapter_dir
+    assert {"adapter_config.json", "adapter_model.safetensors", "run_config.yaml", "generation_config.json",
+            "tokenizer.json"} <= {p.name for p in adapter.iterdir()}  # fmt: skip
+    gen = json.loads((adapter / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == tok.eos_token_id and gen["pad_token_id"] == tok.pad_token_id
+    inputs = _ids(tok)
+    torch.save(logits_of(model, inputs), tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import torch
+        from peft import AutoPeftModelForCausalLM, PeftModel
+        from qlora_kit.config_io import load_config
+        from qlora_kit.loading import ModelLoader
+        from qlora_kit.quant import build_bnb_config, keep_4bit_weights_trainable
+        from qlora_kit.export.verify import logits_of
+        cfg = load_config({str(adapter / "run_config.yaml")!r})
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        inputs = {inputs!r}
+        base, _ = ModelLoader(cfg.model, cfg.quant, device="cpu").load()
+        peft_model = PeftModel.from_pretrained(base, {str(adapter)!r})
+        auto = AutoPeftModelForCausalLM.from_pretrained(
+            {str(adapter)!r}, quantization_config=build_bnb_config(cfg.quant), dtype=torch.float32)
+        keep_4bit_weights_trainable(auto)
+        for name, model in (("PeftModel", peft_model), ("AutoPeftModelForCausalLM", auto)):
+            got = logits_of(model, inputs)
+            for e, g in zip(expected, got):
+                assert e.shape == g.shape, (name, e.shape, g.shape)
+                assert torch.equal(e, g), (name, (e - g).abs().max().item())
+        print("identical")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "identical" in done.stdout
+
+
+def test_merged_export_is_verified_against_both_bases(adapted, tmp_path):
+    model, tok, cfg = adapted({"kind": "merged", "dtype": "bfloat16", "max_shard_size": "200KB"})
+    rows = [{"input_ids": ids} for ids in _ids(tok)]
+    result = build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg, verify_rows=rows)
+    report = json.loads((result.merged_dir / "merge_report.json").read_text())
+    assert report == result.merge_report and report["passed"] and not result.merge_failed
+    assert report["prompt_source"] == "held-out rows"
+    dequantized, original = report["bases"]["dequantized"], report["bases"]["original"]
+    # The dequantized base is what the adapter was trained on: closer than the original weights.
+    assert dequantized["mean_kl"] < original["mean_kl"]
+    assert dequantized["max_abs_logit_diff"] < 0.05
+    shards = sorted(p.name for p in result.merged_dir.glob("*.safetensors"))
+    assert len(shards) > 1 and (result.merged_dir / "model.safetensors.index.json").is_file()
+
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(result.merged_dir)
+    assert reloaded.dtype == torch.bfloat16
+    assert "quantization_config" not in json.loads((result.merged_dir / "config.json").read_text())
+    got = logits_of(reloaded, _ids(tok))
+    expected = logits_of(model, _ids(tok))
+    assert compare_logits(expected, got)["max_abs_logit_diff"] < 0.05
+
+
+def test_a_merge_outside_the_tolerance_fails_loudly(adapted, tmp_path):
+    model, tok, cfg = adapted({"kind": "merged", "merge_base": "original", "max_mean_kl": 1e-12})
+    with pytest.warns(MergeVerificationWarning, match="MERGE VERIFICATION FAILED"):
+        result = build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg)
+    assert result.merge_failed and not result.merge_report["passed"]
+    assert result.merge_report["prompt_source"] == "built-in prompts"
+    assert "merge_base=dequantized" in result.merge_report["message"]
+    assert (result.merged_dir / "merge_report.json").is_file()  # saved, and flagged
+
+
+def test_a_failing_merge_leaves_nothing_half_written(adapted, tmp_path, monkeypatch):
+    import qlora_kit.export.merged as merged
+
+    model, tok, cfg = adapted({"kind": "merged"})
+
+    def broken_save(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    real_build = merged.build_merged
+
+    def build_then_break(*args, **kwargs):
+        built = real_build(*args, **kwargs)
+        built.save_pretrained = broken_save
+        return built
+
+    monkeypatch.setattr(merged, "build_merged", build_then_break)
+    with pytest.raises(OSError, match="no space"):
+        build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapter"]
