@@ -129,10 +129,13 @@ def prompt_ids(formatter: Any, tokenizer: Any, example: Mapping[str, Any]) -> li
     (with BOS where the tokenizer adds one), exactly as :meth:`PromptFormatter.encode` does in training."""
     from qlora_kit.formatting.tokens import tokenizer_info
 
-    texts = []
+    texts: list[str] = []
     for segment in formatter.render(dict(example)):
         if RESPONSE_MARK in segment.text:
-            texts.append(segment.text[: segment.text.index(RESPONSE_MARK)])
+            # Text before the mark in a trained segment (e.g. a leading space) was trained on, so the
+            # model generates it; only a one-segment rendering (`text`) needs it as its prompt.
+            if not texts or not segment.trained:
+                texts.append(segment.text[: segment.text.index(RESPONSE_MARK)])
             break
         texts.append(segment.text)
     else:
