@@ -54,9 +54,9 @@ def evaluate(
     with inference_mode(model):
         for start in starts:
             batch = collate_fn([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            tokens += count_supervised(batch)  # on the CPU, before the move: no device sync
+            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             loss_sum += loss_fn(model, batch).double()
-            tokens += count_supervised(batch)
     loss_sum, tokens = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(tokens, "sum")
     if tokens.item() == 0:
         return {"eval_loss": float("nan"), "eval_perplexity": float("nan"), "eval_tokens": 0}

@@ -206,6 +206,7 @@ class Trainer:
 
     def _evaluate(self, run: Run, eval_data: Any) -> dict[str, Any]:
         acc, cfg = run.accelerator, self.cfg
+        started = time.perf_counter()
         bare = acc.unwrap_model(run.model)  # no DDP collectives in eval; autocast is kept
         metrics = evaluate(bare, eval_data, self.collate_fn, cfg.eval_batch_size or cfg.micro_batch_size,
                            self.loss_fn, acc)  # fmt: skip
@@ -213,13 +214,16 @@ class Trainer:
             generate_panel(bare, self.tokenizer, cfg.generation_prompts, run.state.step, self.output_dir,
                            self.max_new_tokens)  # fmt: skip
         acc.wait_for_everyone()
+        run.log.exclude_time(time.perf_counter() - started)
         run.last_eval_step = run.state.step
         record = run.log.log({"step": run.state.step, **metrics})
         self.callbacks("on_evaluate", run.state, dict(record))  # callbacks get a copy of the logged record
         return metrics
 
     def _save(self, run: Run) -> None:
+        started = time.perf_counter()
         path = run.checkpoints.save(run.accelerator, run.state, run.model)
+        run.log.exclude_time(time.perf_counter() - started)
         run.last_checkpoint = path
         self.callbacks("on_save", run.state, str(path))
 

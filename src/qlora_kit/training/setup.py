@@ -23,9 +23,10 @@ from qlora_kit.training.checkpoint import (
     read_state,
     register_adapter_only_hooks,
 )
+from qlora_kit.training.evaluation import GENERATIONS_FILE
 from qlora_kit.training.optim import build_optimizer, build_scheduler
 from qlora_kit.training.state import TrainerState
-from qlora_kit.training.tracking import MetricsLogger
+from qlora_kit.training.tracking import MetricsLogger, truncate_jsonl
 
 if TYPE_CHECKING:
     from qlora_kit.training.loop import Trainer, TrainResult
@@ -169,6 +170,8 @@ def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any
             _release(acc, model, scheduler, hooks)
             raise
         logger.info("resumed from %s at step %d (epoch %.2f)", resume_from, state.step, state.epoch_float)
+    if acc.is_main_process:
+        truncate_jsonl(trainer.output_dir / GENERATIONS_FILE, state.step)
     if owns and cfg.trackers:
         acc.init_trackers("qlora_kit", config=_flat_config(cfg.model_dump(mode="json")))
 

@@ -72,15 +72,26 @@ class MetricsLogger:
         if self.main:
             plot_loss_curve(self.history, self.path.with_name(LOSS_CURVE_FILE))
 
+    def exclude_time(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation, a checkpoint) out of the next tokens/s."""
+        self._window_start += seconds
+
     def _truncate_after(self, step: int) -> None:
-        # A resumed run rewrites the steps after its checkpoint; drop the interrupted run's copies.
-        if not self.path.exists():
-            return
-        kept = [
-            line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
-        self.history = [json.loads(line) for line in kept]
+        self.history = truncate_jsonl(self.path, step)
+
+
+def truncate_jsonl(path: Path, step: int) -> list[dict[str, Any]]:
+    """Keep the records of ``path`` up to ``step`` and return them.
+
+    A resumed run rewrites the steps after its checkpoint (and a fresh run, from step 0, all of
+    them), so the interrupted run's copies are dropped instead of appearing twice.
+    """
+    if not path.exists():
+        return []
+    kept = [json.loads(line) for line in path.read_text().splitlines() if line]
+    kept = [record for record in kept if record["step"] <= step]
+    path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    return kept
 
 
 def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
