@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -88,3 +89,12 @@ def test_checkpoint_round_trip_and_resume(tiny_llama_dir, tmp_path, gpu_device):
     got = adapters(resumed)
     for name, value in live.items():  # GPU kernels may reorder float sums: near, not bit-equal
         torch.testing.assert_close(got[name], value, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_fp16_trains_with_a_loss_scaler_that_is_checkpointed(tiny_llama_dir, tmp_path, gpu_device):
+    model = qlora_model(tiny_llama_dir, gpu_device, compute_dtype="float16")
+    cfg = config(max_steps=3, save_every=3, mixed_precision="fp16")
+    result = Trainer(cfg, output_dir=tmp_path).fit(model, token_rows(8))
+    assert result.steps == 3 and math.isfinite(result.train_loss)
+    assert (tmp_path / "checkpoint-3" / "scaler.pt").is_file()
+    assert all(torch.isfinite(v).all() for v in adapters(model).values())
