@@ -19,6 +19,7 @@ from qlora_kit.data.collate import PackedCollator
 from qlora_kit.errors import ConfigError, TrainingError
 from qlora_kit.loading import ModelLoader, prepare_for_training
 from qlora_kit.training import Callback, Trainer
+from qlora_kit.training.batches import epoch_batches
 
 
 def qlora_model(model_dir, r=8, dropout=0.0):
@@ -100,8 +101,15 @@ def test_overfits_a_few_rows_and_only_adapters_change(tiny_llama_dir, tokenizer,
 
 
 def test_accumulation_2x2_equals_1x4_with_uneven_lengths(tiny_llama_dir, tmp_path, monkeypatch):
-    # two long and two short rows: a mean of per-micro-batch means would weight them differently
-    rows = token_rows(2, seed=1, lengths=(28, 30)) + token_rows(2, seed=2, lengths=(5, 6))
+    # the first micro-batch gets the two long rows, the second the two short ones: a mean of the two
+    # per-micro-batch means would weight each short-row token ~5x more than a long-row token
+    long, short = token_rows(2, seed=1, lengths=(28, 30)), token_rows(2, seed=2, lengths=(5, 6))
+    first, second = epoch_batches(range(4), micro_batch_size=2, seed=TrainConfig().seed, epoch=0)
+    rows = [None] * 4
+    for index, row in zip([*first, *second], [*long, *short], strict=True):
+        rows[index] = row
+    counts = [sum(1 for label in rows[i]["labels"][1:] if label != -100) for i in [*first, *second]]
+    assert sum(counts[:2]) > 4 * sum(counts[2:])
     grads = {}
 
     def first_step_grads(micro_batch_size, grad_accum, out):
