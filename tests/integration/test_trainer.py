@@ -16,7 +16,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
 from qlora_kit.data.collate import PackedCollator
-from qlora_kit.errors import ConfigError, TrainingError
+from qlora_kit.errors import ConfigError, DataError, TrainingError
 from qlora_kit.loading import ModelLoader, prepare_for_training
 from qlora_kit.training import Callback, Trainer
 from qlora_kit.training.batches import epoch_batches
@@ -311,3 +311,8 @@ def test_an_accelerator_that_accumulates_itself_is_refused(tiny_llama_dir, tmp_p
         Trainer(config(), output_dir=tmp_path, accelerator=accelerator).fit(
             qlora_model(tiny_llama_dir), token_rows(2)
         )
+
+
+def test_rows_without_labels_are_refused(tiny_llama_dir, tmp_path):
+    with pytest.raises(DataError, match="lacks \\['labels'\\]"):
+        Trainer(config(), output_dir=tmp_path).fit(qlora_model(tiny_llama_dir), [{"input_ids": [1, 2, 3]}])

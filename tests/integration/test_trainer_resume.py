@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 
 from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
@@ -174,3 +175,15 @@ def test_resume_path_that_is_not_a_checkpoint(tiny_llama_dir, tmp_path):
         Trainer(config(resume=str(tmp_path)), output_dir=tmp_path / "o").fit(
             qlora_model(tiny_llama_dir), token_rows(4)
         )
+
+
+def test_resuming_a_finished_run_changes_nothing(tiny_llama_dir, tmp_path):
+    rows = token_rows(4)
+    cfg = config(max_steps=2, save_every=1, resume="auto")
+    first = Trainer(cfg, output_dir=tmp_path).fit(qlora_model(tiny_llama_dir), rows, rows)
+    model = qlora_model(tiny_llama_dir)
+    again = Trainer(cfg, output_dir=tmp_path).fit(model, rows, rows)
+    assert again.steps == 2 and again.history == first.history  # no step or evaluation repeated
+    saved = first.checkpoints[-1]
+    assert again.checkpoints[-1] == saved
+    assert all(torch.equal(v, load_file(f"{saved}/model.safetensors")[k]) for k, v in adapters(model).items())

@@ -127,6 +127,9 @@ def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any
     cfg = trainer.cfg
     if len(train_data) == 0:
         raise DataError("the training data is empty")
+    missing = {"input_ids", "labels"} - set(train_data[0])
+    if missing:
+        raise DataError(f"training rows need input_ids and labels; row 0 lacks {sorted(missing)}")
     acc, owns = _accelerator(trainer, model)
     plan = _data_plan(trainer, train_data, acc)
     steps_per_epoch = len(plan(0))
@@ -182,6 +185,8 @@ def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any
         window_iter=_window_iter(state, plan, train_data, trainer.collate_fn, acc.device),
     )  # fmt: skip
     run.last_checkpoint = resume_from
+    if any("eval_loss" in r and r["step"] == state.step for r in run.log.history):
+        run.last_eval_step = state.step  # resuming a finished run does not evaluate it again
     return run
 
 
