@@ -8,6 +8,12 @@ import torch
 from qlora_kit.testing import make_tiny_llama, make_tokenizer
 
 
+def pytest_configure(config):
+    # Tiny models run fastest on one thread, and two torch threads on a busy 2-core machine wait on each
+    # other (a 0.7 s fit took 20 s with another process running). Subprocesses keep their own default.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
