@@ -120,7 +120,7 @@ def _packed_layers(model):
     )
 
 
-@pytest.mark.filterwarnings("ignore:bitsandbytes::gemv_4bit:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*gemv_4bit.*:UserWarning")
 def test_nf4_lora_tracks_dequantized_fp32_lora_through_eval_passes(model_dir, batch):
     quantized = _load(model_dir, Bnb4bitQuant(quant_type="nf4", double_quant=True, compute_dtype="float32"))
     reference = _dequantized_copy(model_dir, quantized)
