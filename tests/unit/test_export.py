@@ -103,6 +103,7 @@ def test_adapter_round_trip_in_a_fresh_process_gives_identical_logits(adapted, t
     torch.save(logits_of(model, inputs), tmp_path / "expected.pt")
     script = textwrap.dedent(f"""
         import torch
+        torch.set_num_threads({torch.get_num_threads()})  # the parent's thread count: same summation order
         from peft import AutoPeftModelForCausalLM, PeftModel
         from qlora_kit.config_io import load_config
         from qlora_kit.loading import ModelLoader
