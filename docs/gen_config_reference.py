@@ -1,0 +1,123 @@
+"""Generate docs/config-reference.md from the config models (every field's docstring is its documentation).
+
+python docs/gen_config_reference.py            # rewrite docs/config-reference.md
+python docs/gen_config_reference.py --check    # exit 1 if the file is out of date (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from qlora_kit.config import RunConfig, StrictModel
+
+OUTPUT = Path(__file__).resolve().parent / "config-reference.md"
+HEADER = """# Configuration reference
+
+Generated from `qlora_kit.config` by `python docs/gen_config_reference.py`; do not edit by hand.
+Every key can be set in YAML/JSON or overridden on the command line as `section.key=value`
+(values parsed as YAML), e.g. `qlora-kit train run.yaml train.optimizer.lr=1e-4 data.subset.n=500`.
+Unknown keys are errors (with a "did you mean" hint). Sections whose `kind` picks a variant list each
+variant; a missing `kind` means the first one.
+"""
+
+
+def model_classes(annotation: Any) -> list[type[BaseModel]]:
+    """The StrictModel classes inside an annotation (one for a plain section, several for a union)."""
+    if inspect.isclass(annotation) and issubclass(annotation, StrictModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        for cls in model_classes(arg):
+            if cls not in found:
+                found.append(cls)
+    return found
+
+
+def type_name(annotation: Any) -> str:
+    """A short readable type: `int`, `"nf4" | "fp4"`, `list[str] | "all-linear"`, `float | None`."""
+    if annotation is type(None):
+        return "None"
+    if inspect.isclass(annotation) and not typing.get_args(annotation):
+        return annotation.__name__
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(f'"{a}"' for a in args)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin is not None:
+        inner = ", ".join(type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return str(annotation).replace("typing.", "")
+
+
+def default_text(field: Any) -> str:
+    if field.default_factory is not None:
+        value = field.default_factory()
+        if isinstance(value, BaseModel):
+            changed = value.model_dump(mode="json", exclude_defaults=True)
+            return f"`{changed}`" if changed else "defaults below"
+        return cell(f"`{value!r}`")
+    if field.default is PydanticUndefined:
+        return "**required**"
+    return cell(f"`{field.default!r}`")
+
+
+def cell(text: str) -> str:
+    """Table-cell text: one line, with `|` escaped so it does not split the cell."""
+    return text.replace("\n", " ").replace("|", "\\|")
+
+
+def section(prefix: str, cls: type[BaseModel], level: int, lines: list[str]) -> None:
+    kind_field = cls.model_fields.get("kind")
+    is_variant = kind_field is not None and typing.get_origin(kind_field.annotation) is typing.Literal
+    kind = f" with `kind: {kind_field.default}`" if is_variant else ""
+    title = f"`{prefix}`{kind}" if prefix else "Top level"
+    lines += [f"{'#' * level} {title}", "", inspect.cleandoc(cls.__doc__ or ""), ""]
+    rows, nested = [], []
+    for name, field in cls.model_fields.items():
+        classes = model_classes(field.annotation)
+        if classes:
+            nested.append((name, classes))
+            rows.append(f"| `{name}` | section | {default_text(field)} | {cell(field.description or '')} |")
+            continue
+        kind_type = cell(f"`{type_name(field.annotation)}`")
+        rows.append(f"| `{name}` | {kind_type} | {default_text(field)} | {cell(field.description or '')} |")
+    lines += ["| key | type | default | description |", "|---|---|---|---|", *rows, ""]
+    for name, classes in nested:
+        for nested_cls in classes:
+            section(f"{prefix}.{name}" if prefix else name, nested_cls, min(level + 1, 4), lines)
+
+
+def render() -> str:
+    lines = [HEADER]
+    section("", RunConfig, 2, lines)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the committed file is out of date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not OUTPUT.is_file() or OUTPUT.read_text(encoding="utf-8") != text:
+            print(f"{OUTPUT} is out of date: run python docs/gen_config_reference.py", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text, encoding="utf-8")
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
