@@ -109,10 +109,7 @@ def test_example_config_trains_on_the_tiny_model(config, in_repo, tiny_gpt2_dir,
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _path_module(EXAMPLES / f"{name}.py")
 
 
 def test_library_api_example(tiny_llama_dir, rows_file, tmp_path, capsys):
@@ -136,3 +133,16 @@ def test_custom_loop_example(tiny_llama_dir, rows_file, tmp_path, capsys):
                                  "--output-dir", str(tmp_path), "--max-steps", "2"])  # fmt: skip
     assert "step 2: loss" in capsys.readouterr().out
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_config_reference_is_up_to_date():
+    """docs/config-reference.md is generated from the config models: regenerate it when they change."""
+    generator = _path_module(ROOT / "docs" / "gen_config_reference.py")
+    assert generator.main(["--check"]) == 0, "run: python docs/gen_config_reference.py"
+
+
+def _path_module(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
