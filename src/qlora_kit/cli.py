@@ -111,7 +111,6 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         steps=args.steps,
         train_rows=args.train_rows,
         eval_rows=args.eval_rows,
-        device=args.device,
         export=args.export,
     )
     print(result.report())
@@ -200,7 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-rows", type=int, help="generated training rows")
     p.add_argument("--eval-rows", type=int, help="held-out rows scored before and after")
     p.add_argument("--export", choices=["adapter", "merged"], default="merged")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
     p.set_defaults(func=_cmd_quickstart)
     return parser
 
