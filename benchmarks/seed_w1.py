@@ -64,16 +64,12 @@ def prepare(work: Path, tokenizer_dir: str, data_file: str, heldout: int) -> tup
 
 
 def heldout_loss(run_dir: Path, held_file: Path) -> float | None:
-    """Mean cross-entropy per response token (prompt masked, EOS included) of the trained adapter model."""
+    """Held-out response loss of the adapter a `qlora-kit train` run saved in ``run_dir``."""
     import torch
     from peft import PeftModel
 
     from qlora_kit.config_io import load_config
-    from qlora_kit.data import PaddedCollator
-    from qlora_kit.formatting import build_formatter
     from qlora_kit.loading import ModelLoader
-    from qlora_kit.training.evaluation import inference_mode
-    from qlora_kit.training.loss import causal_lm_loss, count_supervised
 
     rows = json.loads(held_file.read_text(encoding="utf-8"))
     if not rows:
@@ -81,10 +77,26 @@ def heldout_loss(run_dir: Path, held_file: Path) -> float | None:
     cfg = load_config(run_dir / "run_config.yaml")
     base, tokenizer = ModelLoader(cfg.model, cfg.quant).load()
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
-    formatter = build_formatter(cfg.data.formatter)
-    encoded = [
-        formatter.encode(r, tokenizer, train_on_inputs=False, max_length=cfg.data.max_length) for r in rows
-    ]
+    loss = response_loss(model, tokenizer, rows)
+    del model, base
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return loss
+
+
+def response_loss(model, tokenizer, rows: list[dict], max_length: int = 1024) -> float:
+    """Mean cross-entropy per response token (seed template, prompt masked, EOS included) of ``model``.
+
+    Shared with the TRL peer (w1_peer_trl.py) so both systems are scored by the same code.
+    """
+    from qlora_kit.config import FormatterSpec
+    from qlora_kit.data import PaddedCollator
+    from qlora_kit.formatting import build_formatter
+    from qlora_kit.training.evaluation import inference_mode
+    from qlora_kit.training.loss import causal_lm_loss, count_supervised
+
+    formatter = build_formatter(FormatterSpec(kind="alpaca_seed"))
+    encoded = [formatter.encode(r, tokenizer, train_on_inputs=False, max_length=max_length) for r in rows]
     collate = PaddedCollator(pad_token_id=tokenizer.pad_token_id)
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
@@ -96,9 +108,6 @@ def heldout_loss(run_dir: Path, held_file: Path) -> float | None:
             batch = {k: v.to(device) for k, v in batch.items()}
             total += causal_lm_loss(model, batch).item()
             tokens += count_supervised(batch)
-    del model, base
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     return total / max(tokens, 1)
 
 

@@ -13,13 +13,16 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from seed_w1 import prepare, response_loss
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from trl import SFTConfig, SFTTrainer
-from w1_common import SEED_TEMPLATE, heldout_response_loss, make_standin_model, split_rows
+
+from qlora_kit.formatting.alpaca import SEED_TEMPLATE
 
 
 def main() -> None:
@@ -27,10 +30,15 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--max-steps", type=int, default=-1)
+    ap.add_argument("--heldout", type=int, default=99)
+    ap.add_argument("--work-dir", help="shared with seed_w1.py's --work-dir to reuse the stand-in model")
     args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="w1-trl-")
-    model_dir = make_standin_model(args.tokenizer, f"{work}/model")
-    train_rows, heldout = split_rows(args.data)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="w1-trl-"))
+    work.mkdir(parents=True, exist_ok=True)
+    # The same stand-in model and train / held-out split as seed_w1.py (qlora_kit's side).
+    model_dir, train_file, held_file = prepare(work, args.tokenizer, args.data, args.heldout)
+    train_rows = json.loads(train_file.read_text(encoding="utf-8"))
+    heldout = json.loads(held_file.read_text(encoding="utf-8"))
 
     cuda = torch.cuda.is_available()
     bnb_config = BitsAndBytesConfig(
@@ -81,7 +89,7 @@ def main() -> None:
     result = {
         "system": "seed_trl", "train_seconds": round(seconds, 2), "optimizer_steps": out.global_step,
         "tokens_processed": tokens, "real_tokens": real,
-        "heldout_response_loss": round(heldout_response_loss(trainer.model, tokenizer, heldout), 4),
+        "heldout_response_loss": round(response_loss(trainer.model, tokenizer, heldout), 4),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
     }  # fmt: skip
     print(json.dumps(result))
