@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     n_train = len(json.loads(train.read_text(encoding="utf-8")))
     run_dir = work / "run"
     command = [
-        sys.executable, "-m", "qlora_kit.cli", "train", args.config,
+        sys.executable, "-m", "qlora_kit.cli", "train", str(Path(args.config).resolve()),
         f"model.name_or_path={model_dir}", f"data.source.path={train}", f"data.subset.n={n_train}",
         f"output_dir={run_dir}", *([f"train.max_steps={args.max_steps}"] if args.max_steps else []),
         *args.overrides,

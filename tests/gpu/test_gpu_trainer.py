@@ -17,9 +17,9 @@ from qlora_kit.training import Callback, Trainer
 pytestmark = pytest.mark.gpu
 
 
-def qlora_model(model_dir, device):
+def qlora_model(model_dir, device, compute_dtype="bfloat16"):
     loader = ModelLoader(
-        ModelConfig(name_or_path=str(model_dir)), Bnb4bitQuant(compute_dtype="bfloat16"), device
+        ModelConfig(name_or_path=str(model_dir)), Bnb4bitQuant(compute_dtype=compute_dtype), device
     )
     model = prepare_for_training(loader.load_model(), grad_checkpointing=True)
     torch.manual_seed(0)
