@@ -85,8 +85,14 @@ class Score:
     total: int
 
 
-def score(model: Any, tokenizer: Any, formatter: Any, rows: list[dict[str, str]], encoded: Any, collate: Any) -> tuple[Score, list[str]]:  # fmt: skip
-    """Loss on the encoded held-out rows, and greedy answers to their instructions checked exactly."""
+def score(
+    model: Any, tokenizer: Any, formatter: Any, rows: list[dict[str, str]], encoded: Any, collate: Any
+) -> tuple[Score, list[str]]:
+    """Loss on the encoded held-out rows, and greedy answers to their instructions checked exactly.
+
+    Returns:
+        The :class:`Score` and the answers, in the order of ``rows``.
+    """
     from qlora_kit.generation import build_example, complete, prompt_ids
     from qlora_kit.training.evaluation import inference_mode
     from qlora_kit.training.loss import causal_lm_loss, count_supervised
