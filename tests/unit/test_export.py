@@ -53,11 +53,11 @@ def test_compare_logits_measures_difference_kl_and_agreement():
     assert result["mean_kl"] > 0.1
 
 
-def _run_cfg(model_dir, out, export):
+def _run_cfg(model_dir, out, export, quant=None):
     return load_config({
         "output_dir": str(out),
         "model": {"name_or_path": str(model_dir)},
-        "quant": {"kind": "bnb_4bit", "compute_dtype": "float32"},
+        "quant": quant or {"kind": "bnb_4bit", "compute_dtype": "float32"},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
         "data": {"source": {"rows": [{"instruction": "x", "output": "y"}]}, "formatter": {"kind": "alpaca"}},
         "export": export,
@@ -70,8 +70,8 @@ def adapted(tiny_llama_dir, tmp_path):
     from qlora_kit.adapters import AdapterBuilder
     from qlora_kit.loading import ModelLoader, prepare_for_training
 
-    def build(export):
-        cfg = _run_cfg(tiny_llama_dir, tmp_path / "run", export)
+    def build(export, quant=None):
+        cfg = _run_cfg(tiny_llama_dir, tmp_path / "run", export, quant)
         model, tok = ModelLoader(cfg.model, cfg.quant, device="cpu").load()
         model = AdapterBuilder(cfg.adapter).apply(prepare_for_training(model, False))
         torch.manual_seed(1)
@@ -182,3 +182,11 @@ def test_a_failing_merge_leaves_nothing_half_written(adapted, tmp_path, monkeypa
     with pytest.raises(OSError, match="no space"):
         build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapter"]
+
+
+def test_merge_from_an_8bit_base_dequantizes_int8_weights(adapted, tmp_path):
+    model, tok, cfg = adapted({"kind": "merged"}, quant={"kind": "bnb_8bit", "compute_dtype": "float32"})
+    logits_of(model, _ids(tok))  # a forward pass moves bitsandbytes' int8 row scales into module.state
+    result = build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg)
+    dequantized = result.merge_report["bases"]["dequantized"]
+    assert result.merge_report["passed"] and dequantized["max_abs_logit_diff"] < 0.05

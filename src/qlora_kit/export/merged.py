@@ -48,9 +48,9 @@ def dequantized_weights(model: Any) -> dict[str, torch.Tensor]:
         if isinstance(module, bnb.nn.Linear4bit):
             weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
         elif isinstance(module, bnb.nn.Linear8bitLt):
-            param = module.weight
-            codes = param.CB if getattr(param, "CB", None) is not None else param.data
-            weight = bnb.functional.int8_vectorwise_dequant(codes, param.SCB)
+            # After a forward pass bitsandbytes moves the row scales from the weight to module.state.
+            scales = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
+            weight = bnb.functional.int8_vectorwise_dequant(module.weight.data, scales)
         else:
             continue
         weights[name.replace(".base_layer", "")] = weight
