@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a finished run again (adapter, or a verified merged model)")
     p.add_argument("output_dir", help="the run's output_dir (holds run_config.yaml)")
     p.add_argument(
-        "overrides", nargs="*", help="dotted overrides of the export section, e.g. export.dtype=float16"
+        "overrides",
+        nargs="*",
+        help="dotted overrides of the export section, e.g. export.dtype=float16 (before any --option)",
     )
     p.add_argument("--kind", choices=["adapter", "merged"], help="shortcut for export.kind=...")
     p.add_argument(
