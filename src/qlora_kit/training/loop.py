@@ -23,6 +23,7 @@ from qlora_kit.errors import ConfigError, TrainingError
 from qlora_kit.training.batches import BatchPlanner, Window
 from qlora_kit.training.callbacks import Callback, CallbackList, EarlyStopping
 from qlora_kit.training.evaluation import evaluate, generate_panel
+from qlora_kit.training.kernels import attention_backends
 from qlora_kit.training.loss import LossFn, causal_lm_loss
 from qlora_kit.training.setup import Run, finish_run, oom_message, prepare_run
 
@@ -109,7 +110,8 @@ class Trainer:
             eval_data = None
         run = prepare_run(self, model, train_data)
         try:
-            self._train(run, eval_data)
+            with attention_backends(run.accelerator.device):
+                self._train(run, eval_data)
         except torch.OutOfMemoryError as err:
             raise TrainingError(oom_message(run.state.step + 1)) from err
         finally:
