@@ -1,0 +1,101 @@
+"""Config section of the data: source, subset, held-out split, prompt formatter, batching."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from qlora_kit.config.base import StrictModel
+
+# ----------------------------------------------------------------------------------------- data
+
+
+class SourceConfig(StrictModel):
+    """A dataset: a hub name, a local json/jsonl/csv/parquet file, or rows given in memory."""
+
+    path: str | None = None
+    """Hub dataset name (`yahma/alpaca-cleaned`) or a local file/directory."""
+    name: str | None = None
+    """Hub dataset configuration name."""
+    split: str = "train"
+    """Split to load."""
+    rows: list[dict[str, Any]] | None = None
+    """Rows given directly (Python API, tests)."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Rename columns to the names the formatter expects: `{formatter_field: dataset_column}`."""
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> SourceConfig:
+        if (self.path is None) == (self.rows is None):
+            raise ValueError("give exactly one of `path` or `rows`")
+        return self
+
+
+class SubsetConfig(StrictModel):
+    """The seed's subset step: `shuffle(seed=seed).select(range(n))`."""
+
+    n: int = Field(gt=0)
+    """Rows to keep."""
+    seed: int = 42
+    """Shuffle seed."""
+
+
+class EvalSplitConfig(StrictModel):
+    """Held-out data: a fraction of the training source, or a separate source."""
+
+    fraction: float | None = Field(default=None, gt=0, lt=1)
+    """Fraction of the (subset) training rows held out."""
+    source: SourceConfig | None = None
+    """A separate evaluation dataset."""
+    seed: int = 42
+    """Seed of the held-out split."""
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> EvalSplitConfig:
+        if (self.fraction is None) == (self.source is None):
+            raise ValueError("give exactly one of `fraction` or `source`")
+        return self
+
+
+class FormatterSpec(StrictModel):
+    """Which registered PromptFormatter renders rows, and its options."""
+
+    kind: str = "alpaca"
+    """Registered formatter name (`qlora-kit schema` lists the built-ins; plugins add more)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Formatter-specific options, validated by the formatter's own `Options` model."""
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> FormatterSpec:
+        from qlora_kit.registry import formatters
+
+        formatters.validate_options(self.kind, self.options)
+        return self
+
+
+class DataConfig(StrictModel):
+    """Data loading, prompt formatting, truncation and batching."""
+
+    source: SourceConfig = Field(default_factory=lambda: SourceConfig(path="yahma/alpaca-cleaned"))
+    """The training data."""
+    subset: SubsetConfig | None = None
+    """Optional random subset of the source (the seed takes 1,000 rows with seed 42)."""
+    eval: EvalSplitConfig | None = None
+    """Optional held-out split."""
+    formatter: FormatterSpec = Field(default_factory=FormatterSpec)
+    """Prompt template."""
+    train_on_inputs: bool = False
+    """Also train on prompt tokens (the seed does, since SFTTrainer trains on all text)."""
+    max_length: int = Field(default=1024, gt=0)
+    """Longest tokenized example."""
+    truncation: Literal["truncate", "drop", "error"] = "truncate"
+    """What happens to longer examples: cut the response, drop the row, or fail."""
+    padding: Literal["longest", "max_length"] = "longest"
+    """Pad each batch to its longest row (multiple of 8) or always to `max_length` (seed parity)."""
+    packing: bool = False
+    """Padding-free batches: a micro-batch's examples concatenated in one row, positions restarting."""
+    group_by_length: bool = False
+    """Batch examples of similar length together (less padding), shuffled by group."""
+    skip_bad_rows: bool = False
+    """Skip rows with missing or non-string fields (counted in the data report) instead of failing."""
