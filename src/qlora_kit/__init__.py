@@ -20,12 +20,20 @@ _EXPORTS = {
     "PromptFormatter": "qlora_kit.formatting",
     "Segment": "qlora_kit.formatting",
     "ModelLoader": "qlora_kit.loading",
+    "prepare_for_training": "qlora_kit.loading",
     "AdapterBuilder": "qlora_kit.adapters",
     "inspect_model": "qlora_kit.inspect",
+    "build_formatter": "qlora_kit.formatting",
     "build_datasets": "qlora_kit.data",
     "Trainer": "qlora_kit.training",
+    "TrainResult": "qlora_kit.training",
     "build_exporter": "qlora_kit.export",
+    "ExportResult": "qlora_kit.export",
+    "load_exported": "qlora_kit.generation",
+    "generate": "qlora_kit.generation",
     "run": "qlora_kit.recipe",
+    "RunResult": "qlora_kit.recipe",
+    "quickstart": "qlora_kit.quickstart",
 }
 
 __all__ = ["__version__", *_EXPORTS]
