@@ -38,16 +38,6 @@ SHAPE = dict(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls gain nothing from threads; on a busy 2-core machine two OpenMP threads made these
-    # 40 steps take ~50 s instead of ~0.4 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("tiny-llama-equiv")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 from qlora_kit.cli import main
@@ -21,14 +20,6 @@ SEED_LORA = {
     "target_modules": ["c_attn", "c_proj", "c_fc"],
 }
 SEED_QUANT = {"kind": "bnb_4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny CPU work: extra threads only contend on a busy machine
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,6 @@ from qlora_kit.loading import ModelLoader, prepare_for_training, resolve_device
 from qlora_kit.testing import make_distilgpt2_shape, make_tiny_gguf
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny CPU work: extra threads only contend on a busy machine
-    yield
-    torch.set_num_threads(threads)
-
-
 def _loader(path, quant=None, **model):
     return ModelLoader(ModelConfig(name_or_path=str(path), **model), quant or Bnb4bitQuant(), "cpu")
 

@@ -45,14 +45,6 @@ def test_torch_dtype_names():
         torch_dtype("fp8")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny CPU work: extra threads only contend on a busy machine
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def quantized(tiny_llama_dir):
     return ModelLoader(
