@@ -56,9 +56,12 @@ class ModelLoader:
         self.device = resolve_device(device)
         self._source: str | None = None
 
-    def load(self) -> tuple[Any, Any]:
-        """The model and tokenizer, with the pad-token policy applied to both."""
-        tokenizer = self.load_tokenizer()
+    def load(self, tokenizer: Any = None) -> tuple[Any, Any]:
+        """The model and tokenizer, with the pad-token policy applied to both.
+
+        Pass a tokenizer from :meth:`load_tokenizer` to reuse it (e.g. to check the data first).
+        """
+        tokenizer = tokenizer if tokenizer is not None else self.load_tokenizer()
         model = self.load_model()
         fit_embeddings_to_tokenizer(model, tokenizer)
         return model, tokenizer

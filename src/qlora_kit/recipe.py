@@ -103,11 +103,13 @@ def run(cfg: Any, overrides: Iterable[str] = ()) -> RunResult:
     cfg = load_config(cfg, overrides)
     out = Path(cfg.output_dir)
     write_run_config(cfg, out)
-    model, tokenizer = ModelLoader(cfg.model, cfg.quant).load()
+    loader = ModelLoader(cfg.model, cfg.quant)
+    tokenizer = loader.load_tokenizer()
     formatter = build_formatter(cfg.data.formatter)
-    data = build_datasets(
+    data = build_datasets(  # before the model: bad data fails fast, and its report is written first
         cfg.data, formatter, tokenizer, micro_batch_size=cfg.train.micro_batch_size, output_dir=out
     )
+    model, tokenizer = loader.load(tokenizer)
     model = prepare_for_training(model, cfg.train.grad_checkpointing)  # freezes the base: before LoRA
     model = AdapterBuilder(cfg.adapter).apply(model)
     trainer = Trainer(

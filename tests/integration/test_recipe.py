@@ -94,3 +94,18 @@ def test_bad_paths_are_input_errors(tmp_path, capsys):
     assert "no exported model" in capsys.readouterr().err
     assert cli(["export", str(tmp_path)]) == 2
     assert "run_config.yaml" in capsys.readouterr().err
+
+
+def test_bad_data_fails_before_the_model_is_loaded(config_file, tmp_path, capsys, monkeypatch):
+    from qlora_kit.loading import ModelLoader
+
+    def no_model(self):
+        raise AssertionError("the model was loaded before the data was checked")
+
+    monkeypatch.setattr(ModelLoader, "load_model", no_model)
+    rows = make_alpaca_rows(20)
+    rows[5]["output"] = 7  # not a string
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    assert cli(["train", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert "rows.json row 5" in err and "got int" in err
