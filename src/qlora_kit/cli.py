@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-rows", type=int, help="held-out rows scored before and after")
     p.add_argument("--export", choices=["adapter", "merged"], default="merged")
     p.set_defaults(func=_cmd_quickstart)
+    for command in sub.choices.values():  # `--debug` also after the sub-command, where users type it
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     return parser
 
 

@@ -69,3 +69,12 @@ def test_schema_is_json(capsys):
 def test_plugin_import_failure_raises():
     errors = _errors({"plugins": ["no_such_module_xyz"]})
     assert "no_such_module_xyz" in errors["plugins"]
+
+
+def test_debug_flag_after_the_subcommand_shows_the_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {epohcs: 3}\n")
+    for argv in (["--debug", "validate", str(path)], ["validate", str(path), "--debug"]):
+        with pytest.raises(ConfigError):
+            main(argv)
+    assert main(["validate", str(path)]) == 2
