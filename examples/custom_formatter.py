@@ -10,12 +10,12 @@ usable from YAML (``data.formatter.kind: qa``) once its module is listed in ``pl
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from qlora_kit import PromptFormatter, Segment, formatters, load_config, run
+from qlora_kit.quickstart import smollm2_gguf
 
 
 class QAOptions(BaseModel):
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     from qlora_kit.testing import check_formatter
 
     rows = make_rows(64)
-    model = args.model or str(_smollm2())
+    model = args.model or str(smollm2_gguf())
     cfg = load_config({
         "output_dir": args.output_dir,
         "model": {"name_or_path": model},
@@ -85,12 +85,6 @@ def main(argv: list[str] | None = None) -> None:
         f"check_formatter: {check_formatter(QAFormatter(cfg.data.formatter.options), rows[:8], tokenizer)} rows ok"
     )
     print(run(cfg).summary())
-
-
-def _smollm2() -> Path:
-    from qlora_kit.quickstart import smollm2_gguf
-
-    return smollm2_gguf()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from qlora_kit.data import build_datasets, build_formatter, make_collator
 from qlora_kit.export import build_exporter
 from qlora_kit.loading import ModelLoader, prepare_for_training
 from qlora_kit.quant import keep_4bit_weights_trainable
+from qlora_kit.quickstart import smollm2_gguf
+from qlora_kit.quickstart_task import make_rows, write_jsonl
 from qlora_kit.training.loss import causal_lm_loss, count_supervised
 
 
@@ -36,9 +38,9 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_config({
         "output_dir": str(out),
-        "model": {"name_or_path": args.model or str(_smollm2())},
+        "model": {"name_or_path": args.model or str(smollm2_gguf())},
         "adapter": {"r": 16, "alpha": 32},
-        "data": {"source": {"path": args.data or str(_generated_rows(out / "data.jsonl"))},
+        "data": {"source": {"path": args.data or str(write_jsonl(make_rows(400, seed=0), out / "data.jsonl"))},
                  "formatter": {"kind": "chatml"}, "max_length": 128},
         "export": {"kind": "adapter"},
     })  # fmt: skip
@@ -70,18 +72,6 @@ def main(argv: list[str] | None = None) -> None:
 
     result = build_exporter(cfg.export).export(model, tokenizer, out, cfg)
     print(result.summary())
-
-
-def _smollm2() -> Path:
-    from qlora_kit.quickstart import smollm2_gguf
-
-    return smollm2_gguf()
-
-
-def _generated_rows(path: Path) -> Path:
-    from qlora_kit.quickstart_task import make_rows, write_jsonl
-
-    return write_jsonl(make_rows(400, seed=0), path)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from qlora_kit import load_config, run
 from qlora_kit.generation import generate, load_exported
+from qlora_kit.quickstart import smollm2_gguf
+from qlora_kit.quickstart_task import make_rows, write_jsonl
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=40)
     args = parser.parse_args(argv)
 
-    model = args.model or str(_smollm2())
-    data = args.data or str(_generated_rows(Path(args.output_dir) / "data.jsonl"))
+    model = args.model or str(smollm2_gguf())
+    data = args.data or str(write_jsonl(make_rows(400, seed=0), Path(args.output_dir) / "data.jsonl"))
     cfg = load_config(
         {
             "output_dir": args.output_dir,
@@ -48,18 +50,6 @@ def main(argv: list[str] | None = None) -> None:
 
     loaded = load_exported(result.output_dir)  # reload the export from disk, in the training format
     print(generate(loaded, "Reverse the order of these words: apple river stone", max_new_tokens=16))
-
-
-def _smollm2() -> Path:
-    from qlora_kit.quickstart import smollm2_gguf
-
-    return smollm2_gguf()
-
-
-def _generated_rows(path: Path) -> Path:
-    from qlora_kit.quickstart_task import make_rows, write_jsonl
-
-    return write_jsonl(make_rows(400, seed=0), path)
 
 
 if __name__ == "__main__":

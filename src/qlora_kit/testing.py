@@ -255,3 +255,16 @@ def _permute_for_gguf(weights: Any, n_head: int) -> Any:
         .swapaxes(1, 2)
         .reshape(weights.shape)
     )
+
+
+def perturb_lora(model: Any, std: float = 0.05, seed: int = 1) -> Any:
+    """Give every ``lora_B`` matrix random values (PEFT initialises them to zero), so an adapter
+    changes the model's outputs: what export, merge and reload tests need to see a difference."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model

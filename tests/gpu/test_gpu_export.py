@@ -6,7 +6,6 @@ import importlib.util
 import json
 
 import pytest
-import torch
 
 from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.config_io import load_config
@@ -14,6 +13,7 @@ from qlora_kit.export import build_exporter
 from qlora_kit.export.verify import compare_logits, logits_of
 from qlora_kit.generation import generate, load_exported
 from qlora_kit.loading import ModelLoader, prepare_for_training
+from qlora_kit.testing import perturb_lora
 
 
 def _cfg(model_dir, out):
@@ -32,11 +32,7 @@ def test_merged_export_and_adapter_reload_on_gpu(tiny_llama_dir, tmp_path, gpu_d
     cfg = _cfg(tiny_llama_dir, tmp_path)
     model, tok = ModelLoader(cfg.model, cfg.quant, device=gpu_device).load()
     model = AdapterBuilder(cfg.adapter).apply(prepare_for_training(model, False))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.05)
+    perturb_lora(model)
     result = build_exporter(cfg.export).export(model, tok, tmp_path, cfg)
     report = json.loads((result.merged_dir / "merge_report.json").read_text())
     assert report["passed"], report["message"]

@@ -15,7 +15,7 @@ from qlora_kit.config_io import load_config
 from qlora_kit.export import MergeVerificationWarning, build_exporter
 from qlora_kit.export.files import atomic_dir, eos_token_ids
 from qlora_kit.export.verify import compare_logits, logits_of
-from qlora_kit.testing import make_tokenizer
+from qlora_kit.testing import make_tokenizer, perturb_lora
 
 
 def test_atomic_dir_replaces_on_success_and_keeps_old_on_failure(tmp_path):
@@ -74,11 +74,7 @@ def adapted(tiny_llama_dir, tmp_path):
         cfg = _run_cfg(tiny_llama_dir, tmp_path / "run", export, quant)
         model, tok = ModelLoader(cfg.model, cfg.quant, device="cpu").load()
         model = AdapterBuilder(cfg.adapter).apply(prepare_for_training(model, False))
-        torch.manual_seed(1)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0, 0.05)
+        perturb_lora(model)
         return model, tok, cfg
 
     return build
