@@ -69,8 +69,8 @@ def heldout_loss(run_dir: Path, held_file: Path) -> float | None:
     import torch
     from peft import PeftModel
 
-    from qlora_kit.config_io import load_config
-    from qlora_kit.loading import ModelLoader
+    from qlora_kit.config.io import load_config
+    from qlora_kit.model.loading import ModelLoader
 
     rows = json.loads(held_file.read_text(encoding="utf-8"))
     if not rows:
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     import torch
 
-    from qlora_kit.config_io import package_versions
+    from qlora_kit.config.io import package_versions
 
     result = {
         "workload": "W1 seed job",

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=20)
     args = parser.parse_args(argv)
 
-    from qlora_kit.loading import ModelLoader
+    from qlora_kit.model.loading import ModelLoader
     from qlora_kit.testing import check_formatter
 
     rows = make_rows(64)

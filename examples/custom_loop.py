@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from qlora_kit import load_config
-from qlora_kit.adapters import AdapterBuilder
-from qlora_kit.config_io import write_run_config
+from qlora_kit.config.io import write_run_config
 from qlora_kit.data import build_datasets, build_formatter, make_collator
 from qlora_kit.export import build_exporter
-from qlora_kit.loading import ModelLoader, prepare_for_training
-from qlora_kit.quant import keep_4bit_weights_trainable
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.quickstart import smollm2_gguf
-from qlora_kit.quickstart_task import make_rows, write_jsonl
+from qlora_kit.quickstart.task import make_rows, write_jsonl
 from qlora_kit.training.loss import causal_lm_loss, count_supervised
 
 

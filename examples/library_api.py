@@ -17,7 +17,7 @@ from pathlib import Path
 from qlora_kit import load_config, run
 from qlora_kit.generation import generate, load_exported
 from qlora_kit.quickstart import smollm2_gguf
-from qlora_kit.quickstart_task import make_rows, write_jsonl
+from qlora_kit.quickstart.task import make_rows, write_jsonl
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,13 +15,13 @@ from qlora_kit.errors import QloraKitError
 
 
 def _load(args: argparse.Namespace):
-    from qlora_kit.config_io import load_config
+    from qlora_kit.config.io import load_config
 
     return load_config(args.config, args.overrides)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from qlora_kit.config_io import config_to_yaml
+    from qlora_kit.config.io import config_to_yaml
 
     print(config_to_yaml(_load(args)), end="")
     return 0
@@ -35,7 +35,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from qlora_kit.inspect import inspect_model
+    from qlora_kit.inspection import inspect_model
 
     report = inspect_model(_load(args))
     print(report.to_json() if args.json else report.to_table())
@@ -44,7 +44,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from qlora_kit.data import build_datasets, build_formatter
-    from qlora_kit.loading import ModelLoader
+    from qlora_kit.model.loading import ModelLoader
 
     cfg = _load(args)
     data_cfg = cfg.data.model_copy(update={"skip_bad_rows": True}) if args.skip_bad_rows else cfg.data
@@ -77,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from qlora_kit.export.rerun import export_run
+    from qlora_kit.export.from_run import export_run
 
     overrides = list(args.overrides)
     overrides += [f"export.kind={args.kind}"] if args.kind else []

@@ -69,9 +69,9 @@ def load_exported(path: str | Path, prefer: str | None = None, device: str | Non
         prefer: ``adapter`` or ``merged`` when a run dir holds both.
         device: Where to run; default ``cuda:0`` when available, else CPU.
     """
-    from qlora_kit.config_io import load_config
+    from qlora_kit.config.io import load_config
     from qlora_kit.formatting import build_formatter
-    from qlora_kit.loading import ModelLoader, resolve_device
+    from qlora_kit.model.loading import ModelLoader, resolve_device
 
     path, kind = resolve_export_dir(path, prefer)
     run_cfg = load_config(path / RUN_CONFIG_FILE)

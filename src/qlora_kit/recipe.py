@@ -92,11 +92,11 @@ def run(cfg: Any, overrides: Iterable[str] = ()) -> RunResult:
     Writes into ``cfg.output_dir``: ``run_config.yaml``, the data report, checkpoints, ``metrics.jsonl``,
     the export (``adapter/``, ``merged/``) and ``summary.json``.
     """
-    from qlora_kit.adapters import AdapterBuilder
-    from qlora_kit.config_io import load_config, write_run_config
+    from qlora_kit.config.io import load_config, write_run_config
     from qlora_kit.data import build_datasets, build_formatter, length_grouped_batches, make_collator
     from qlora_kit.export import build_exporter
-    from qlora_kit.loading import ModelLoader, prepare_for_training
+    from qlora_kit.model.adapters import AdapterBuilder
+    from qlora_kit.model.loading import ModelLoader, prepare_for_training
     from qlora_kit.training import Trainer
 
     started = time.perf_counter()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, RunConfig
-from qlora_kit.inspect import inspect_model
-from qlora_kit.loading import ModelLoader, prepare_for_training
+from qlora_kit.inspection import inspect_model
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.testing import make_alpaca_rows, make_distilgpt2_shape
 
 pytestmark = pytest.mark.gpu

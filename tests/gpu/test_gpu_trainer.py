@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
-from qlora_kit.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.training import Callback, Trainer
 
 pytestmark = pytest.mark.gpu

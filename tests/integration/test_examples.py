@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qlora_kit.cli import main as cli
-from qlora_kit.config_io import load_config
+from qlora_kit.config.io import load_config
 from qlora_kit.testing import make_alpaca_rows, make_distilgpt2_shape
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,10 +23,10 @@ import torch
 from bitsandbytes.functional import dequantize_4bit, has_avx512bf16
 from bitsandbytes.nn import Linear4bit
 
-from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, NoQuant
-from qlora_kit.loading import ModelLoader, prepare_for_training
-from qlora_kit.quant import keep_4bit_weights_trainable
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.testing import make_alpaca_rows, make_tiny_llama
 
 STEPS, CONTROL_STEPS, EVAL_EVERY, LR = 60, 20, 10, 1e-2

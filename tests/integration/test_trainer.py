@@ -13,11 +13,11 @@ from accelerate.tracking import GeneralTracker
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
 from qlora_kit.data.collate import PackedCollator
 from qlora_kit.errors import ConfigError, DataError, TrainingError
-from qlora_kit.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.training import Callback, Trainer
 from qlora_kit.training.batches import epoch_batches
 

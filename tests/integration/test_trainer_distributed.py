@@ -23,9 +23,9 @@ pytestmark = pytest.mark.slow
 SCRIPT = textwrap.dedent(
     """
     import os, random, sys, torch
-    from qlora_kit.adapters import AdapterBuilder
+    from qlora_kit.model.adapters import AdapterBuilder
     from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
-    from qlora_kit.loading import ModelLoader, prepare_for_training
+    from qlora_kit.model.loading import ModelLoader, prepare_for_training
     from qlora_kit.training import Callback, Trainer
 
     class Crash(Callback):

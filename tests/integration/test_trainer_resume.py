@@ -11,10 +11,10 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
 from qlora_kit.errors import TrainingError
-from qlora_kit.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.training import Callback, Trainer
 from qlora_kit.training.checkpoint import CheckpointManager
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
 
-from qlora_kit.adapters import AdapterBuilder, linear_layer_names
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig
 from qlora_kit.errors import ConfigError
-from qlora_kit.loading import ModelLoader
+from qlora_kit.model.adapters import AdapterBuilder, linear_layer_names
+from qlora_kit.model.loading import ModelLoader
 from qlora_kit.testing import make_distilgpt2_shape, make_tiny_llama
 
 LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]

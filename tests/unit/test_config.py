@@ -3,7 +3,7 @@ import json
 import pytest
 
 from qlora_kit.cli import main
-from qlora_kit.config_io import load_config
+from qlora_kit.config.io import load_config
 from qlora_kit.errors import ConfigError
 
 

@@ -8,11 +8,41 @@ import datasets
 import pytest
 
 from qlora_kit.config import DataConfig, FormatterSpec
-from qlora_kit.data import build_datasets, build_formatter, seed_dataset_flow
+from qlora_kit.data import build_datasets, build_formatter
+from qlora_kit.formatting.alpaca import SEED_TEMPLATE
 from qlora_kit.testing import make_alpaca_rows, make_tokenizer
 
 DEMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca_en_demo.json"
 GPT2 = Path(__file__).resolve().parents[3] / "shared" / "assets" / "gpt2-tokenizer"
+SEED_PROMPT = SEED_TEMPLATE + "{}"
+"""The reference recipe's ``alpaca_prompt``: the template with the response placeholder."""
+
+
+def reference_dataset_flow(dataset, tokenizer, n=1000, seed=42):
+    """Run the seed's steps on ``dataset`` and record its columns after each one.
+
+    Args:
+        dataset: A ``datasets.Dataset`` with ``instruction``, ``input`` and ``output`` columns.
+        tokenizer: The tokenizer (the seed sets ``pad_token = eos_token`` beforehand).
+        n: Rows of the subset.
+        seed: Shuffle seed of the subset.
+
+    Returns:
+        The final dataset and the column lists after loading, subsetting, formatting and tokenizing.
+    """
+    columns = [list(dataset.column_names)]
+    subset = dataset.shuffle(seed=seed).select(range(min(n, len(dataset))))
+    columns.append(list(subset.column_names))
+
+    def formatting_prompts_func(examples: dict[str, list[str]]) -> dict[str, list[str]]:
+        rows = zip(examples["instruction"], examples["input"], examples["output"], strict=True)
+        return {"text": [SEED_PROMPT.format(i, x, o) for i, x, o in rows]}
+
+    subset = subset.map(formatting_prompts_func, batched=True)
+    columns.append(list(subset.column_names))
+    subset = subset.map(lambda s: tokenizer(s["text"], truncation=True, padding="max_length"), batched=True)
+    columns.append(list(subset.column_names))
+    return subset, columns
 
 
 def test_seed_flow_columns_after_each_map_step():
@@ -22,7 +52,7 @@ def test_seed_flow_columns_after_each_map_step():
         {"output": r["output"], "input": r["input"], "instruction": r["instruction"]}
         for r in make_alpaca_rows(30)
     ]
-    final, columns = seed_dataset_flow(datasets.Dataset.from_list(rows), tokenizer, n=10)
+    final, columns = reference_dataset_flow(datasets.Dataset.from_list(rows), tokenizer, n=10)
     assert columns == [
         ["output", "input", "instruction"],
         ["output", "input", "instruction"],

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from qlora_kit.config_io import load_config
+from qlora_kit.config.io import load_config
 from qlora_kit.export import MergeVerificationWarning, build_exporter
 from qlora_kit.export.files import atomic_dir, eos_token_ids
 from qlora_kit.export.verify import compare_logits, logits_of
@@ -67,8 +67,8 @@ def _run_cfg(model_dir, out, export, quant=None):
 @pytest.fixture
 def adapted(tiny_llama_dir, tmp_path):
     """A 4-bit tiny Llama with a LoRA adapter whose B matrices are non-zero (as after training)."""
-    from qlora_kit.adapters import AdapterBuilder
-    from qlora_kit.loading import ModelLoader, prepare_for_training
+    from qlora_kit.model.adapters import AdapterBuilder
+    from qlora_kit.model.loading import ModelLoader, prepare_for_training
 
     def build(export, quant=None):
         cfg = _run_cfg(tiny_llama_dir, tmp_path / "run", export, quant)
@@ -101,9 +101,9 @@ def test_adapter_round_trip_in_a_fresh_process_gives_identical_logits(adapted, t
         import torch
         torch.set_num_threads({torch.get_num_threads()})  # the parent's thread count: same summation order
         from peft import AutoPeftModelForCausalLM, PeftModel
-        from qlora_kit.config_io import load_config
-        from qlora_kit.loading import ModelLoader
-        from qlora_kit.quant import build_bnb_config, keep_4bit_weights_trainable
+        from qlora_kit.config.io import load_config
+        from qlora_kit.model.loading import ModelLoader
+        from qlora_kit.model.quant import build_bnb_config, keep_4bit_weights_trainable
         from qlora_kit.export.verify import logits_of
         cfg = load_config({str(adapter / "run_config.yaml")!r})
         expected = torch.load({str(tmp_path / "expected.pt")!r})

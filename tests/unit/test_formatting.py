@@ -268,7 +268,7 @@ def test_dolly_example_plugin_loads_from_yaml_and_meets_the_contract(monkeypatch
     import json
     from pathlib import Path
 
-    from qlora_kit.config_io import load_config
+    from qlora_kit.config.io import load_config
 
     examples = Path(__file__).resolve().parents[2] / "examples"
     monkeypatch.syspath_prepend(str(examples))

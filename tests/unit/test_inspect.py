@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from qlora_kit.cli import main
-from qlora_kit.config_io import load_config
-from qlora_kit.inspect import inspect_model
+from qlora_kit.config.io import load_config
+from qlora_kit.inspection import inspect_model
 from qlora_kit.testing import make_distilgpt2_shape
 
 SEED_LORA = {
@@ -116,10 +116,10 @@ def test_cli_inspect_missing_model_is_a_clean_error(tmp_path, capsys):
 def test_inspect_loaded_matches_get_memory_footprint_and_dora_arithmetic(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
-    from qlora_kit.adapters import AdapterBuilder
     from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig
-    from qlora_kit.inspect import inspect_loaded
-    from qlora_kit.loading import ModelLoader
+    from qlora_kit.inspection import inspect_loaded
+    from qlora_kit.model.adapters import AdapterBuilder
+    from qlora_kit.model.loading import ModelLoader
 
     original = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     quantized = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(), "cpu").load_model()

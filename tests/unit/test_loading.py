@@ -6,12 +6,12 @@ import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
 
-from qlora_kit.adapters import AdapterBuilder
 from qlora_kit.cli import main
 from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, NoQuant
 from qlora_kit.errors import ModelLoadError, QloraKitError
-from qlora_kit.gguf import dequantize_gguf
-from qlora_kit.loading import ModelLoader, prepare_for_training, resolve_device
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.gguf import dequantize_gguf
+from qlora_kit.model.loading import ModelLoader, prepare_for_training, resolve_device
 from qlora_kit.testing import make_distilgpt2_shape, make_tiny_gguf
 
 
@@ -134,7 +134,7 @@ def test_gguf_is_dequantized_once_into_a_cache(tmp_path, tokenizer, monkeypatch)
     def no_second_conversion(*args):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr("qlora_kit.gguf._convert", no_second_conversion)
+    monkeypatch.setattr("qlora_kit.model.gguf._convert", no_second_conversion)
     assert dequantize_gguf(tmp_path / "tiny.gguf", tmp_path / "cache") == entries[0]
     quantized = _loader(tmp_path / "tiny.gguf", cache_dir=str(tmp_path / "cache")).load_model()
     assert any(isinstance(m, Linear4bit) for m in quantized.modules())
@@ -147,7 +147,7 @@ def test_interrupted_gguf_conversion_leaves_no_cache_entry(tmp_path, tokenizer, 
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("qlora_kit.gguf._convert", interrupted)
+    monkeypatch.setattr("qlora_kit.model.gguf._convert", interrupted)
     with pytest.raises(KeyboardInterrupt):
         dequantize_gguf(tmp_path / "tiny.gguf", tmp_path / "cache")
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []
@@ -203,7 +203,7 @@ def test_bitsandbytes_without_a_backend_for_the_device(tiny_llama_dir, monkeypat
     def no_backend(module, device):
         raise NotImplementedError(f"no kernel for {device.type}")
 
-    monkeypatch.setattr("qlora_kit.quant._probe_bitsandbytes", no_backend)
+    monkeypatch.setattr("qlora_kit.model.quant._probe_bitsandbytes", no_backend)
     with pytest.raises(
         ModelLoadError, match="quant.kind=bnb_4bit: bitsandbytes has no working backend for cpu"
     ):

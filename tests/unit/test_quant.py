@@ -9,8 +9,8 @@ from bitsandbytes.nn import Linear4bit
 
 from qlora_kit.config import Bnb4bitQuant, Bnb8bitQuant, ModelConfig, NoQuant
 from qlora_kit.errors import ConfigError
-from qlora_kit.loading import ModelLoader
-from qlora_kit.quant import build_bnb_config, keep_4bit_weights_trainable, torch_dtype
+from qlora_kit.model.loading import ModelLoader
+from qlora_kit.model.quant import build_bnb_config, keep_4bit_weights_trainable, torch_dtype
 
 
 def test_4bit_config_maps_every_field():

@@ -13,8 +13,7 @@ from qlora_kit.data.collate import (
 )
 from qlora_kit.data.pipeline import DataBundle, build_datasets
 from qlora_kit.data.report import DataReport, Efficiency
-from qlora_kit.data.sampling import LengthGroupedSampler, length_grouped_batches, length_grouped_order
-from qlora_kit.data.seed import seed_dataset_flow
+from qlora_kit.data.sampling import length_grouped_batches, length_grouped_order
 from qlora_kit.formatting import build_formatter
 
 __all__ = [
@@ -23,7 +22,6 @@ __all__ = [
     "DataBundle",
     "DataReport",
     "Efficiency",
-    "LengthGroupedSampler",
     "PackedCollator",
     "PaddedCollator",
     "build_datasets",
@@ -31,5 +29,4 @@ __all__ = [
     "length_grouped_batches",
     "length_grouped_order",
     "make_collator",
-    "seed_dataset_flow",
 ]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
-from torch.utils.data import Sampler
 
 MEGA_BATCH_MULT = 50
 
@@ -36,29 +35,3 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int) -> 
     """The indices of :func:`length_grouped_batches` with a generator seeded by ``seed``, flattened."""
     generator = torch.Generator().manual_seed(seed)
     return [i for batch in length_grouped_batches(lengths, batch_size, generator) for i in batch]
-
-
-class LengthGroupedSampler(Sampler[int]):
-    """A sampler yielding :func:`length_grouped_order`, reshuffled each epoch via :meth:`set_epoch`.
-
-    Args:
-        lengths: Token length of each example (the training dataset's ``length`` column).
-        batch_size: The micro-batch size the DataLoader uses.
-        seed: Base seed; epoch ``e`` uses ``seed + e``.
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0):
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of ``epoch`` on the next iteration."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(length_grouped_order(self.lengths, self.batch_size, self.seed + self.epoch))

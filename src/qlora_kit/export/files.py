@@ -69,7 +69,7 @@ def generation_config_for(model: Any, tokenizer: Any, formatter_kind: str | None
 
 def write_run_files(directory: Path, run_cfg: Any) -> None:
     """``run_config.yaml`` and ``versions.json``: an export can be repeated and generated from alone."""
-    from qlora_kit.config_io import config_to_yaml, package_versions
+    from qlora_kit.config.io import config_to_yaml, package_versions
 
     (directory / RUN_CONFIG_FILE).write_text(config_to_yaml(run_cfg), encoding="utf-8")
     (directory / "versions.json").write_text(

@@ -39,7 +39,7 @@ def dequantized_weights(model: Any) -> dict[str, torch.Tensor]:
     base model without PEFT's ``.base_layer`` (shape ``[out, in]``, as ``nn.Linear`` holds it)."""
     import bitsandbytes as bnb
 
-    from qlora_kit.quant import keep_4bit_weights_trainable
+    from qlora_kit.model.quant import keep_4bit_weights_trainable
 
     keep_4bit_weights_trainable(model)  # a CPU-packed 4-bit layout would not dequantize correctly
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -75,12 +75,12 @@ def load_weights_into(model: Any, weights: dict[str, torch.Tensor]) -> None:
 
 def build_merged(base: str, trained: Any, run_cfg: Any, adapter_dir: Path, dtype: str) -> Any:
     """A plain transformers model: the base (``original`` or ``dequantized``) in ``dtype`` with the saved
-    adapter merged in. The base is reloaded through :class:`~qlora_kit.loading.ModelLoader`, so the
+    adapter merged in. The base is reloaded through :class:`~qlora_kit.model.loading.ModelLoader`, so the
     source (hub, directory, GGUF) and the tokenizer's pad policy (resized embeddings) are the training run's."""
     from peft import PeftModel
 
     from qlora_kit.config import NoQuant
-    from qlora_kit.loading import ModelLoader
+    from qlora_kit.model.loading import ModelLoader
 
     model, _ = ModelLoader(run_cfg.model, NoQuant(compute_dtype=dtype), device=model_device(trained)).load()
     if base == "dequantized":

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from qlora_kit.quant import keep_4bit_weights_trainable
+from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.training.loss import LossFn, count_supervised
 
 GENERATIONS_FILE = "generations.jsonl"

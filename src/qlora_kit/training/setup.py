@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from qlora_kit.errors import ConfigError, DataError
-from qlora_kit.quant import keep_4bit_weights_trainable
+from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.training.batches import Window, epoch_batches, row_lengths, windows
 from qlora_kit.training.checkpoint import (
     CheckpointManager,

@@ -35,7 +35,7 @@ def build_bnb_config(quant_cfg: Any) -> Any:
     """The ``transformers.BitsAndBytesConfig`` for a `quant` section, or None for ``kind: none``.
 
     ``skip_modules`` are added to the modules transformers already keeps unquantized only by the
-    loader (:func:`qlora_kit.loading.ModelLoader`), which knows the model's output head; here they
+    loader (:func:`qlora_kit.model.loading.ModelLoader`), which knows the model's output head; here they
     are passed as given.
     """
     if quant_cfg.kind == "none":

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from qlora_kit.errors import ModelLoadError
-from qlora_kit.gguf import dequantize_gguf
-from qlora_kit.quant import (
+from qlora_kit.model.gguf import dequantize_gguf
+from qlora_kit.model.quant import (
     build_bnb_config,
     check_bitsandbytes,
     check_dtype_supported,
@@ -41,7 +41,7 @@ class ModelLoader:
     Non-quantized parameters (embeddings, norms, biases, the output head) are loaded in the compute
     dtype, not fp32: the seed saw them in float16 after 4-bit loading, and blanket fp32 would double
     their memory for no gain in a frozen base. Every loaded model gets
-    :func:`~qlora_kit.quant.keep_4bit_weights_trainable`, so bitsandbytes' CPU inference repacking
+    :func:`~qlora_kit.model.quant.keep_4bit_weights_trainable`, so bitsandbytes' CPU inference repacking
     can never break training.
 
     Args:

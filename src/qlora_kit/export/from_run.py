@@ -53,9 +53,9 @@ def export_run(output_dir: str | Path, overrides: Iterable[str] = (), device: st
     """
     from peft import PeftModel
 
-    from qlora_kit.config_io import load_config
+    from qlora_kit.config.io import load_config
     from qlora_kit.export import build_exporter
-    from qlora_kit.loading import ModelLoader
+    from qlora_kit.model.loading import ModelLoader
 
     output_dir = Path(output_dir)
     if not (output_dir / RUN_CONFIG_FILE).is_file():

