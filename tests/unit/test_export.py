@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from qlora_kit.config.io import load_config
+from qlora_kit.errors import StorageError
 from qlora_kit.export import MergeVerificationWarning, build_exporter
-from qlora_kit.export.files import atomic_dir, eos_token_ids
+from qlora_kit.export.files import eos_token_ids
 from qlora_kit.export.verify import compare_logits, logits_of
+from qlora_kit.files import atomic_dir
 from qlora_kit.testing import make_tokenizer, perturb_lora
 
 
@@ -175,7 +177,7 @@ def test_a_failing_merge_leaves_nothing_half_written(adapted, tmp_path, monkeypa
         return built
 
     monkeypatch.setattr(merged, "build_merged", build_then_break)
-    with pytest.raises(OSError, match="no space"):
+    with pytest.raises(StorageError, match="merged failed: no space"):
         build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapter"]
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from qlora_kit.errors import QloraKitError
-from qlora_kit.export.files import atomic_dir, generation_config_for, write_run_files
+from qlora_kit.export.files import generation_config_for, write_run_files
+from qlora_kit.files import atomic_dir
 
 ADAPTER_DIR = "adapter"
 

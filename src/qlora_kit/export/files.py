@@ -1,43 +1,16 @@
-"""Files every export writes: atomic directories, the generation config, the resolved run config."""
+"""Files every export writes: the generation config and the resolved run config (atomically)."""
 
 from __future__ import annotations
 
 import copy
-import json
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from qlora_kit.files import atomic_write_json, atomic_write_text
 
 RUN_CONFIG_FILE = "run_config.yaml"
 CHAT_FORMATTERS = ("chatml", "chat_template")
 _CHAT_END = "<|im_end|>"
-
-
-@contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary directory beside ``target`` that replaces ``target`` on success.
-
-    Why: a crash or an exception while saving (disk full, a failed merge) must never leave a
-    half-written adapter or model that a later ``from_pretrained`` would half-load. On success the
-    old ``target`` (if any) is swapped out and deleted; on failure the temporary one is removed.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            target.rename(old / target.name)
-        tmp.rename(target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def eos_token_ids(tokenizer: Any, formatter_kind: str | None) -> list[int]:
@@ -71,10 +44,8 @@ def write_run_files(directory: Path, run_cfg: Any) -> None:
     """``run_config.yaml`` and ``versions.json``: an export can be repeated and generated from alone."""
     from qlora_kit.config.io import config_to_yaml, package_versions
 
-    (directory / RUN_CONFIG_FILE).write_text(config_to_yaml(run_cfg), encoding="utf-8")
-    (directory / "versions.json").write_text(
-        json.dumps(package_versions(), indent=2) + "\n", encoding="utf-8"
-    )
+    atomic_write_text(directory / RUN_CONFIG_FILE, config_to_yaml(run_cfg))
+    atomic_write_json(directory / "versions.json", package_versions())
 
 
 def model_device(model: Any) -> Any:

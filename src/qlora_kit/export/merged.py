@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from qlora_kit.export.adapter import save_adapter
-from qlora_kit.export.files import atomic_dir, generation_config_for, model_device, write_run_files
+from qlora_kit.export.files import generation_config_for, model_device, write_run_files
 from qlora_kit.export.verify import compare_logits, logits_of, verification_inputs
+from qlora_kit.files import atomic_dir
 
 logger = logging.getLogger(__name__)
 

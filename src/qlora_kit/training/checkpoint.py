@@ -23,6 +23,7 @@ import numpy as np
 
 from qlora_kit.config import TrainConfig
 from qlora_kit.errors import TrainingError
+from qlora_kit.files import fsync_tree, replace_dir
 from qlora_kit.training.state import TrainerState
 
 STATE_FILE = "trainer_state.json"
@@ -135,8 +136,8 @@ class CheckpointManager:
             if hasattr(unwrapped, "save_pretrained"):
                 unwrapped.save_pretrained(str(tmp / "adapter"))
             (tmp / STATE_FILE).write_text(json.dumps(state.to_dict(), indent=2))
-            _fsync_tree(tmp)
-            _replace_dir(tmp, final)
+            fsync_tree(tmp)
+            replace_dir(tmp, final)
             self._prune()
         accelerator.wait_for_everyone()
         return final
@@ -160,33 +161,6 @@ class CheckpointManager:
 def read_state(path: Path) -> TrainerState:
     """The TrainerState saved in checkpoint ``path``."""
     return TrainerState.from_dict(json.loads((Path(path) / STATE_FILE).read_text()))
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` (same step saved again) is moved aside first."""
-    old = dst.with_name(f".{dst.name}.old")
-    if dst.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(dst, old)
-    os.rename(src, dst)
-    _fsync_dir(dst.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- adapter-only state
