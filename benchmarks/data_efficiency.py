@@ -3,7 +3,7 @@
     python benchmarks/data_efficiency.py [--data ../shared/data/alpaca_en_demo.json]
                                          [--tokenizer ../shared/assets/gpt2-tokenizer]
 
-Builds the seed's setting (alpaca_seed, max_length 1024, micro batch 2) and reports, for padding to
+Builds the seed's setting (alpaca_reference, max_length 1024, micro batch 2) and reports, for padding to
 max_length (the seed), padding to the longest row and packing: computed token positions, and the share
 of them that are real tokens and supervised tokens. The figures are measured by running the real
 collators over one epoch in data order, and compared with the data report's estimate.
@@ -48,7 +48,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, model_max_length=1024)
     tokenizer.pad_token = tokenizer.eos_token  # the seed's pad policy
     for train_on_inputs in (False, True):
-        base = {"source": {"path": args.data}, "formatter": {"kind": "alpaca_seed"}, "max_length": 1024}
+        base = {"source": {"path": args.data}, "formatter": {"kind": "alpaca_reference"}, "max_length": 1024}
         start = time.perf_counter()
         cfg = DataConfig.model_validate({**base, "padding": "max_length", "train_on_inputs": train_on_inputs})
         bundle = build_datasets(

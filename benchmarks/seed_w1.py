@@ -90,13 +90,12 @@ def response_loss(model, tokenizer, rows: list[dict], max_length: int = 1024) ->
 
     Shared with the TRL peer (w1_peer_trl.py) so both systems are scored by the same code.
     """
-    from qlora_kit.config import FormatterSpec
     from qlora_kit.data import PaddedCollator
     from qlora_kit.formatting import build_formatter
     from qlora_kit.training.evaluation import inference_mode
     from qlora_kit.training.loss import causal_lm_loss, count_supervised
 
-    formatter = build_formatter(FormatterSpec(kind="alpaca_seed"))
+    formatter = build_formatter("alpaca_reference")
     encoded = [formatter.encode(r, tokenizer, train_on_inputs=False, max_length=max_length) for r in rows]
     collate = PaddedCollator(pad_token_id=tokenizer.pad_token_id)
     device = next(model.parameters()).device

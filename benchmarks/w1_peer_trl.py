@@ -22,7 +22,7 @@ from seed_w1 import prepare, response_loss
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from trl import SFTConfig, SFTTrainer
 
-from qlora_kit.formatting.alpaca import SEED_TEMPLATE
+from qlora_kit.formatting.alpaca import REFERENCE_TEMPLATE
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     data = data.map(
         lambda b: {
             "text": [
-                SEED_TEMPLATE.format(i, x, o)
+                REFERENCE_TEMPLATE.format(i, x, o)
                 for i, x, o in zip(b["instruction"], b["input"], b["output"], strict=True)
             ]
         },

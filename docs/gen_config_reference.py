@@ -17,15 +17,23 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from qlora_kit.config import RunConfig, StrictModel
+from qlora_kit.registry import Registry
 
 OUTPUT = Path(__file__).resolve().parent / "config-reference.md"
 HEADER = """# Configuration reference
 
-Generated from `qlora_kit.config` by `python docs/gen_config_reference.py`; do not edit by hand.
-Every key can be set in YAML/JSON or overridden on the command line as `section.key=value`
-(values parsed as YAML), e.g. `qlora-kit train run.yaml train.optimizer.lr=1e-4 data.subset.n=500`.
-Unknown keys are errors (with a "did you mean" hint). Sections whose `kind` picks a variant list each
-variant; a missing `kind` means the first one.
+Generated from `qlora_kit.config` and the component registries by `python docs/gen_config_reference.py`;
+do not edit by hand. Every key can be set in YAML/JSON or overridden on the command line as
+`section.key=value` (values parsed as YAML), e.g.
+`qlora-kit train run.yaml train.optimizer.lr=1e-4 data.subset.n=500`. Unknown keys are errors (with a
+"did you mean" hint).
+
+Sections that choose a component (`quant`, `adapter`, `data.formatter`, `train.optimizer`,
+`train.scheduler`, `train.loss`, `train.callbacks`, `export`) take a `kind` and that kind's options
+side by side; each registered kind is listed below with its options. A missing `kind` means the
+section's default kind; switching the kind on the command line (`export.kind=none`) drops the previous
+kind's options. `qlora-kit schema --kinds` lists every kind, plugins included (`--plugin MODULE`), and
+[docs/plugins.md](plugins.md) shows how to add one.
 """
 
 
@@ -39,6 +47,20 @@ def model_classes(annotation: Any) -> list[type[BaseModel]]:
             if cls not in found:
                 found.append(cls)
     return found
+
+
+def component_registry(field: Any) -> tuple[Registry, str | None] | None:
+    """The registry (and default kind) behind a component field, or None for a plain field.
+
+    pydantic moves a field's own ``Annotated`` metadata to ``field.metadata``; a list's item type keeps it.
+    """
+    metadata = list(field.metadata)
+    for arg in typing.get_args(field.annotation):
+        metadata += getattr(arg, "__metadata__", ())
+    for meta in metadata:
+        if isinstance(getattr(meta, "registry", None), Registry):
+            return meta.registry, meta.default_kind
+    return None
 
 
 def type_name(annotation: Any) -> str:
@@ -65,6 +87,9 @@ def default_text(field: Any) -> str:
         value = field.default_factory()
         if isinstance(value, BaseModel):
             changed = value.model_dump(mode="json", exclude_defaults=True)
+            kind = getattr(value, "kind", None)
+            if kind is not None:
+                return cell(f"`{kind}`" + (f" `{changed}`" if changed else ""))
             return f"`{changed}`" if changed else "defaults below"
         return cell(f"`{value!r}`")
     if field.default is PydanticUndefined:
@@ -83,8 +108,14 @@ def section(prefix: str, cls: type[BaseModel], level: int, lines: list[str]) -> 
     kind = f" with `kind: {kind_field.default}`" if is_variant else ""
     title = f"`{prefix}`{kind}" if prefix else "Top level"
     lines += [f"{'#' * level} {title}", "", inspect.cleandoc(cls.__doc__ or ""), ""]
-    rows, nested = [], []
+    rows, nested, components = [], [], []
     for name, field in cls.model_fields.items():
+        component = component_registry(field)
+        if component is not None:
+            components.append((name, *component))
+            kind = "list of components" if typing.get_origin(field.annotation) is list else "component"
+            rows.append(f"| `{name}` | {kind} | {default_text(field)} | {cell(field.description or '')} |")
+            continue
         classes = model_classes(field.annotation)
         if classes:
             nested.append((name, classes))
@@ -96,6 +127,27 @@ def section(prefix: str, cls: type[BaseModel], level: int, lines: list[str]) -> 
     for name, classes in nested:
         for nested_cls in classes:
             section(f"{prefix}.{name}" if prefix else name, nested_cls, min(level + 1, 4), lines)
+    for name, registry, default in components:
+        path = f"{prefix}.{name}" if prefix else name
+        for entry in registry.entries():
+            if not entry.component.__module__.startswith("qlora_kit."):
+                continue  # a plugin registered in this process (e.g. by a test): not a built-in
+            marker = " (default)" if entry.name == default else ""
+            kind_section(path, entry, marker, min(level + 1, 4), lines)
+
+
+def kind_section(path: str, entry: Any, marker: str, level: int, lines: list[str]) -> None:
+    """One registered kind of a component section: its docstring and its options."""
+    doc = (inspect.getdoc(entry.component) or "").split("\nArgs:", 1)[0].strip()
+    lines += [f"{'#' * level} `{path}` with `kind: {entry.name}`{marker}", "", doc, ""]
+    rows = [
+        f"| `{name}` | {cell(f'`{type_name(field.annotation)}`')} | {default_text(field)} | "
+        f"{cell(field.description or '')} |"
+        for name, field in entry.config.model_fields.items()
+        if name != "kind"
+    ]
+    if rows:
+        lines += ["| key | type | default | description |", "|---|---|---|---|", *rows, ""]
 
 
 def render() -> str:

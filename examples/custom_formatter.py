@@ -12,16 +12,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from qlora_kit import PromptFormatter, Segment, formatters, load_config, run
+from qlora_kit import PromptFormatter, Segment, StrictModel, formatters, load_config, run
 from qlora_kit.quickstart import smollm2_gguf
 
 
-class QAOptions(BaseModel):
+class QAOptions(StrictModel):
     """Options of the `qa` formatter (validated when the config is loaded)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     system: str = "Answer in as few words as possible."
     """A line put before every question."""
@@ -75,14 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config({
         "output_dir": args.output_dir,
         "model": {"name_or_path": model},
-        "data": {"source": {"rows": rows}, "formatter": {"kind": "qa", "options": {"system": "Be brief."}}},
+        "data": {"source": {"rows": rows}, "formatter": {"kind": "qa", "system": "Be brief."}},
         "train": {"max_steps": args.max_steps, "micro_batch_size": 8, "grad_checkpointing": False},
         "export": {"kind": "adapter"},
     })  # fmt: skip
     # Test the formatter against the contract (masks, EOS, BOS, decode round-trip) before training.
     tokenizer = ModelLoader(cfg.model, cfg.quant).load_tokenizer()
     print(
-        f"check_formatter: {check_formatter(QAFormatter(cfg.data.formatter.options), rows[:8], tokenizer)} rows ok"
+        f"check_formatter: {check_formatter(cfg.data.formatter.build(), rows[:8], tokenizer)} rows ok"
     )
     print(run(cfg).summary())
 

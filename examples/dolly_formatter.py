@@ -5,7 +5,7 @@ Use it from YAML by importing this module as a plugin (it must be importable, e.
 
     plugins: [dolly_formatter]
     data:
-      formatter: {kind: dolly, options: {context_header: "### Context:"}}
+      formatter: {kind: dolly, context_header: "### Context:"}
 
 Only :meth:`render` is written here; tokenization, label masking, EOS and truncation come from
 :class:`~qlora_kit.formatting.PromptFormatter`. ``qlora_kit.testing.check_formatter`` tests it.
@@ -15,15 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from qlora_kit import PromptFormatter, Segment, formatters
+from qlora_kit import PromptFormatter, Segment, StrictModel, formatters
 
 
-class DollyOptions(BaseModel):
+class DollyOptions(StrictModel):
     """Options of the `dolly` formatter (validated when the config is loaded)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     context_header: str = "### Context:"
     """Header of the context section (left out when a row has no context)."""

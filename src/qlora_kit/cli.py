@@ -29,8 +29,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     from qlora_kit.config import RunConfig
+    from qlora_kit.registry import REGISTRIES, import_plugins
 
-    print(json.dumps(RunConfig.model_json_schema(), indent=2))
+    import_plugins(args.plugin)
+    if not args.kinds:
+        print(json.dumps(RunConfig.model_json_schema(), indent=2))
+        return 0
+    for name, registry in REGISTRIES.items():
+        print(f"{name}:")
+        for entry in registry.entries():
+            options = [f for f in entry.config.model_fields if f != "kind"]
+            print(f"  {entry.name:<20} {entry.summary}" + (f"  [{', '.join(options)}]" if options else ""))
     return 0
 
 
@@ -51,7 +60,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     tokenizer = ModelLoader(cfg.model, cfg.quant, device="cpu").load_tokenizer()
     bundle = build_datasets(
         data_cfg,
-        build_formatter(data_cfg.formatter),
+        build_formatter(data_cfg.formatter, tokenizer),
         tokenizer,
         micro_batch_size=cfg.train.micro_batch_size,
         output_dir=args.output,
@@ -132,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     _with_config(p)
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("schema", help="print the config's JSON schema")
+    p = sub.add_parser("schema", help="print the config's JSON schema, or every registered kind")
+    p.add_argument("--kinds", action="store_true", help="list the registered kinds of every component")
+    p.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE", help="import a plugin module first"
+    )
     p.set_defaults(func=_cmd_schema)
 
     p = sub.add_parser("inspect", help="quantization and parameter report for the config's model")

@@ -18,10 +18,8 @@ from typing import Any
 import torch
 
 from qlora_kit.errors import QloraKitError
-from qlora_kit.export.files import RUN_CONFIG_FILE, eos_token_ids
-
-RESPONSE_MARK = "<<qlora_kit:response>>"
-"""Stands in for the response while rendering a prompt; everything from it on is cut."""
+from qlora_kit.export.files import RUN_CONFIG_FILE
+from qlora_kit.formatting.base import RESPONSE_MARK
 
 
 @dataclass
@@ -87,41 +85,8 @@ def load_exported(path: str | Path, prefer: str | None = None, device: str | Non
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map={"": str(target)})
         tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
-    formatter = build_formatter(run_cfg.data.formatter)
-    if hasattr(formatter, "bind"):  # chat_template renders with the tokenizer's template
-        formatter.bind(tokenizer)
+    formatter = build_formatter(run_cfg.data.formatter, tokenizer)
     return LoadedModel(model, tokenizer, formatter, run_cfg, kind, path)
-
-
-def build_example(
-    formatter: Any,
-    prompt: str,
-    *,
-    input: str | None = None,
-    history: Sequence[Mapping[str, str]] = (),
-    fields: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """A row for ``formatter`` whose response is :data:`RESPONSE_MARK`.
-
-    Chat formatters get ``history`` + the user turn + an assistant turn; a one-field formatter (`text`)
-    gets the prompt followed by the mark; others get the prompt as their first required field (the
-    instruction), ``input`` in an `input`/`context` field, the mark in the remaining required fields,
-    and ``fields`` on top.
-    """
-    messages_field = getattr(formatter.options, "messages_field", None)
-    if messages_field:
-        turns = [*map(dict, history), {"role": "user", "content": prompt}]
-        return {messages_field: [*turns, {"role": "assistant", "content": RESPONSE_MARK}]}
-    required = tuple(formatter.required_fields)
-    if len(required) == 1:
-        return {required[0]: prompt + RESPONSE_MARK}
-    example: dict[str, Any] = {name: RESPONSE_MARK for name in required}
-    example[required[0]] = prompt
-    for name in ("input", "context"):
-        if name in required or name in formatter.optional_fields:
-            example[name] = input or ""
-    example.update(fields or {})
-    return example
 
 
 def prompt_ids(formatter: Any, tokenizer: Any, example: Mapping[str, Any]) -> list[int]:
@@ -164,9 +129,10 @@ def generate(
     temperature: float = 0.0,
 ) -> str:
     """The model's reply to ``prompt`` (greedy when ``temperature`` is 0), without the stop token."""
-    example = build_example(loaded.formatter, prompt, input=input, history=history, fields=fields)
+    example = loaded.formatter.prompt_example(prompt, input=input, history=history, fields=fields)
     ids = prompt_ids(loaded.formatter, loaded.tokenizer, example)
-    return complete(loaded.model, loaded.tokenizer, [ids], loaded.run_cfg.data.formatter.kind,
+    stops = loaded.formatter.stop_token_ids(loaded.tokenizer)
+    return complete(loaded.model, loaded.tokenizer, [ids], stops,
                     max_new_tokens=max_new_tokens, temperature=temperature)[0]  # fmt: skip
 
 
@@ -174,15 +140,16 @@ def complete(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Sequence[int]],
-    formatter_kind: str | None,
+    stops: Sequence[int],
     *,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
 ) -> list[str]:
-    """Completions of already tokenized prompts, batched with left padding, each cut at its first stop token."""
+    """Completions of already tokenized prompts, batched with left padding, each cut at its first stop
+    token (``stops``: the formatter's :meth:`~qlora_kit.formatting.PromptFormatter.stop_token_ids`)."""
     from qlora_kit.training.evaluation import inference_mode
 
-    stops = eos_token_ids(tokenizer, formatter_kind)
+    stops = list(stops)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     width = max(len(p) for p in prompts)
     device = next(model.parameters()).device
@@ -215,10 +182,10 @@ def chat(
     Returns:
         The conversation's messages.
     """
-    if not getattr(loaded.formatter.options, "messages_field", None):
+    if not loaded.formatter.chat:
         raise QloraKitError(
             f"--chat needs a run trained with a chat formatter (chatml, chat_template); "
-            f"this one used {loaded.run_cfg.data.formatter.kind!r}"
+            f"this one used {getattr(loaded.formatter.options, 'kind', type(loaded.formatter).__name__)!r}"
         )
     history: list[dict[str, str]] = []
     prompt = first

@@ -92,10 +92,9 @@ def run(cfg: Any, overrides: Iterable[str] = ()) -> RunResult:
     Writes into ``cfg.output_dir``: ``run_config.yaml``, the data report, checkpoints, ``metrics.jsonl``,
     the export (``adapter/``, ``merged/``) and ``summary.json``.
     """
+    from qlora_kit.compat import attn_implementation
     from qlora_kit.config.io import load_config, write_run_config
     from qlora_kit.data import build_datasets, build_formatter, length_grouped_batches, make_collator
-    from qlora_kit.export import build_exporter
-    from qlora_kit.model.adapters import AdapterBuilder
     from qlora_kit.model.loading import ModelLoader, prepare_for_training
     from qlora_kit.training import Trainer
 
@@ -105,23 +104,23 @@ def run(cfg: Any, overrides: Iterable[str] = ()) -> RunResult:
     write_run_config(cfg, out)
     loader = ModelLoader(cfg.model, cfg.quant)
     tokenizer = loader.load_tokenizer()
-    formatter = build_formatter(cfg.data.formatter)
+    formatter = build_formatter(cfg.data.formatter, tokenizer)
     data = build_datasets(  # before the model: bad data fails fast, and its report is written first
         cfg.data, formatter, tokenizer, micro_batch_size=cfg.train.micro_batch_size, output_dir=out
     )
     model, tokenizer = loader.load(tokenizer)
     model = prepare_for_training(model, cfg.train.grad_checkpointing)  # freezes the base: before LoRA
-    model = AdapterBuilder(cfg.adapter).apply(model)
+    model = cfg.adapter.build().apply(model)
     trainer = Trainer(
         cfg.train,
         output_dir=out,
-        collate_fn=make_collator(cfg.data, tokenizer, attn_implementation=model.config._attn_implementation),
+        collate_fn=make_collator(cfg.data, tokenizer, attn_implementation=attn_implementation(model)),
         batch_planner=length_grouped_batches if cfg.data.group_by_length else None,
         tokenizer=tokenizer,
     )
     trained = trainer.fit(model, data.train, data.eval)
     held_out = data.eval if data.eval is not None else data.train
-    exported = build_exporter(cfg.export).export(model, tokenizer, out, cfg, verify_rows=held_out)
+    exported = cfg.export.build().export(model, tokenizer, out, cfg, verify_rows=held_out)
     result = RunResult(
         out, trained, exported, data.report, time.perf_counter() - started, model, tokenizer, data
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, RunConfig
+from qlora_kit.config import ModelConfig, RunConfig
 from qlora_kit.inspection import inspect_model
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.testing import make_alpaca_rows, make_distilgpt2_shape
 
 pytestmark = pytest.mark.gpu
@@ -23,7 +24,7 @@ def _batch(tokenizer, device):
 
 def test_tiny_llama_4bit_bf16_lora_trains_on_gpu(tiny_llama_dir, gpu_device):
     loader = ModelLoader(
-        ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(compute_dtype="bfloat16"), gpu_device
+        ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(compute_dtype="bfloat16"), gpu_device
     )
     model, tokenizer = loader.load()
     linear4 = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
@@ -32,7 +33,7 @@ def test_tiny_llama_4bit_bf16_lora_trains_on_gpu(tiny_llama_dir, gpu_device):
     )
     assert model.get_input_embeddings().weight.dtype == torch.bfloat16
     prepare_for_training(model, grad_checkpointing=True)
-    model = AdapterBuilder(AdapterConfig(r=8, alpha=16, dropout=0.0)).apply(model)
+    model = AdapterBuilder(AdapterBuilder.Config(r=8, alpha=16, dropout=0.0)).apply(model)
     packed_before = {id(m): m.weight.data.clone() for m in linear4}
     batch = _batch(tokenizer, gpu_device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)

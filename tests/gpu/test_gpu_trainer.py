@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
+from qlora_kit.config import ModelConfig, TrainConfig
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.training import Callback, Trainer
 
 pytestmark = pytest.mark.gpu
@@ -19,11 +20,11 @@ pytestmark = pytest.mark.gpu
 
 def qlora_model(model_dir, device, compute_dtype="bfloat16"):
     loader = ModelLoader(
-        ModelConfig(name_or_path=str(model_dir)), Bnb4bitQuant(compute_dtype=compute_dtype), device
+        ModelConfig(name_or_path=str(model_dir)), Bnb4bit.Config(compute_dtype=compute_dtype), device
     )
     model = prepare_for_training(loader.load_model(), grad_checkpointing=True)
     torch.manual_seed(0)
-    return AdapterBuilder(AdapterConfig(r=8, alpha=16, dropout=0.0)).apply(model)
+    return AdapterBuilder(AdapterBuilder.Config(r=8, alpha=16, dropout=0.0)).apply(model)
 
 
 def token_rows(n, seed=0):

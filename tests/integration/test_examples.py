@@ -64,7 +64,7 @@ def test_seed_config_is_the_seed_recipe(in_repo):
         "yahma/alpaca-cleaned",
         1000,
         42,
-        "alpaca_seed",
+        "alpaca_reference",
     )
     assert (d.train_on_inputs, d.max_length, d.padding, d.packing) == (True, 1024, "max_length", False)
     t = cfg.train

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qlora_kit.config import FormatterSpec
 from qlora_kit.data import PackedCollator, PaddedCollator
 from qlora_kit.formatting import build_formatter
 from qlora_kit.testing import make_alpaca_rows, make_tiny_llama
@@ -27,7 +26,7 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def rows(tokenizer):
-    formatter = build_formatter(FormatterSpec(kind="alpaca"))
+    formatter = build_formatter("alpaca")
     encoded = [formatter.encode(r, tokenizer, max_length=256) for r in make_alpaca_rows(6, seed=5)]
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
 

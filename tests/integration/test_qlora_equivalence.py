@@ -23,10 +23,10 @@ import torch
 from bitsandbytes.functional import dequantize_4bit, has_avx512bf16
 from bitsandbytes.nn import Linear4bit
 
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, NoQuant
+from qlora_kit.config import ModelConfig
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
-from qlora_kit.model.quant import keep_4bit_weights_trainable
+from qlora_kit.model.quant import Bnb4bit, NoQuant, keep_4bit_weights_trainable
 from qlora_kit.testing import make_alpaca_rows, make_tiny_llama
 
 STEPS, CONTROL_STEPS, EVAL_EVERY, LR = 60, 20, 10, 1e-2
@@ -58,11 +58,13 @@ def _load(model_dir, quant):
 def _with_lora(model):
     prepare_for_training(model, grad_checkpointing=True)  # the default training path
     torch.manual_seed(1)  # same adapter init in every run
-    return AdapterBuilder(AdapterConfig(r=8, alpha=16, dropout=0.0, target_modules="all-linear")).apply(model)
+    return AdapterBuilder(
+        AdapterBuilder.Config(r=8, alpha=16, dropout=0.0, target_modules="all-linear")
+    ).apply(model)
 
 
 def _dequantized_copy(model_dir, quantized):
-    reference = _load(model_dir, NoQuant(compute_dtype="float32"))
+    reference = _load(model_dir, NoQuant.Config(compute_dtype="float32"))
     sources = dict(quantized.named_modules())
     with torch.no_grad():
         for name, module in reference.named_modules():
@@ -112,7 +114,7 @@ def _packed_layers(model):
 
 @pytest.mark.filterwarnings("ignore:.*gemv_4bit.*:UserWarning")
 def test_nf4_lora_tracks_dequantized_fp32_lora_through_eval_passes(model_dir, batch):
-    quantized = _load(model_dir, Bnb4bitQuant(quant_type="nf4", double_quant=True, compute_dtype="float32"))
+    quantized = _load(model_dir, Bnb4bit.Config(quant_type="nf4", double_quant=True, compute_dtype="float32"))
     reference = _dequantized_copy(model_dir, quantized)
     q_model, r_model = _with_lora(quantized), _with_lora(reference)
     assert (
@@ -137,7 +139,7 @@ def test_nf4_lora_tracks_dequantized_fp32_lora_through_eval_passes(model_dir, ba
     # this test would catch the guard going missing.
     if not has_avx512bf16():
         pytest.skip("this CPU lacks AVX512-BF16: bitsandbytes has no packed CPU kernel to misroute through")
-    control = _load(model_dir, Bnb4bitQuant(quant_type="nf4", double_quant=True, compute_dtype="float32"))
+    control = _load(model_dir, Bnb4bit.Config(quant_type="nf4", double_quant=True, compute_dtype="float32"))
     for module in control.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = True  # undo the loader's guard

@@ -13,11 +13,12 @@ from accelerate.tracking import GeneralTracker
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
+from qlora_kit.config import ModelConfig, TrainConfig
 from qlora_kit.data.collate import PackedCollator
 from qlora_kit.errors import ConfigError, DataError, TrainingError
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.training import Callback, Trainer
 from qlora_kit.training.batches import epoch_batches
 
@@ -25,11 +26,11 @@ from qlora_kit.training.batches import epoch_batches
 def qlora_model(model_dir, r=8, dropout=0.0):
     """The tiny Llama in 4-bit with fresh, seeded LoRA adapters."""
     model = ModelLoader(
-        ModelConfig(name_or_path=str(model_dir)), Bnb4bitQuant(compute_dtype="float32"), "cpu"
+        ModelConfig(name_or_path=str(model_dir)), Bnb4bit.Config(compute_dtype="float32"), "cpu"
     )
     model = prepare_for_training(model.load_model(), grad_checkpointing=False)
     torch.manual_seed(0)
-    return AdapterBuilder(AdapterConfig(r=r, alpha=2 * r, dropout=dropout)).apply(model)
+    return AdapterBuilder(AdapterBuilder.Config(r=r, alpha=2 * r, dropout=dropout)).apply(model)
 
 
 def token_rows(n, seed=0, lengths=(6, 24)):
@@ -258,7 +259,7 @@ class _FlatEval(Callback):
 
 
 def test_early_stopping_after_patience_evaluations_without_improvement(tiny_llama_dir, tmp_path):
-    cfg = config(max_steps=10, eval_every=1, early_stopping_patience=2)
+    cfg = config(max_steps=10, eval_every=1, callbacks=[{"kind": "early_stopping", "patience": 2}])
     rows = token_rows(4)
     result = Trainer(cfg, output_dir=tmp_path, callbacks=[_FlatEval()]).fit(
         qlora_model(tiny_llama_dir), rows, rows

@@ -24,8 +24,9 @@ SCRIPT = textwrap.dedent(
     """
     import os, random, sys, torch
     from qlora_kit.model.adapters import AdapterBuilder
-    from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
+    from qlora_kit.config import ModelConfig, TrainConfig
     from qlora_kit.model.loading import ModelLoader, prepare_for_training
+    from qlora_kit.model.quant import Bnb4bit
     from qlora_kit.training import Callback, Trainer
 
     class Crash(Callback):
@@ -37,10 +38,10 @@ SCRIPT = textwrap.dedent(
                 raise SystemExit(3)
 
     def build(model_dir):
-        loader = ModelLoader(ModelConfig(name_or_path=model_dir), Bnb4bitQuant(compute_dtype="float32"), "cpu")
+        loader = ModelLoader(ModelConfig(name_or_path=model_dir), Bnb4bit.Config(compute_dtype="float32"), "cpu")
         model = prepare_for_training(loader.load_model(), grad_checkpointing=False)
         torch.manual_seed(0)
-        return AdapterBuilder(AdapterConfig(r=4, alpha=8, dropout=0.0)).apply(model)
+        return AdapterBuilder(AdapterBuilder.Config(r=4, alpha=8, dropout=0.0)).apply(model)
 
     def rows():
         rng = random.Random(0)

@@ -11,10 +11,11 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
+from qlora_kit.config import ModelConfig, TrainConfig
 from qlora_kit.errors import TrainingError
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.training import Callback, Trainer
 from qlora_kit.training.checkpoint import CheckpointManager
 
@@ -22,11 +23,11 @@ from qlora_kit.training.checkpoint import CheckpointManager
 def qlora_model(model_dir, dropout=0.1):
     """The tiny Llama in 4-bit with seeded LoRA adapters (dropout on: resume must restore the RNG)."""
     loader = ModelLoader(
-        ModelConfig(name_or_path=str(model_dir)), Bnb4bitQuant(compute_dtype="float32"), "cpu"
+        ModelConfig(name_or_path=str(model_dir)), Bnb4bit.Config(compute_dtype="float32"), "cpu"
     )
     model = prepare_for_training(loader.load_model(), grad_checkpointing=False)
     torch.manual_seed(0)
-    return AdapterBuilder(AdapterConfig(r=4, alpha=8, dropout=dropout)).apply(model)
+    return AdapterBuilder(AdapterBuilder.Config(r=4, alpha=8, dropout=dropout)).apply(model)
 
 
 def token_rows(n, seed=0):

@@ -39,7 +39,7 @@ def test_every_error_has_its_path():
 
 def test_unknown_formatter_lists_registered():
     errors = _errors({"data": {"formatter": {"kind": "alpacca"}}})
-    assert "alpaca_seed" in errors["data.formatter"]
+    assert "alpaca_reference" in errors["data.formatter"]
 
 
 def test_yaml_file_and_cli(tmp_path, capsys):

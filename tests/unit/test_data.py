@@ -55,10 +55,12 @@ def test_column_mapping_renames_dataset_columns(tokenizer):
 
 
 def test_subset_selects_the_same_rows_as_the_seed(tokenizer):
-    bundle = build(tokenizer, subset={"n": 7, "seed": 42}, formatter={"kind": "alpaca_seed"})
+    bundle = build(tokenizer, subset={"n": 7, "seed": 42}, formatter={"kind": "alpaca_reference"})
     seed_rows = datasets.Dataset.from_list(ROWS).shuffle(seed=42).select(range(7))
     formatter = build_formatter(
-        DataConfig.model_validate({"source": {"rows": ROWS}, "formatter": {"kind": "alpaca_seed"}}).formatter
+        DataConfig.model_validate(
+            {"source": {"rows": ROWS}, "formatter": {"kind": "alpaca_reference"}}
+        ).formatter
     )
     expected = [formatter.encode(r, tokenizer).input_ids for r in seed_rows]
     assert bundle.train["input_ids"] == expected

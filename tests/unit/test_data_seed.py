@@ -7,14 +7,14 @@ from pathlib import Path
 import datasets
 import pytest
 
-from qlora_kit.config import DataConfig, FormatterSpec
+from qlora_kit.config import DataConfig
 from qlora_kit.data import build_datasets, build_formatter
-from qlora_kit.formatting.alpaca import SEED_TEMPLATE
+from qlora_kit.formatting.alpaca import REFERENCE_TEMPLATE
 from qlora_kit.testing import make_alpaca_rows, make_tokenizer
 
 DEMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca_en_demo.json"
 GPT2 = Path(__file__).resolve().parents[3] / "shared" / "assets" / "gpt2-tokenizer"
-SEED_PROMPT = SEED_TEMPLATE + "{}"
+SEED_PROMPT = REFERENCE_TEMPLATE + "{}"
 """The reference recipe's ``alpaca_prompt``: the template with the response placeholder."""
 
 
@@ -61,8 +61,8 @@ def test_seed_flow_columns_after_each_map_step():
     ]
     assert final.num_rows == 10
     assert {len(ids) for ids in final["input_ids"]} == {160}  # padding="max_length"
-    # The seed's text is exactly what the alpaca_seed formatter renders (prompt + response).
-    formatter = build_formatter(FormatterSpec(kind="alpaca_seed"))
+    # The seed's text is exactly what the alpaca_reference formatter renders (prompt + response).
+    formatter = build_formatter("alpaca_reference")
     row = final[0]
     assert row["text"] == "".join(s.text for s in formatter.render(row))
 
@@ -73,7 +73,7 @@ def test_demo_report_runs_in_seconds():
 
     tokenizer = AutoTokenizer.from_pretrained(str(GPT2), model_max_length=1024)
     cfg = DataConfig.model_validate(
-        {"source": {"path": str(DEMO)}, "formatter": {"kind": "alpaca_seed"}, "padding": "max_length"}
+        {"source": {"path": str(DEMO)}, "formatter": {"kind": "alpaca_reference"}, "padding": "max_length"}
     )
     report = build_datasets(cfg, build_formatter(cfg.formatter), tokenizer, micro_batch_size=2).report
     assert report.rows_kept == report.rows_loaded > 900

@@ -14,9 +14,9 @@ import torch
 from qlora_kit.config.io import load_config
 from qlora_kit.errors import StorageError
 from qlora_kit.export import MergeVerificationWarning, build_exporter
-from qlora_kit.export.files import eos_token_ids
 from qlora_kit.export.verify import compare_logits, logits_of
 from qlora_kit.files import atomic_dir
+from qlora_kit.formatting import build_formatter
 from qlora_kit.testing import make_tokenizer, perturb_lora
 
 
@@ -34,13 +34,16 @@ def test_atomic_dir_replaces_on_success_and_keeps_old_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no .partial / .old leftovers
 
 
-def test_eos_ids_add_im_end_only_for_chat_formats_with_that_token(tokenizer):
-    assert eos_token_ids(tokenizer, "alpaca") == [tokenizer.eos_token_id]
-    assert eos_token_ids(tokenizer, "chatml") == [tokenizer.eos_token_id]  # <|im_end|> is not one token here
+def test_stop_ids_add_im_end_only_for_chat_formats_with_that_token(tokenizer):
+    def stops(kind, tok):
+        return build_formatter(kind).stop_token_ids(tok)
+
+    assert stops("alpaca", tokenizer) == [tokenizer.eos_token_id]
+    assert stops("chatml", tokenizer) == [tokenizer.eos_token_id]  # <|im_end|> is not one token here
     chat_tok = make_tokenizer()  # a copy: the session fixture stays untouched
     chat_tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
     end = chat_tok.convert_tokens_to_ids("<|im_end|>")
-    assert eos_token_ids(chat_tok, "chatml") == [chat_tok.eos_token_id, end]
+    assert stops("chatml", chat_tok) == [chat_tok.eos_token_id, end]
 
 
 def test_compare_logits_measures_difference_kl_and_agreement():
@@ -105,15 +108,16 @@ def test_adapter_round_trip_in_a_fresh_process_gives_identical_logits(adapted, t
         from peft import AutoPeftModelForCausalLM, PeftModel
         from qlora_kit.config.io import load_config
         from qlora_kit.model.loading import ModelLoader
-        from qlora_kit.model.quant import build_bnb_config, keep_4bit_weights_trainable
+        from qlora_kit.model.quant import keep_4bit_weights_trainable
         from qlora_kit.export.verify import logits_of
         cfg = load_config({str(adapter / "run_config.yaml")!r})
         expected = torch.load({str(tmp_path / "expected.pt")!r})
         inputs = {inputs!r}
-        base, _ = ModelLoader(cfg.model, cfg.quant, device="cpu").load()
+        loader = ModelLoader(cfg.model, cfg.quant, device="cpu")
+        base, _ = loader.load()
         peft_model = PeftModel.from_pretrained(base, {str(adapter)!r})
         auto = AutoPeftModelForCausalLM.from_pretrained(
-            {str(adapter)!r}, quantization_config=build_bnb_config(cfg.quant), dtype=torch.float32)
+            {str(adapter)!r}, dtype=torch.float32, **loader.quantization.load_kwargs(loader))
         keep_4bit_weights_trainable(auto)
         for name, model in (("PeftModel", peft_model), ("AutoPeftModelForCausalLM", auto)):
             got = logits_of(model, inputs)

@@ -7,13 +7,8 @@ import torch
 
 from qlora_kit.errors import QloraKitError
 from qlora_kit.formatting import IGNORE_INDEX, PromptFormatter, Segment, build_formatter
-from qlora_kit.generation import build_example, chat, complete, prompt_ids, resolve_export_dir
+from qlora_kit.generation import chat, complete, prompt_ids, resolve_export_dir
 from qlora_kit.registry import formatters
-
-
-class _Spec:
-    def __init__(self, kind, options=None):
-        self.kind, self.options = kind, options or {}
 
 
 @formatters.register("test_gen_dolly")
@@ -37,7 +32,7 @@ def _training_prompt_length(formatter, tokenizer, row):
 @pytest.mark.parametrize(
     ("kind", "row", "prompt", "extra"),
     [
-        ("alpaca_seed", {"instruction": "Count.", "input": "", "output": "Three."}, "Count.", {}),
+        ("alpaca_reference", {"instruction": "Count.", "input": "", "output": "Three."}, "Count.", {}),
         ("alpaca", {"instruction": "Count.", "input": "the cat", "output": "Three."}, "Count.", {"input": "the cat"}),
         ("chatml", {"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello."}]},
          "Hi there", {}),
@@ -45,22 +40,22 @@ def _training_prompt_length(formatter, tokenizer, row):
     ],
 )  # fmt: skip
 def test_prompt_ids_are_the_training_prompt(tokenizer, kind, row, prompt, extra):
-    formatter = build_formatter(_Spec(kind))
+    formatter = build_formatter(kind)
     ids, first_trained = _training_prompt_length(formatter, tokenizer, row)
-    got = prompt_ids(formatter, tokenizer, build_example(formatter, prompt, **extra))
+    got = prompt_ids(formatter, tokenizer, formatter.prompt_example(prompt, **extra))
     assert got == ids[:first_trained]
 
 
 def test_text_formatter_prompt_is_the_text(tokenizer):
-    formatter = build_formatter(_Spec("text"))
+    formatter = build_formatter("text")
     assert (
-        prompt_ids(formatter, tokenizer, build_example(formatter, "The cat"))
+        prompt_ids(formatter, tokenizer, formatter.prompt_example("The cat"))
         == tokenizer("The cat")["input_ids"]
     )
 
 
 def test_chat_history_is_rendered_before_the_new_turn(tokenizer):
-    formatter = build_formatter(_Spec("chatml"))
+    formatter = build_formatter("chatml")
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
     row = {
         "messages": [*history, {"role": "user", "content": "More"}, {"role": "assistant", "content": "Yes."}]
@@ -68,7 +63,7 @@ def test_chat_history_is_rendered_before_the_new_turn(tokenizer):
     encoded = formatter.encode(row, tokenizer)
     last_prompt_end = max(i for i, label in enumerate(encoded.labels) if label == IGNORE_INDEX and i > 0
                           and encoded.labels[i + 1] != IGNORE_INDEX)  # fmt: skip
-    got = prompt_ids(formatter, tokenizer, build_example(formatter, "More", history=history))
+    got = prompt_ids(formatter, tokenizer, formatter.prompt_example("More", history=history))
     assert got == encoded.input_ids[: last_prompt_end + 1]
 
 
@@ -91,7 +86,7 @@ def test_complete_stops_at_eos_and_pads_left(tokenizer):
     eos = tokenizer.eos_token_id
     words = tokenizer(" the cat")["input_ids"]
     model = _Scripted([*words, eos, *tokenizer(" never")["input_ids"]])
-    texts = complete(model, tokenizer, [[5, 6, 7], [8]], "alpaca", max_new_tokens=10)
+    texts = complete(model, tokenizer, [[5, 6, 7], [8]], [eos], max_new_tokens=10)
     assert texts == [" the cat", " the cat"]
     assert model.calls[0]["eos_token_id"] == [eos]
     assert model.calls[0]["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
@@ -99,8 +94,8 @@ def test_complete_stops_at_eos_and_pads_left(tokenizer):
 
 def test_chat_needs_a_chat_formatter(tokenizer):
     class Loaded:
-        formatter = build_formatter(_Spec("alpaca"))
-        run_cfg = type("Cfg", (), {"data": type("D", (), {"formatter": _Spec("alpaca")})})()
+        formatter = build_formatter("alpaca")
+        run_cfg = type("Cfg", (), {"data": type("D", (), {"formatter": "alpaca"})})()
 
     with pytest.raises(QloraKitError, match="chat formatter"):
         chat(Loaded(), "hi")

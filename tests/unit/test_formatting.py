@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from qlora_kit.config import FormatterSpec
 from qlora_kit.data.report import show_labels
 from qlora_kit.errors import ConfigError
 from qlora_kit.formatting import IGNORE_INDEX, PromptFormatter, Segment, build_formatter
@@ -39,7 +38,7 @@ CHAT = {
 
 
 def fmt(kind: str, **options) -> PromptFormatter:
-    return build_formatter(FormatterSpec(kind=kind, options=options))
+    return build_formatter({"kind": kind, **options})
 
 
 def golden(formatter: PromptFormatter, row: dict, tokenizer, **kwargs) -> str:
@@ -49,14 +48,15 @@ def golden(formatter: PromptFormatter, row: dict, tokenizer, **kwargs) -> str:
     return show_labels(enc.input_ids, enc.labels, tokenizer)
 
 
-def test_alpaca_seed_keeps_the_empty_input_section_verbatim(tokenizer):
+def test_alpaca_reference_keeps_the_empty_input_section_verbatim(tokenizer):
     prompt = (
         "Below is an instruction that describes a task, paired with an input that provides further context. "
         "Write a response that appropriately completes the request.\n\n"
         "### Instruction:\nSay what the cat paints.\n\n### Input:\n\n\n### Response:\n"
     )
     assert (
-        golden(fmt("alpaca_seed"), ROW, tokenizer) == f"[MASKED]{prompt}[/MASKED]The cat paints a map.{EOS}"
+        golden(fmt("alpaca_reference"), ROW, tokenizer)
+        == f"[MASKED]{prompt}[/MASKED]The cat paints a map.{EOS}"
     )
 
 
@@ -226,7 +226,7 @@ def test_chat_rows_are_checked_message_by_message():
         formatter.check({"messages": [{"role": "user", "content": "hi"}]})
 
 
-@pytest.mark.parametrize("kind", ["alpaca_seed", "alpaca", "chatml", "text"])
+@pytest.mark.parametrize("kind", ["alpaca_reference", "alpaca", "chatml", "text"])
 def test_builtins_pass_check_formatter(kind, tokenizer):
     rows = make_alpaca_rows(6)
     if kind == "text":
@@ -254,14 +254,10 @@ def test_check_formatter_reports_a_broken_formatter(tokenizer):
 
 
 def test_build_formatter_rejects_unknown_kinds_and_options():
-    class Spec:
-        kind, options = "nope", {}
-
     with pytest.raises(ConfigError, match="known: .*alpaca"):
-        build_formatter(Spec())
-    Spec.kind, Spec.options = "text", {"feild": "x"}
+        build_formatter({"kind": "nope"})
     with pytest.raises(ConfigError, match="feild"):
-        build_formatter(Spec())
+        build_formatter({"kind": "text", "feild": "x"})
 
 
 def test_dolly_example_plugin_loads_from_yaml_and_meets_the_contract(monkeypatch, tokenizer):

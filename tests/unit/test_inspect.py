@@ -10,6 +10,8 @@ import yaml
 from qlora_kit.cli import main
 from qlora_kit.config.io import load_config
 from qlora_kit.inspection import inspect_model
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.testing import make_distilgpt2_shape
 
 SEED_LORA = {
@@ -116,18 +118,21 @@ def test_cli_inspect_missing_model_is_a_clean_error(tmp_path, capsys):
 def test_inspect_loaded_matches_get_memory_footprint_and_dora_arithmetic(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
-    from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig
+    from qlora_kit.config import ModelConfig
     from qlora_kit.inspection import inspect_loaded
-    from qlora_kit.model.adapters import AdapterBuilder
     from qlora_kit.model.loading import ModelLoader
 
     original = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    quantized = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(), "cpu").load_model()
+    quantized = ModelLoader(
+        ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(), "cpu"
+    ).load_model()
     plain = inspect_loaded(original, quantized)
     assert plain.adapter is None
     assert plain.quantized_footprint_bytes == quantized.get_memory_footprint()
 
-    dora = AdapterBuilder(AdapterConfig(r=4, target_modules="all-linear", use_dora=True)).apply(quantized)
+    dora = AdapterBuilder(AdapterBuilder.Config(r=4, target_modules="all-linear", use_dora=True)).apply(
+        quantized
+    )
     report = inspect_loaded(original, dora)
     assert report.quantized_footprint_bytes == plain.quantized_footprint_bytes  # adapter not counted
     assert report.adapter.lora_params_formula == report.adapter.trainable_measured

@@ -7,16 +7,17 @@ import torch
 from bitsandbytes.nn import Linear4bit
 
 from qlora_kit.cli import main
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, NoQuant
+from qlora_kit.config import ModelConfig
 from qlora_kit.errors import ModelLoadError, QloraKitError
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.gguf import dequantize_gguf
 from qlora_kit.model.loading import ModelLoader, prepare_for_training, resolve_device
+from qlora_kit.model.quant import Bnb4bit, NoQuant
 from qlora_kit.testing import make_distilgpt2_shape, make_tiny_gguf
 
 
 def _loader(path, quant=None, **model):
-    return ModelLoader(ModelConfig(name_or_path=str(path), **model), quant or Bnb4bitQuant(), "cpu")
+    return ModelLoader(ModelConfig(name_or_path=str(path), **model), quant or Bnb4bit.Config(), "cpu")
 
 
 def test_4bit_load_keeps_head_unquantized_and_the_rest_in_compute_dtype(tiny_llama_dir):
@@ -31,23 +32,23 @@ def test_4bit_load_keeps_head_unquantized_and_the_rest_in_compute_dtype(tiny_lla
 
 
 def test_skip_modules_keep_the_output_head_unquantized_too(tiny_llama_dir):
-    model = _loader(tiny_llama_dir, Bnb4bitQuant(skip_modules=["down_proj"])).load_model()
+    model = _loader(tiny_llama_dir, Bnb4bit.Config(skip_modules=["down_proj"])).load_model()
     assert not isinstance(model.model.layers[0].mlp.down_proj, Linear4bit)
     assert isinstance(model.model.layers[0].mlp.up_proj, Linear4bit)
     assert not isinstance(model.lm_head, Linear4bit)
 
 
 def test_no_quant_loads_in_compute_dtype(tiny_llama_dir):
-    model = _loader(tiny_llama_dir, NoQuant(compute_dtype="float32")).load_model()
+    model = _loader(tiny_llama_dir, NoQuant.Config(compute_dtype="float32")).load_model()
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert not any(isinstance(m, Linear4bit) for m in model.modules())
 
 
 def test_real_4bit_lora_step_trains_only_the_adapter(tiny_llama_dir):
-    model, tokenizer = _loader(tiny_llama_dir, Bnb4bitQuant(compute_dtype="float32")).load()
+    model, tokenizer = _loader(tiny_llama_dir, Bnb4bit.Config(compute_dtype="float32")).load()
     prepare_for_training(model, grad_checkpointing=True)
     assert {p.dtype for p in model.parameters() if type(p).__name__ != "Params4bit"} == {torch.float32}
-    model = AdapterBuilder(AdapterConfig(r=4, target_modules="all-linear")).apply(model)
+    model = AdapterBuilder(AdapterBuilder.Config(r=4, target_modules="all-linear")).apply(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     states = {
         n: m.weight.quant_state.absmax.clone() for n, m in model.named_modules() if isinstance(m, Linear4bit)
@@ -119,7 +120,7 @@ def test_gguf_is_dequantized_once_into_a_cache(tmp_path, tokenizer, monkeypatch)
     original = make_tiny_gguf(tmp_path / "tiny.gguf", tokenizer)
     loader = _loader(
         tmp_path / "tiny.gguf",
-        NoQuant(compute_dtype="float32"),
+        NoQuant.Config(compute_dtype="float32"),
         cache_dir=str(tmp_path / "cache"),
         pad_token="eos",
     )
@@ -208,14 +209,14 @@ def test_bitsandbytes_without_a_backend_for_the_device(tiny_llama_dir, monkeypat
         ModelLoadError, match="quant.kind=bnb_4bit: bitsandbytes has no working backend for cpu"
     ):
         _loader(tiny_llama_dir).load_model()
-    _loader(tiny_llama_dir, NoQuant()).load_model()  # no bitsandbytes needed without quantization
+    _loader(tiny_llama_dir, NoQuant.Config()).load_model()  # no bitsandbytes needed without quantization
 
 
 def test_bf16_on_a_gpu_without_bf16(tiny_llama_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
-    loader = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(), "cuda")
+    loader = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(), "cuda")
     with pytest.raises(
         ModelLoadError, match="quant.compute_dtype: bfloat16 is not supported on cuda:0 \\(Tesla T4\\)"
     ):
@@ -225,7 +226,7 @@ def test_bf16_on_a_gpu_without_bf16(tiny_llama_dir, monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_asked_for_without_cuda(tiny_llama_dir):
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
-        ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(), "cuda:0").load_model()
+        ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(), "cuda:0").load_model()
 
 
 def test_cli_reports_a_bad_model_without_traceback(tmp_path, capsys):

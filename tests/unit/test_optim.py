@@ -9,7 +9,23 @@ import torch
 from torch import nn
 
 from qlora_kit.config import TrainConfig
-from qlora_kit.training.optim import build_optimizer, build_scheduler, lr_factor, param_groups, warmup_steps
+from qlora_kit.training.optim import param_groups
+
+
+def build_optimizer(cfg, model):
+    return cfg.build().create(model)
+
+
+def build_scheduler(cfg, optimizer, total_steps):
+    return cfg.build().create(optimizer, total_steps)
+
+
+def lr_factor(cfg, step, total):
+    return cfg.build().factor(step, total)
+
+
+def warmup_steps(cfg, total):
+    return cfg.build().warmup_steps(total)
 
 
 class _Adapted(nn.Module):

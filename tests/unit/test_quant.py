@@ -7,15 +7,34 @@ import torch
 from bitsandbytes.functional import has_avx512bf16
 from bitsandbytes.nn import Linear4bit
 
-from qlora_kit.config import Bnb4bitQuant, Bnb8bitQuant, ModelConfig, NoQuant
+from qlora_kit.config import ModelConfig
 from qlora_kit.errors import ConfigError
 from qlora_kit.model.loading import ModelLoader
-from qlora_kit.model.quant import build_bnb_config, keep_4bit_weights_trainable, torch_dtype
+from qlora_kit.model.quant import (
+    Bnb4bit,
+    Bnb8bit,
+    NoQuant,
+    keep_4bit_weights_trainable,
+    torch_dtype,
+)
+
+
+class _Loader:
+    """Stands in for ModelLoader: the unquantized modules are the extra ones as given."""
+
+    def unquantized_modules(self, extra):
+        return list(extra) or None
+
+
+def build_bnb_config(cfg):
+    return cfg.build().load_kwargs(_Loader()).get("quantization_config")
 
 
 def test_4bit_config_maps_every_field():
     cfg = build_bnb_config(
-        Bnb4bitQuant(quant_type="fp4", double_quant=False, compute_dtype="float16", quant_storage="bfloat16")
+        Bnb4bit.Config(
+            quant_type="fp4", double_quant=False, compute_dtype="float16", quant_storage="bfloat16"
+        )
     )
     assert cfg.load_in_4bit and not cfg.load_in_8bit
     assert cfg.bnb_4bit_quant_type == "fp4"
@@ -26,17 +45,17 @@ def test_4bit_config_maps_every_field():
 
 
 def test_seed_config_and_other_kinds():
-    seed = build_bnb_config(Bnb4bitQuant())
+    seed = build_bnb_config(Bnb4bit.Config())
     assert (seed.bnb_4bit_quant_type, seed.bnb_4bit_use_double_quant, seed.bnb_4bit_compute_dtype) == (
         "nf4",
         True,
         torch.bfloat16,
     )
-    eight = build_bnb_config(Bnb8bitQuant(threshold=5.0, skip_modules=["lm_head"]))
+    eight = build_bnb_config(Bnb8bit.Config(threshold=5.0, skip_modules=["lm_head"]))
     assert (
         eight.load_in_8bit and eight.llm_int8_threshold == 5.0 and eight.llm_int8_skip_modules == ["lm_head"]
     )
-    assert build_bnb_config(NoQuant()) is None
+    assert build_bnb_config(NoQuant.Config()) is None
 
 
 def test_torch_dtype_names():
@@ -48,7 +67,7 @@ def test_torch_dtype_names():
 @pytest.fixture
 def quantized(tiny_llama_dir):
     return ModelLoader(
-        ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(compute_dtype="float32"), "cpu"
+        ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(compute_dtype="float32"), "cpu"
     )
 
 

@@ -1,49 +1,34 @@
-"""Typed run configuration: one strict pydantic model per component, composed into :class:`RunConfig`.
+"""Typed run configuration: one strict pydantic model per section, composed into :class:`RunConfig`.
 
 Every section forbids unknown keys (with a "did you mean" hint), is frozen, and documents each field
-with its attribute docstring, which also becomes the JSON-schema description. Closed choices
-(quantization, optimizer, scheduler, export) are discriminated unions on ``kind``; the open choice
-(prompt formatters) goes through :mod:`qlora_kit.registry`.
+with its attribute docstring, which also becomes the JSON-schema description. Sections that choose a
+component (`quant`, `adapter`, `data.formatter`, `train.optimizer`, `train.scheduler`, `train.loss`,
+`train.callbacks`, `export`) are validated by their `kind` through :mod:`qlora_kit.registry`, so plugin
+kinds work exactly like built-ins.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from qlora_kit.config.base import DType, StrictModel, kind_union
 from qlora_kit.config.data import DataConfig, EvalSplitConfig, FormatterSpec, SourceConfig, SubsetConfig
-from qlora_kit.config.export import AdapterExport, ExportConfig, MergedExport, NoExport
-from qlora_kit.config.model import (
-    AdapterConfig,
-    Bnb4bitQuant,
-    Bnb8bitQuant,
-    ModelConfig,
-    NoQuant,
-    QuantConfig,
-)
-from qlora_kit.config.train import (
-    AdamW8bit,
-    AdamWTorch,
-    ConstantSchedule,
-    CosineSchedule,
-    LinearSchedule,
-    OptimizerConfig,
-    PagedAdamW8bit,
-    PagedAdamW32bit,
-    SchedulerConfig,
-    TrainConfig,
-)
+from qlora_kit.config.model import ModelConfig
+from qlora_kit.config.train import CallbackSpec, LossSpec, OptimizerSpec, SchedulerSpec, TrainConfig
+from qlora_kit.registry import adapters, exporters, quantization
+from qlora_kit.strict import DType, StrictModel
+
+QuantSpec = quantization.field_type("bnb_4bit")
+"""A `quant` section: `{kind: <registered quantization kind>, <its options>}`."""
+AdapterSpec = adapters.field_type("lora")
+"""An `adapter` section: `{kind: <registered adapter method>, <its options>}` (kind defaults to lora)."""
+ExportSpec = exporters.field_type("adapter")
+"""An `export` section: `{kind: <registered exporter>, <its options>}`."""
 
 __all__ = [
-    "AdamW8bit", "AdamWTorch", "AdapterConfig", "AdapterExport", "Bnb4bitQuant", "Bnb8bitQuant",
-    "ConstantSchedule", "CosineSchedule", "DType", "DataConfig", "EvalSplitConfig", "ExportConfig",
-    "FormatterSpec", "LinearSchedule", "MergedExport", "ModelConfig", "NoExport", "NoQuant",
-    "OptimizerConfig", "PagedAdamW8bit", "PagedAdamW32bit", "QuantConfig", "RunConfig",
-    "SchedulerConfig", "SourceConfig", "StrictModel", "SubsetConfig", "TrainConfig", "kind_union",
+    "AdapterSpec", "CallbackSpec", "DType", "DataConfig", "EvalSplitConfig", "ExportSpec", "FormatterSpec",
+    "LossSpec", "ModelConfig", "OptimizerSpec", "QuantSpec", "RunConfig", "SchedulerSpec", "SourceConfig",
+    "StrictModel", "SubsetConfig", "TrainConfig",
 ]  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------- run
 
 
 class RunConfig(StrictModel):
@@ -52,10 +37,14 @@ class RunConfig(StrictModel):
     output_dir: str = "runs/qlora"
     """Where checkpoints, reports, metrics and exports are written."""
     plugins: list[str] = Field(default_factory=list)
-    """Python modules imported before validation (they register formatters)."""
+    """Python modules imported before validation (they register formatters, quantization kinds,
+    adapter methods, losses, optimizers, schedules, exporters or callbacks)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
-    quant: QuantConfig = Field(default_factory=Bnb4bitQuant)
-    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    quant: QuantSpec = quantization.default("bnb_4bit")
+    """How the base model's weights are stored: a registered quantization kind."""
+    adapter: AdapterSpec = adapters.default("lora")
+    """What is trained: a registered adapter method (LoRA by default)."""
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    export: ExportConfig = Field(default_factory=AdapterExport)
+    export: ExportSpec = exporters.default("adapter")
+    """What is written after training: a registered exporter."""

@@ -6,7 +6,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from qlora_kit.config.base import StrictModel
+from qlora_kit.registry import formatters
+from qlora_kit.strict import StrictModel
+
+FormatterSpec = formatters.field_type("alpaca")
+"""A `data.formatter` section: `{kind: <registered formatter>, <its options>}`."""
 
 # ----------------------------------------------------------------------------------------- data
 
@@ -58,22 +62,6 @@ class EvalSplitConfig(StrictModel):
         return self
 
 
-class FormatterSpec(StrictModel):
-    """Which registered PromptFormatter renders rows, and its options."""
-
-    kind: str = "alpaca"
-    """Registered formatter name (`qlora-kit schema` lists the built-ins; plugins add more)."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Formatter-specific options, validated by the formatter's own `Options` model."""
-
-    @model_validator(mode="after")
-    def _known_kind(self) -> FormatterSpec:
-        from qlora_kit.registry import formatters
-
-        formatters.validate_options(self.kind, self.options)
-        return self
-
-
 class DataConfig(StrictModel):
     """Data loading, prompt formatting, truncation and batching."""
 
@@ -83,8 +71,8 @@ class DataConfig(StrictModel):
     """Optional random subset of the source (the seed takes 1,000 rows with seed 42)."""
     eval: EvalSplitConfig | None = None
     """Optional held-out split."""
-    formatter: FormatterSpec = Field(default_factory=FormatterSpec)
-    """Prompt template."""
+    formatter: FormatterSpec = formatters.default("alpaca")
+    """Prompt template: a registered formatter `kind` and its options (`qlora-kit schema --kinds`)."""
     train_on_inputs: bool = False
     """Also train on prompt tokens (the seed does, since SFTTrainer trains on all text)."""
     max_length: int = Field(default=1024, gt=0)

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from qlora_kit.config import RunConfig
 from qlora_kit.errors import ConfigError
+from qlora_kit.files import atomic_write_json, atomic_write_text
 from qlora_kit.registry import import_plugins
 
 
@@ -37,23 +38,69 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with dotted ``key.path=value`` overrides applied (values parsed as YAML)."""
+    """Return a copy of ``data`` with dotted ``key.path=value`` overrides applied (values parsed as YAML).
+
+    Overrides of a component's ``kind`` are applied first, and switching a section to another kind
+    drops the previous kind's options (``export.kind=none`` on a merged export drops its `dtype`);
+    the other overrides then apply on top, in order.
+    """
     result = json.loads(json.dumps(data))  # deep copy of plain data
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError([(item, "override must look like `section.key=value`")], "overrides")
-        node = result
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError([(key, f"{part!r} is not a section")], "overrides")
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    parsed = [_parse_override(item) for item in overrides]
+    for parts, value in sorted(parsed, key=lambda pv: pv[0][-1] != "kind"):  # stable: kinds first
+        node = _section(result, parts)
+        if parts[-1] == "kind" and isinstance(value, str) and value != _current_kind(node, parts[:-1]):
+            node.clear()
+        node[parts[-1]] = value
     return result
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([(item, "override must look like `section.key=value`")], "overrides")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError([(key.strip(), f"value {raw!r} is not valid YAML: {exc}")], "overrides") from None
+    return key.strip().split("."), value
+
+
+def _section(root: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """The mapping that holds ``parts[-1]``, created as needed."""
+    node = root
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str) and part in _component_defaults(parts[: parts.index(part)]):
+            child = node[part] = {"kind": child}  # `train.loss: chunked` written as a bare kind name
+        if not isinstance(child, dict):
+            raise ConfigError([(".".join(parts), f"{part!r} is not a section")], "overrides")
+        node = child
+    return node
+
+
+def _current_kind(node: dict[str, Any], path: list[str]) -> str | None:
+    """The kind a section has now: its `kind`, or its field's default kind when it names none."""
+    if "kind" in node:
+        return node["kind"]
+    return _component_defaults(path[:-1]).get(path[-1]) if path else None
+
+
+def _component_defaults(path: list[str]) -> dict[str, str | None]:
+    """For the config model at ``path``: its component fields and their default kinds."""
+    model: Any = RunConfig
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(part)
+        model = field.annotation if field is not None else None
+    fields = getattr(model, "model_fields", {}) if isinstance(model, type) else {}
+    defaults: dict[str, str | None] = {}
+    for name, field in fields.items():
+        if field.default_factory is not None:
+            value = field.default_factory()
+            if isinstance(getattr(value, "kind", None), str):
+                defaults[name] = value.kind
+    return defaults
 
 
 def _child(node: Any, key: Any) -> Any:
@@ -118,8 +165,17 @@ def load_config(
 
 
 def config_to_yaml(cfg: RunConfig) -> str:
-    """The fully resolved config as YAML (every default filled in)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The fully resolved config as YAML (every default filled in; in a section, `kind` first)."""
+    return yaml.safe_dump(_kind_first(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
+
+
+def _kind_first(node: Any) -> Any:
+    if isinstance(node, dict):
+        ordered = {"kind": node["kind"]} if "kind" in node else {}
+        return ordered | {k: _kind_first(v) for k, v in node.items() if k != "kind"}
+    if isinstance(node, list):
+        return [_kind_first(v) for v in node]
+    return node
 
 
 def package_versions() -> dict[str, str]:
@@ -145,8 +201,6 @@ def package_versions() -> dict[str, str]:
 def write_run_config(cfg: RunConfig, output_dir: str | Path) -> Path:
     """Write ``run_config.yaml`` and ``versions.json`` so the run can be repeated from its folder."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "run_config.yaml"
-    path.write_text(config_to_yaml(cfg), encoding="utf-8")
-    (out / "versions.json").write_text(json.dumps(package_versions(), indent=2) + "\n", encoding="utf-8")
+    path = atomic_write_text(out / "run_config.yaml", config_to_yaml(cfg))
+    atomic_write_json(out / "versions.json", package_versions())
     return path

@@ -1,12 +1,15 @@
-"""Config sections of the base model: where it comes from, how it is quantized, the LoRA adapter."""
+"""Config section of the base model: where it comes from and how it is loaded.
+
+How it is quantized (`quant`) and adapted (`adapter`) are component kinds: see :mod:`qlora_kit.model.quant`
+and :mod:`qlora_kit.model.adapters`."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from qlora_kit.config.base import DType, StrictModel, kind_union
+from qlora_kit.strict import StrictModel
 
 # --------------------------------------------------------------------------------------- model
 
@@ -33,72 +36,3 @@ class ModelConfig(StrictModel):
     """Override the tokenizer's maximum length (e.g. 1024 for GPT-2)."""
     cache_dir: str | None = None
     """Where hub downloads and dequantized GGUF conversions are cached."""
-
-
-# ---------------------------------------------------------------------------------------- quant
-
-
-class Bnb4bitQuant(StrictModel):
-    """4-bit quantization of linear layers through bitsandbytes (QLoRA)."""
-
-    kind: Literal["bnb_4bit"] = "bnb_4bit"
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    """NormalFloat4 (best for normally distributed weights) or plain FP4."""
-    double_quant: bool = True
-    """Quantize the per-block absmax constants too (saves ~0.4 bits per parameter)."""
-    compute_dtype: DType = "bfloat16"
-    """dtype the 4-bit weights are dequantized to for matmuls; also the dtype of every
-    non-quantized parameter (embeddings, norms, lm_head)."""
-    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
-    """Container dtype of the packed 4-bit weights (use the compute dtype for FSDP)."""
-    skip_modules: list[str] = Field(default_factory=list)
-    """Module names kept in 16 bits besides the output head (which is never quantized)."""
-
-
-class Bnb8bitQuant(StrictModel):
-    """LLM.int8() quantization of linear layers through bitsandbytes."""
-
-    kind: Literal["bnb_8bit"] = "bnb_8bit"
-    threshold: float = 6.0
-    """Outlier threshold of LLM.int8()."""
-    compute_dtype: DType = "bfloat16"
-    """dtype of the non-quantized parameters."""
-    skip_modules: list[str] = Field(default_factory=list)
-    """Module names kept in 16 bits besides the output head."""
-
-
-class NoQuant(StrictModel):
-    """No quantization: plain LoRA on a 16- or 32-bit base."""
-
-    kind: Literal["none"] = "none"
-    compute_dtype: DType = "bfloat16"
-    """dtype of the base model's parameters."""
-
-
-QuantConfig = kind_union(Bnb4bitQuant, Bnb8bitQuant, NoQuant)
-
-
-# -------------------------------------------------------------------------------------- adapter
-
-
-class AdapterConfig(StrictModel):
-    """LoRA adapter settings (names as in the LoRA paper and PEFT)."""
-
-    r: int = Field(default=8, gt=0)
-    """Rank of the low-rank update."""
-    alpha: float = Field(default=16, gt=0)
-    """Scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA)."""
-    dropout: float = Field(default=0.05, ge=0, lt=1)
-    """Dropout on the adapter input."""
-    bias: Literal["none", "all", "lora_only"] = "none"
-    """Which biases are trained."""
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    """Module names (suffixes) to adapt, or `all-linear`: every linear layer except the output head."""
-    use_dora: bool = False
-    """Weight-decomposed LoRA (DoRA)."""
-    use_rslora: bool = False
-    """Rank-stabilised scaling alpha / sqrt(r)."""
-    modules_to_save: list[str] = Field(default_factory=list)
-    """Modules trained in full and saved with the adapter (e.g. `lm_head` after adding tokens)."""
-    peft_overrides: dict[str, Any] = Field(default_factory=dict)
-    """Any other `peft.LoraConfig` argument; validated by building the real LoraConfig."""

@@ -138,7 +138,4 @@ def _report(
 
 
 def _formatter_name(formatter: PromptFormatter) -> str:
-    from qlora_kit.registry import formatters
-
-    names = [n for n in formatters.names() if formatters.get(n) is type(formatter)]
-    return names[0] if names else type(formatter).__name__
+    return getattr(formatter.options, "kind", None) or type(formatter).__name__

@@ -1,6 +1,7 @@
-"""Export after training: the adapter in PEFT format, or a verified merged 16-bit model, or nothing.
+"""Exporter kinds (the `export` section), registered in :data:`qlora_kit.registry.exporters`: the
+adapter in PEFT format, a verified merged 16-bit model, or nothing.
 
-``build_exporter(cfg.export).export(model, tokenizer, output_dir, cfg)`` writes, under ``output_dir``:
+``cfg.export.build().export(model, tokenizer, output_dir, cfg, verify_rows=...)`` writes, under ``output_dir``:
 
 - ``adapter/``: ``adapter_config.json``, ``adapter_model.safetensors``, tokenizer, ``generation_config.json``,
   ``run_config.yaml`` (kinds `adapter` and `merged`);
@@ -16,10 +17,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from qlora_kit.export.adapter import ADAPTER_DIR, save_adapter
 from qlora_kit.export.merged import MERGE_REPORT, MERGED_DIR, MergeVerificationWarning, merge_and_verify
+from qlora_kit.registry import exporters
+from qlora_kit.strict import StrictModel
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ __all__ = [
     "ExportResult",
     "MergeVerificationWarning",
     "MergedExporter",
+    "MergedOptions",
     "NoExporter",
     "build_exporter",
 ]
@@ -69,8 +75,9 @@ class ExportResult:
         return "\n".join(lines) or "export: none"
 
 
+@exporters.register("adapter")
 class AdapterExporter:
-    """Saves the adapter in PEFT format (``export.kind: adapter``)."""
+    """Save the LoRA adapter in PEFT format (plus tokenizer and run config)."""
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -84,8 +91,31 @@ class AdapterExporter:
         return ExportResult(kind="adapter", adapter_dir=path)
 
 
+class MergedOptions(StrictModel):
+    """Settings of the merged export and of its verification."""
+
+    dtype: Literal["float16", "bfloat16"] = "bfloat16"
+    """dtype of the merged model (the reference recipe uses float16)."""
+    max_shard_size: str = "2GB"
+    """Largest safetensors shard."""
+    merge_base: Literal["original", "dequantized"] = "dequantized"
+    """Merge into the `original` 16-bit weights, or into the `dequantized` NF4 weights the adapter
+    was trained against. Both errors are reported either way."""
+    max_mean_kl: float = Field(default=0.05, gt=0)
+    """Verification tolerance: mean per-token KL(adapter model || merged model) on held-out prompts, in
+    nats. A 16-bit merge into the `dequantized` base stays well below it; a merge into the `original`
+    weights of a model whose NF4 rounding matters does not."""
+    max_abs_logit_diff: float | None = Field(default=None, gt=0)
+    """Optional extra tolerance on the largest absolute logit difference. Off by default: in 16-bit
+    compute a few large logits (e.g. at the first position) move by whole units from rounding alone."""
+
+
+@exporters.register("merged")
 class MergedExporter:
-    """Saves the adapter, then a verified merged model (``export.kind: merged``)."""
+    """Save the adapter, then merge it into a 16-bit base saved as sharded safetensors, verified
+    against the adapter model on held-out rows."""
+
+    Options = MergedOptions
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -112,8 +142,9 @@ class MergedExporter:
         return ExportResult("merged", adapter_dir=adapter_dir, merged_dir=merged_dir, merge_report=report)
 
 
+@exporters.register("none")
 class NoExporter:
-    """Writes nothing (``export.kind: none``): the training checkpoints are the result."""
+    """Keep only the training checkpoints."""
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg
@@ -125,9 +156,6 @@ class NoExporter:
         return ExportResult(kind="none")
 
 
-_EXPORTERS = {"adapter": AdapterExporter, "merged": MergedExporter, "none": NoExporter}
-
-
-def build_exporter(export_cfg: Any) -> AdapterExporter | MergedExporter | NoExporter:
-    """The exporter for the `export` section (its ``kind`` picks the class)."""
-    return _EXPORTERS[export_cfg.kind](export_cfg)
+def build_exporter(export_cfg: Any) -> Any:
+    """The exporter of the `export` section (a validated config, a mapping or a kind name)."""
+    return exporters.validate(export_cfg).build()

@@ -38,6 +38,6 @@ def save_adapter(model: Any, tokenizer: Any, target: str | Path, run_cfg: Any) -
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        generation_config_for(model, tokenizer, run_cfg.data.formatter.kind).save_pretrained(tmp)
+        generation_config_for(model, tokenizer, run_cfg).save_pretrained(tmp)
         write_run_files(tmp, run_cfg)
     return target

@@ -9,31 +9,21 @@ from typing import Any
 from qlora_kit.files import atomic_write_json, atomic_write_text
 
 RUN_CONFIG_FILE = "run_config.yaml"
-CHAT_FORMATTERS = ("chatml", "chat_template")
-_CHAT_END = "<|im_end|>"
 
 
-def eos_token_ids(tokenizer: Any, formatter_kind: str | None) -> list[int]:
-    """Token ids that end a reply: the tokenizer's EOS, plus ChatML's ``<|im_end|>`` for chat formats
-    when it is a single token of the vocabulary (it ends each assistant turn)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if formatter_kind in CHAT_FORMATTERS:
-        end = tokenizer.convert_tokens_to_ids(_CHAT_END)
-        if isinstance(end, int) and end != tokenizer.unk_token_id and end not in ids:
-            ids.append(end)
-    return ids
-
-
-def generation_config_for(model: Any, tokenizer: Any, formatter_kind: str | None) -> Any:
-    """The model's generation config with EOS, pad and BOS ids taken from the training tokenizer.
+def generation_config_for(model: Any, tokenizer: Any, run_cfg: Any) -> Any:
+    """The model's generation config with EOS (the run's formatter's stop tokens), pad and BOS ids taken
+    from the training tokenizer.
 
     The base model's own config may name an EOS the fine-tuned model never learned to emit (e.g.
     ``<|endoftext|>`` for a ChatML-trained model) or no pad id at all; generation then runs on.
     """
     from transformers import GenerationConfig
 
+    from qlora_kit.formatting import build_formatter
+
     config = copy.deepcopy(getattr(model, "generation_config", None)) or GenerationConfig()
-    eos = eos_token_ids(tokenizer, formatter_kind)
+    eos = build_formatter(run_cfg.data.formatter, tokenizer).stop_token_ids(tokenizer)
     config.eos_token_id = eos[0] if len(eos) == 1 else eos
     config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     config.bos_token_id = tokenizer.bos_token_id

@@ -38,23 +38,16 @@ class MergeVerificationWarning(UserWarning):
 def dequantized_weights(model: Any) -> dict[str, torch.Tensor]:
     """The dequantized weight of every bitsandbytes 4-bit or 8-bit layer, by the layer's name in the
     base model without PEFT's ``.base_layer`` (shape ``[out, in]``, as ``nn.Linear`` holds it)."""
-    import bitsandbytes as bnb
-
+    from qlora_kit.compat import dequantize_bnb_layer
     from qlora_kit.model.quant import keep_4bit_weights_trainable
 
     keep_4bit_weights_trainable(model)  # a CPU-packed 4-bit layout would not dequantize correctly
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     weights = {}
     for name, module in base.named_modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
-        elif isinstance(module, bnb.nn.Linear8bitLt):
-            # After a forward pass bitsandbytes moves the row scales from the weight to module.state.
-            scales = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
-            weight = bnb.functional.int8_vectorwise_dequant(module.weight.data, scales)
-        else:
-            continue
-        weights[name.replace(".base_layer", "")] = weight
+        weight = dequantize_bnb_layer(module)
+        if weight is not None:
+            weights[name.replace(".base_layer", "")] = weight
     return weights
 
 
@@ -80,10 +73,10 @@ def build_merged(base: str, trained: Any, run_cfg: Any, adapter_dir: Path, dtype
     source (hub, directory, GGUF) and the tokenizer's pad policy (resized embeddings) are the training run's."""
     from peft import PeftModel
 
-    from qlora_kit.config import NoQuant
     from qlora_kit.model.loading import ModelLoader
 
-    model, _ = ModelLoader(run_cfg.model, NoQuant(compute_dtype=dtype), device=model_device(trained)).load()
+    unquantized = {"kind": "none", "compute_dtype": dtype}
+    model, _ = ModelLoader(run_cfg.model, unquantized, device=model_device(trained)).load()
     if base == "dequantized":
         load_weights_into(model, dequantized_weights(trained))
     return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
@@ -117,7 +110,7 @@ def merge_and_verify(
     with atomic_dir(target) as tmp:
         merged.save_pretrained(tmp, max_shard_size=cfg.max_shard_size)
         tokenizer.save_pretrained(tmp)
-        generation_config_for(model, tokenizer, run_cfg.data.formatter.kind).save_pretrained(tmp)
+        generation_config_for(model, tokenizer, run_cfg).save_pretrained(tmp)
         write_run_files(tmp, run_cfg)
         (tmp / MERGE_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if not report["passed"]:

@@ -1,4 +1,4 @@
-"""Alpaca templates: the seed's verbatim template and Stanford's two templates."""
+"""Alpaca templates: the reference recipe's verbatim template and Stanford's two templates."""
 
 from __future__ import annotations
 
@@ -7,22 +7,22 @@ from typing import Any
 from qlora_kit.formatting.base import PromptFormatter, Segment
 from qlora_kit.registry import formatters
 
-SEED_TEMPLATE = (
+REFERENCE_TEMPLATE = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{}\n\n### Input:\n{}\n\n### Response:\n"
 )
 
 
-@formatters.register("alpaca_seed")
-class AlpacaSeedFormatter(PromptFormatter):
-    """The seed document's template verbatim, with the Input section even when it is empty."""
+@formatters.register("alpaca_reference", aliases=("alpaca_seed",))
+class AlpacaReferenceFormatter(PromptFormatter):
+    """The reference recipe's Alpaca template verbatim, with the Input section even when it is empty."""
 
     required_fields = ("instruction", "output")
     optional_fields = ("input",)
 
     def render(self, example: dict[str, Any]) -> list[Segment]:
-        prompt = SEED_TEMPLATE.format(example["instruction"], example.get("input") or "")
+        prompt = REFERENCE_TEMPLATE.format(example["instruction"], example.get("input") or "")
         return [Segment(prompt, trained=False), Segment(example["output"], trained=True)]
 
 

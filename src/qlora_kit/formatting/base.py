@@ -1,16 +1,23 @@
 """The PromptFormatter contract: subclasses render an example into segments; the base class owns
-tokenization, label masking, BOS/EOS and truncation, so every formatter gets them right."""
+tokenization, label masking, BOS/EOS and truncation, so every formatter gets them right. A formatter
+also carries its own behaviour at generation time: where a prompt goes in a row
+(:meth:`PromptFormatter.prompt_example`), which tokens end a reply (:meth:`~PromptFormatter.stop_token_ids`)
+and whether it needs the tokenizer (:meth:`~PromptFormatter.bind`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from qlora_kit.formatting.tokens import IGNORE_INDEX, tokenizer_info
 
 Truncation = Literal["truncate", "drop", "error"]
+
+RESPONSE_MARK = "<<qlora_kit:response>>"
+"""Stands in for the response while rendering a prompt for generation; everything from it on is cut."""
 
 
 @dataclass(frozen=True)
@@ -59,29 +66,76 @@ class EncodedExample:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-class NoOptions(BaseModel):
-    """Formatters without options."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class PromptFormatter:
     """Base class of prompt templates. Override :meth:`render`; register with
-    ``@formatters.register("name")`` from :mod:`qlora_kit.registry`.
+    ``@formatters.register("name")`` from :mod:`qlora_kit.registry`; options go in a nested ``Options``
+    model (subclass :class:`qlora_kit.strict.StrictModel` so its attribute docstrings document them).
 
     ``required_fields`` must be present, strings and non-empty; ``optional_fields`` may be missing or
     None but must be strings otherwise. Formatters whose rows are not flat strings (chat messages)
-    override :meth:`check` as well.
+    override :meth:`check` as well. A chat format sets ``chat = True`` and overrides
+    :meth:`prompt_example`; one whose assistant turns end with their own token sets ``end_of_turn``
+    (e.g. ``"<|im_end|>"``), so generation stops there.
     """
 
-    Options: ClassVar[type[BaseModel]] = NoOptions
+    Options: ClassVar[type[BaseModel] | None] = None
     required_fields: ClassVar[tuple[str, ...]] = ()
     optional_fields: ClassVar[tuple[str, ...]] = ()
+    end_of_turn: ClassVar[str | None] = None
+    chat: ClassVar[bool] = False
+    """Rows are conversations: generation can continue a history (``qlora-kit generate --chat``)."""
 
-    def __init__(self, options: BaseModel | dict[str, Any] | None = None):
-        self.options = (
-            self.Options.model_validate(options or {}) if not isinstance(options, BaseModel) else options
-        )
+    def __init__(self, options: BaseModel | Mapping[str, Any] | None = None):
+        if isinstance(options, BaseModel):
+            self.options = options
+        else:  # constructed in Python: validate like a config (the registered Config has `kind`)
+            model = getattr(type(self), "Config", None) or self.Options
+            self.options = model.model_validate(dict(options or {})) if model else None
+
+    # ---------------------------------------------------------------------- generation behaviour
+
+    def bind(self, tokenizer: Any) -> PromptFormatter:
+        """Give the formatter the tokenizer, for formats that render with it (a no-op here)."""
+        return self
+
+    def stop_token_ids(self, tokenizer: Any) -> list[int]:
+        """Token ids that end a reply: the tokenizer's EOS, and ``end_of_turn`` when it is a single
+        token of the vocabulary."""
+        ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        if self.end_of_turn:
+            end = tokenizer.convert_tokens_to_ids(self.end_of_turn)
+            if isinstance(end, int) and end != tokenizer.unk_token_id and end not in ids:
+                ids.append(end)
+        return ids
+
+    def prompt_example(
+        self,
+        prompt: str,
+        *,
+        input: str | None = None,
+        history: Sequence[Mapping[str, str]] = (),
+        fields: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """A row whose response is :data:`RESPONSE_MARK`, for generating a reply to ``prompt``.
+
+        This default suits instruction formats: the prompt goes in the first required field, ``input``
+        in an `input`/`context` field, the mark in the other required fields, ``fields`` on top; a
+        one-field format gets the prompt followed by the mark. Chat formats put ``history`` and the
+        prompt in turns.
+        """
+        required = tuple(self.required_fields)
+        if len(required) == 1:
+            return {required[0]: prompt + RESPONSE_MARK}
+        example: dict[str, Any] = {name: RESPONSE_MARK for name in required}
+        if required:
+            example[required[0]] = prompt
+        for name in ("input", "context"):
+            if name in required or name in self.optional_fields:
+                example[name] = input or ""
+        example.update(fields or {})
+        return example
+
+    # ----------------------------------------------------------------------------- training
 
     def render(self, example: dict[str, Any]) -> list[Segment]:
         """Turn one row into segments (prompt untrained, response trained)."""

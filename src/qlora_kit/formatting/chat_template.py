@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from qlora_kit.formatting.base import PromptFormatter, RowError, Segment
-from qlora_kit.formatting.chatml import ChatOptions, check_messages, messages_of
+from qlora_kit.formatting.chatml import ChatOptions, chat_prompt_example, check_messages, messages_of
 from qlora_kit.registry import formatters
 
 
@@ -21,6 +21,8 @@ class ChatTemplateFormatter(PromptFormatter):
     """Renders with ``tokenizer.apply_chat_template``; needs the tokenizer, given by :meth:`bind`."""
 
     Options = ChatOptions
+    chat = True
+    end_of_turn = "<|im_end|>"  # ChatML-style templates (SmolLM2, Qwen); ignored when not one token
 
     def __init__(self, options: Any = None, tokenizer: Any = None):
         super().__init__(options)
@@ -36,6 +38,10 @@ class ChatTemplateFormatter(PromptFormatter):
     def fields(self) -> tuple[str, ...]:
         # Rows may hold Alpaca fields instead of messages, so columns are checked row by row.
         return ()
+
+    def prompt_example(self, prompt: str, *, history: Any = (), **_: Any) -> dict[str, Any]:
+        """The conversation ``history`` + a user turn with ``prompt`` + the assistant turn to generate."""
+        return chat_prompt_example(self.options.messages_field, prompt, history)
 
     def check(self, example: dict[str, Any]) -> None:
         check_messages(messages_of(example, self.options), self.options.messages_field)

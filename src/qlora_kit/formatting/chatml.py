@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from qlora_kit.formatting.base import PromptFormatter, RowError, Segment
+from qlora_kit.formatting.base import RESPONSE_MARK, PromptFormatter, RowError, Segment
 from qlora_kit.registry import formatters
+from qlora_kit.strict import StrictModel
 
 ROLES = ("system", "user", "assistant")
 
 
-class ChatOptions(BaseModel):
+class ChatOptions(StrictModel):
     """Options of the chat formatters."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     messages_field: str = "messages"
     """Column holding the conversation: a list of `{role, content}` mappings."""
@@ -46,6 +43,12 @@ def messages_of(example: dict[str, Any], options: ChatOptions) -> list[dict[str,
     return messages
 
 
+def chat_prompt_example(messages_field: str, prompt: str, history: Any) -> dict[str, Any]:
+    """A conversation row whose last (assistant) turn is the response mark."""
+    turns = [*map(dict, history), {"role": "user", "content": prompt}]
+    return {messages_field: [*turns, {"role": "assistant", "content": RESPONSE_MARK}]}
+
+
 def check_messages(messages: Any, field: str) -> None:
     """Raise :class:`RowError` unless ``messages`` is a usable conversation with an assistant turn."""
     if messages is None:
@@ -72,10 +75,16 @@ class ChatMLFormatter(PromptFormatter):
     """ChatML turns; each assistant's content and its `<|im_end|>` are trained, the rest is not."""
 
     Options = ChatOptions
+    chat = True
+    end_of_turn = "<|im_end|>"
 
     def fields(self) -> tuple[str, ...]:
         # Rows may hold Alpaca fields instead of messages, so columns are checked row by row.
         return ()
+
+    def prompt_example(self, prompt: str, *, history: Any = (), **_: Any) -> dict[str, Any]:
+        """The conversation ``history`` + a user turn with ``prompt`` + the assistant turn to generate."""
+        return chat_prompt_example(self.options.messages_field, prompt, history)
 
     def check(self, example: dict[str, Any]) -> None:
         check_messages(messages_of(example, self.options), self.options.messages_field)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from qlora_kit.formatting.base import PromptFormatter, Segment
 from qlora_kit.registry import formatters
+from qlora_kit.strict import StrictModel
 
 
-class TextOptions(BaseModel):
+class TextOptions(StrictModel):
     """Options of the `text` formatter."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     field: str = "text"
     """Column holding the text."""

@@ -1,16 +1,21 @@
-"""AdapterBuilder: the `adapter` section -> a validated ``peft.LoraConfig`` -> a PEFT model in which
-only the adapter (and `modules_to_save`) trains.
+"""Adapter methods (the `adapter` section). The built-in ``lora`` kind, :class:`AdapterBuilder`, turns
+its options into a validated ``peft.LoraConfig`` and a PEFT model in which only the adapter (and
+`modules_to_save`) trains. A plugin method registers in :data:`qlora_kit.registry.adapters` with an
+``apply(model) -> model`` of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
 from torch import nn
 
 from qlora_kit.errors import ConfigError
+from qlora_kit.registry import adapters
+from qlora_kit.strict import StrictModel
 
 # Typed `adapter.*` fields and the LoraConfig arguments they set; peft_overrides may not repeat them.
 _TYPED = {
@@ -50,19 +55,45 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
+class LoraOptions(StrictModel):
+    """LoRA adapter settings (names as in the LoRA paper and PEFT)."""
+
+    r: int = Field(default=8, gt=0)
+    """Rank of the low-rank update."""
+    alpha: float = Field(default=16, gt=0, allow_inf_nan=False)
+    """Scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA)."""
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the adapter input."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases are trained."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names (suffixes) to adapt, or `all-linear`: every linear layer except the output head."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    use_rslora: bool = False
+    """Rank-stabilised scaling alpha / sqrt(r)."""
+    modules_to_save: list[str] = Field(default_factory=list)
+    """Modules trained in full and saved with the adapter (e.g. `lm_head` after adding tokens)."""
+    peft_overrides: dict[str, Any] = Field(default_factory=dict)
+    """Any other `peft.LoraConfig` argument; validated by building the real LoraConfig."""
+
+
+@adapters.register("lora")
 class AdapterBuilder:
-    """Builds LoRA adapters from the `adapter` section.
+    """LoRA (and DoRA / rsLoRA) adapters through PEFT.
 
     LoRA weights are kept in fp32 (peft's ``autocast_adapter_dtype``), also on a bf16 base: they are
     under 1% of the parameters, and in bf16 an AdamW update of lr 2e-4 is below the precision of most
     weights, so training would stall. The matmuls still run in the compute dtype under autocast.
 
     Args:
-        adapter_cfg: the `adapter` section.
+        adapter_cfg: the `adapter` section (a validated config or a mapping of its options).
     """
 
+    Options = LoraOptions
+
     def __init__(self, adapter_cfg: Any):
-        self.cfg = adapter_cfg
+        self.cfg = adapters.validate(adapter_cfg, default_kind="lora")
 
     def resolve_targets(self, model: nn.Module) -> list[str]:
         """The module names LoRA wraps.

@@ -10,15 +10,10 @@ from typing import Any
 
 import torch
 
+from qlora_kit.compat import modules_kept_unquantized
 from qlora_kit.errors import ModelLoadError
 from qlora_kit.model.gguf import dequantize_gguf
-from qlora_kit.model.quant import (
-    build_bnb_config,
-    check_bitsandbytes,
-    check_dtype_supported,
-    keep_4bit_weights_trainable,
-    torch_dtype,
-)
+from qlora_kit.model.quant import keep_4bit_weights_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +41,16 @@ class ModelLoader:
 
     Args:
         model_cfg: the `model` section.
-        quant_cfg: the `quant` section.
+        quant_cfg: the `quant` section (any registered quantization kind).
         device: where the model lives; None means ``cuda:0`` when available, else ``cpu``.
     """
 
     def __init__(self, model_cfg: Any, quant_cfg: Any, device: str | torch.device | None = None):
+        from qlora_kit.registry import quantization
+
         self.model_cfg = model_cfg
-        self.quant_cfg = quant_cfg
+        self.quant_cfg = quantization.validate(quant_cfg)
+        self.quantization = self.quant_cfg.build()
         self.device = resolve_device(device)
         self._source: str | None = None
 
@@ -78,25 +76,22 @@ class ModelLoader:
 
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ModelLoadError(f"device {self.device} was asked for, but CUDA is not available here")
-        check_dtype_supported(self.quant_cfg.compute_dtype, self.device)
-        check_bitsandbytes(self.quant_cfg, self.device)
+        self.quantization.check(self.device)
         source = self.source()
         kwargs: dict[str, Any] = dict(
-            dtype=torch_dtype(self.quant_cfg.compute_dtype),
+            dtype=self.quantization.compute_dtype,
             device_map={"": str(self.device)},
             trust_remote_code=self.model_cfg.trust_remote_code,
             **self._hub_kwargs(),
         )
         if self.model_cfg.attn_implementation:
             kwargs["attn_implementation"] = self.model_cfg.attn_implementation
-        bnb_config = build_bnb_config(self.quant_cfg)
-        if bnb_config is not None:
-            bnb_config.llm_int8_skip_modules = self._skip_modules(source)
-            kwargs["quantization_config"] = bnb_config
+        kwargs.update(self.quantization.load_kwargs(self))
         try:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except OSError as exc:  # transformers' way of saying "not found / not downloadable / unreadable"
             raise ModelLoadError(f"model.name_or_path: cannot load {source!r}: {exc}") from exc
+        model = self.quantization.after_load(model)
         keep_4bit_weights_trainable(model)
         return model
 
@@ -135,26 +130,25 @@ class ModelLoader:
             raise ModelLoadError(f"model.name_or_path: no model directory at {name!r}")
         return name  # a hub id
 
-    def _skip_modules(self, source: str) -> list[str] | None:
-        """The modules kept unquantized: transformers' defaults (the output head) plus `skip_modules`.
+    def unquantized_modules(self, extra: list[str]) -> list[str] | None:
+        """The modules a quantization kind keeps in 16 bits: transformers' defaults (the output head)
+        plus ``extra`` (None when there is nothing extra: transformers then applies its defaults).
 
         transformers drops its defaults when ``llm_int8_skip_modules`` is given, which would quantize
         the output head; so the defaults are computed here on an empty (meta) model and kept.
         """
-        extra = list(self.quant_cfg.skip_modules)
         if not extra:
             return None
-        from transformers import AutoConfig, AutoModelForCausalLM
-        from transformers.quantizers.base import get_keys_to_not_convert
+        return sorted(set(modules_kept_unquantized(self.skeleton())) | set(extra))
 
-        config = AutoConfig.from_pretrained(
-            source, trust_remote_code=self.model_cfg.trust_remote_code, **self._hub_kwargs()
-        )
+    def skeleton(self) -> Any:
+        """The model built from its ``config.json`` on the meta device: shapes and names, no weights."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        trust = self.model_cfg.trust_remote_code
+        config = AutoConfig.from_pretrained(self.source(), trust_remote_code=trust, **self._hub_kwargs())
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(
-                config, trust_remote_code=self.model_cfg.trust_remote_code
-            )
-        return sorted(set(get_keys_to_not_convert(skeleton)) | set(extra))
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
 
 
 def _looks_like_path(name: str) -> bool:

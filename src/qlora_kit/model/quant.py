@@ -1,15 +1,22 @@
-"""Quantization: the config union -> ``transformers.BitsAndBytesConfig``, and guards around bitsandbytes.
+"""Quantization kinds (the `quant` section): how the frozen base model's weights are stored.
 
-This is the only module that touches bitsandbytes' quantization internals.
+Each kind is a :class:`Quantization` registered in :data:`qlora_kit.registry.quantization`. The
+:class:`~qlora_kit.model.loading.ModelLoader` asks it for extra ``from_pretrained`` arguments, then
+lets it change the loaded model (:meth:`Quantization.after_load`); a plugin kind can do either.
+Built-ins: ``bnb_4bit`` (QLoRA), ``bnb_8bit`` (LLM.int8()), ``none``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
+from qlora_kit.compat import linear4bit_modules, undo_cpu_weight_packing
 from qlora_kit.errors import ConfigError, ModelLoadError
+from qlora_kit.registry import quantization
+from qlora_kit.strict import DType, StrictModel
 
 _DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -31,30 +38,103 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ConfigError([("dtype", f"unknown dtype {name!r}; known: {', '.join(_DTYPES)}")]) from None
 
 
-def build_bnb_config(quant_cfg: Any) -> Any:
-    """The ``transformers.BitsAndBytesConfig`` for a `quant` section, or None for ``kind: none``.
+class Quantization:
+    """Base of quantization kinds. Override :meth:`load_kwargs` and/or :meth:`after_load`.
 
-    ``skip_modules`` are added to the modules transformers already keeps unquantized only by the
-    loader (:func:`qlora_kit.model.loading.ModelLoader`), which knows the model's output head; here they
-    are passed as given.
+    Args:
+        config: the validated `quant` section (this kind's ``Config``).
     """
-    if quant_cfg.kind == "none":
-        return None
-    from transformers import BitsAndBytesConfig
 
-    skip = list(quant_cfg.skip_modules) or None
-    if quant_cfg.kind == "bnb_8bit":
-        return BitsAndBytesConfig(
-            load_in_8bit=True, llm_int8_threshold=quant_cfg.threshold, llm_int8_skip_modules=skip
-        )
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=quant_cfg.quant_type,
-        bnb_4bit_use_double_quant=quant_cfg.double_quant,
-        bnb_4bit_compute_dtype=torch_dtype(quant_cfg.compute_dtype),
-        bnb_4bit_quant_storage=torch_dtype(quant_cfg.quant_storage),
-        llm_int8_skip_modules=skip,
-    )
+    class Options(StrictModel):
+        compute_dtype: DType = "bfloat16"
+        """dtype of matmuls and of every parameter that is not quantized (embeddings, norms, head)."""
+
+    uses_bitsandbytes = False
+    """Whether the kind needs a working bitsandbytes backend on the device (checked before loading)."""
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The torch dtype of computation and of the non-quantized parameters."""
+        return torch_dtype(self.config.compute_dtype)
+
+    def check(self, device: torch.device) -> None:
+        """Fail early when this kind cannot run on ``device`` (before any weight is read)."""
+        check_dtype_supported(self.config.compute_dtype, device)
+        if self.uses_bitsandbytes:
+            check_bitsandbytes(self.config.kind, device)
+
+    def load_kwargs(self, loader: Any) -> dict[str, Any]:
+        """Extra ``from_pretrained`` arguments (e.g. ``quantization_config``). ``loader`` is the
+        :class:`~qlora_kit.model.loading.ModelLoader`, for the source and the unquantized defaults."""
+        return {}
+
+    def after_load(self, model: Any) -> Any:
+        """Change the loaded model (e.g. replace layers); returns the model to train."""
+        return model
+
+
+@quantization.register("bnb_4bit")
+class Bnb4bit(Quantization):
+    """4-bit quantization of linear layers through bitsandbytes (QLoRA)."""
+
+    class Options(Quantization.Options):
+        quant_type: Literal["nf4", "fp4"] = "nf4"
+        """NormalFloat4 (best for normally distributed weights) or plain FP4."""
+        double_quant: bool = True
+        """Quantize the per-block absmax constants too (saves ~0.4 bits per parameter)."""
+        quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
+        """Container dtype of the packed 4-bit weights (use the compute dtype for FSDP)."""
+        skip_modules: list[str] = Field(default_factory=list)
+        """Module names kept in 16 bits besides the output head (which is never quantized)."""
+
+    uses_bitsandbytes = True
+
+    def load_kwargs(self, loader: Any) -> dict[str, Any]:
+        from transformers import BitsAndBytesConfig
+
+        cfg = self.config
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=cfg.quant_type,
+                bnb_4bit_use_double_quant=cfg.double_quant,
+                bnb_4bit_compute_dtype=self.compute_dtype,
+                bnb_4bit_quant_storage=torch_dtype(cfg.quant_storage),
+                llm_int8_skip_modules=loader.unquantized_modules(cfg.skip_modules),
+            )
+        }
+
+
+@quantization.register("bnb_8bit")
+class Bnb8bit(Quantization):
+    """LLM.int8() quantization of linear layers through bitsandbytes."""
+
+    class Options(Quantization.Options):
+        threshold: float = 6.0
+        """Outlier threshold of LLM.int8()."""
+        skip_modules: list[str] = Field(default_factory=list)
+        """Module names kept in 16 bits besides the output head."""
+
+    uses_bitsandbytes = True
+
+    def load_kwargs(self, loader: Any) -> dict[str, Any]:
+        from transformers import BitsAndBytesConfig
+
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_8bit=True,
+                llm_int8_threshold=self.config.threshold,
+                llm_int8_skip_modules=loader.unquantized_modules(self.config.skip_modules),
+            )
+        }
+
+
+@quantization.register("none")
+class NoQuant(Quantization):
+    """No quantization: plain LoRA on a 16- or 32-bit base."""
 
 
 def check_dtype_supported(name: str, device: torch.device, field: str = "quant.compute_dtype") -> None:
@@ -70,7 +150,7 @@ def check_dtype_supported(name: str, device: torch.device, field: str = "quant.c
         )
 
 
-def check_bitsandbytes(quant_cfg: Any, device: torch.device) -> None:
+def check_bitsandbytes(kind: str, device: torch.device) -> None:
     """Fail early when ``quant.kind`` asks for bitsandbytes where it cannot run on ``device``.
 
     Imports bitsandbytes and quantizes a tiny tensor on ``device``: that is the only reliable test
@@ -79,20 +159,18 @@ def check_bitsandbytes(quant_cfg: Any, device: torch.device) -> None:
     Raises:
         ModelLoadError: naming ``quant.kind``, the device and the reason.
     """
-    if quant_cfg.kind == "none":
-        return
     try:
         import bitsandbytes.functional as bnb_f
     except Exception as exc:  # ImportError, or a broken native library raising at import
         raise ModelLoadError(
-            f"quant.kind={quant_cfg.kind}: bitsandbytes cannot be imported ({exc}); "
+            f"quant.kind={kind}: bitsandbytes cannot be imported ({exc}); "
             "install it (`pip install bitsandbytes`) or set quant.kind=none"
         ) from exc
     try:
         _probe_bitsandbytes(bnb_f, device)
     except Exception as exc:
         raise ModelLoadError(
-            f"quant.kind={quant_cfg.kind}: bitsandbytes has no working backend for {device} ({exc}); "
+            f"quant.kind={kind}: bitsandbytes has no working backend for {device} ({exc}); "
             "use a supported device or set quant.kind=none"
         ) from exc
 
@@ -101,14 +179,6 @@ def _probe_bitsandbytes(bnb_functional: Any, device: torch.device) -> None:
     weight = torch.ones(64, 64, device=device)
     packed, state = bnb_functional.quantize_4bit(weight, quant_type="nf4")
     bnb_functional.dequantize_4bit(packed, state)
-
-
-def _linear4bit_modules(model: Any) -> list[Any]:
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:  # bitsandbytes missing: nothing can be 4-bit
-        return []
-    return [m for m in model.modules() if isinstance(m, Linear4bit)]
 
 
 def keep_4bit_weights_trainable(model: Any) -> int:
@@ -121,18 +191,4 @@ def keep_4bit_weights_trainable(model: Any) -> int:
 
     Returns the number of layers whose weights were converted back.
     """
-    modules = _linear4bit_modules(model)
-    if not modules:  # also the case when bitsandbytes is not installed
-        return 0
-    from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
-
-    restored = 0
-    for module in modules:
-        module.support_avx512bf16_for_cpu = False  # never take the packing branch again
-        weight = module.weight
-        state = getattr(weight, "quant_state", None)
-        if state is not None and getattr(state, "packing_format_for_cpu", False):
-            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
-            module.quant_state = weight.quant_state
-            restored += 1
-    return restored
+    return sum(undo_cpu_weight_packing(module) for module in linear4bit_modules(model))

@@ -93,25 +93,18 @@ def score(
     Returns:
         The :class:`Score` and the answers, in the order of ``rows``.
     """
-    from qlora_kit.generation import build_example, complete, prompt_ids
-    from qlora_kit.training.evaluation import inference_mode
-    from qlora_kit.training.loss import causal_lm_loss, count_supervised
+    from qlora_kit.generation import complete, prompt_ids
+    from qlora_kit.training.evaluation import evaluate
 
-    device = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    with inference_mode(model):
-        for start in range(0, len(encoded), 32):
-            batch = collate([encoded[i] for i in range(start, min(start + 32, len(encoded)))])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            total += causal_lm_loss(model, batch).item()
-            tokens += count_supervised(batch)
-    prompts = [prompt_ids(formatter, tokenizer, build_example(formatter, r["instruction"])) for r in rows]
+    loss = evaluate(model, encoded, collate, batch_size=32)["eval_loss"]
+    prompts = [prompt_ids(formatter, tokenizer, formatter.prompt_example(r["instruction"])) for r in rows]
+    stops = formatter.stop_token_ids(tokenizer)
     answers: list[str] = []
     for start in range(0, len(prompts), 32):
-        answers += complete(model, tokenizer, prompts[start : start + 32], "chatml", max_new_tokens=24)
+        answers += complete(model, tokenizer, prompts[start : start + 32], stops, max_new_tokens=24)
     accuracy = exact_match(answers, [r["output"] for r in rows])
     correct = round(accuracy * len(rows))
-    return Score(total / max(tokens, 1), accuracy, correct, len(rows)), answers
+    return Score(loss, accuracy, correct, len(rows)), answers
 
 
 @dataclass
@@ -192,7 +185,7 @@ def quickstart(
     cfg = quickstart_config(out, steps, out / "data", export)
     result = run(cfg)
     model, tokenizer = result.model, result.tokenizer
-    formatter = build_formatter(cfg.data.formatter)
+    formatter = build_formatter(cfg.data.formatter, tokenizer)
     collate = make_collator(cfg.data, tokenizer)
     with model.disable_adapter():  # the base model: the same quantized weights, without the adapter
         base, _ = score(model, tokenizer, formatter, held_out, result.data.eval, collate)

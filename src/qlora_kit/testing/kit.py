@@ -135,8 +135,7 @@ def check_formatter(
     """
     from qlora_kit.formatting import Segment
 
-    if hasattr(formatter, "bind"):  # formatters that render with the tokenizer (chat_template)
-        formatter.bind(tokenizer)
+    formatter.bind(tokenizer)  # formats that render with the tokenizer (chat_template) need it
     problems: list[str] = []
     for i, row in enumerate(rows):
         try:

@@ -12,6 +12,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import Field
+
+from qlora_kit.registry import callbacks
+from qlora_kit.strict import StrictModel
 from qlora_kit.training.state import TrainerState
 
 logger = logging.getLogger(__name__)
@@ -36,15 +40,23 @@ class Callback:
         """After the last step and the final checkpoint."""
 
 
+@callbacks.register("early_stopping")
 class EarlyStopping(Callback):
-    """Stop when the eval loss has not improved by more than ``min_delta`` for ``patience`` evaluations.
+    """Stop when the eval loss has not improved by more than `min_delta` for `patience` evaluations.
 
-    Its counters live in the TrainerState, so they survive a resume.
+    Its counters live in the TrainerState, so they survive a resume. From Python:
+    ``EarlyStopping(EarlyStopping.Config(patience=3))``.
     """
 
-    def __init__(self, patience: int, min_delta: float = 0.0):
-        self.patience = patience
-        self.min_delta = min_delta
+    class Options(StrictModel):
+        patience: int = Field(gt=0)
+        """Evaluations without improvement before the run stops."""
+        min_delta: float = Field(default=0.0, ge=0)
+        """Smallest decrease of the eval loss that counts as an improvement."""
+
+    def __init__(self, config: Any):
+        self.patience = config.patience
+        self.min_delta = config.min_delta
 
     def on_evaluate(self, state: TrainerState, metrics: dict[str, Any]) -> None:
         loss = metrics["eval_loss"]

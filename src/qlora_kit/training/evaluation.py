@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from qlora_kit.model.quant import keep_4bit_weights_trainable
-from qlora_kit.training.loss import LossFn, count_supervised
+from qlora_kit.training.loss import LossFn, causal_lm_loss, count_supervised
 
 GENERATIONS_FILE = "generations.jsonl"
 
@@ -39,25 +39,28 @@ def evaluate(
     rows: Sequence[dict[str, Any]],
     collate_fn: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
     batch_size: int,
-    loss_fn: LossFn,
-    accelerator: Any,
+    loss_fn: LossFn = causal_lm_loss,
+    accelerator: Any = None,
 ) -> dict[str, float]:
     """Mean loss per supervised token over ``rows`` and its perplexity.
 
-    Token losses are summed batch by batch (nothing but two scalars is kept), each process takes
-    every ``num_processes``-th batch, and the sums are added across processes.
+    Token losses are summed batch by batch (nothing but two scalars is kept). Under an
+    ``accelerator`` with several processes each takes every ``num_processes``-th batch and the sums are
+    added across processes; without one, everything runs on the model's device.
     """
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    device = accelerator.device if accelerator else next(model.parameters()).device
     starts = list(range(0, len(rows), batch_size))[rank::world]
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    tokens = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = torch.zeros((), dtype=torch.float64, device=device)
     with inference_mode(model):
         for start in starts:
             batch = collate_fn([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
             tokens += count_supervised(batch)  # on the CPU, before the move: no device sync
-            batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             loss_sum += loss_fn(model, batch).double()
-    loss_sum, tokens = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(tokens, "sum")
+    if accelerator is not None:
+        loss_sum, tokens = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(tokens, "sum")
     if tokens.item() == 0:
         return {"eval_loss": float("nan"), "eval_perplexity": float("nan"), "eval_tokens": 0}
     loss = (loss_sum / tokens).item()

@@ -21,10 +21,10 @@ from qlora_kit.config import TrainConfig
 from qlora_kit.data.collate import PaddedCollator
 from qlora_kit.errors import ConfigError, TrainingError
 from qlora_kit.training.batches import BatchPlanner, Window
-from qlora_kit.training.callbacks import Callback, CallbackList, EarlyStopping
+from qlora_kit.training.callbacks import Callback, CallbackList
 from qlora_kit.training.evaluation import evaluate, generate_panel
 from qlora_kit.training.kernels import attention_backends
-from qlora_kit.training.loss import LossFn, causal_lm_loss
+from qlora_kit.training.loss import LossFn
 from qlora_kit.training.setup import Run, finish_run, oom_message, prepare_run
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Trainer:
         callbacks: extensions; see :class:`~qlora_kit.training.callbacks.Callback`.
         accelerator: an ``accelerate.Accelerator`` to use (default: one built from ``train_cfg``).
             It must have ``gradient_accumulation_steps=1``: the trainer accumulates itself.
-        loss_fn: forward + summed token cross-entropy (a fused linear+CE can replace it).
+        loss_fn: forward + summed token cross-entropy; default: the `train.loss` kind's.
         batch_planner: orders one epoch's rows into micro-batches (e.g. grouped by length).
         tokenizer: needed only for ``train_cfg.generation_prompts``.
         max_new_tokens: length of the generation panel's completions.
@@ -76,7 +76,7 @@ class Trainer:
         collate_fn: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]] | None = None,
         callbacks: Sequence[Callback] = (),
         accelerator: Any = None,
-        loss_fn: LossFn = causal_lm_loss,
+        loss_fn: LossFn | None = None,
         batch_planner: BatchPlanner | None = None,
         tokenizer: Any = None,
         max_new_tokens: int = 64,
@@ -88,12 +88,11 @@ class Trainer:
         self.cfg = train_cfg
         self.output_dir = Path(output_dir)
         self.collate_fn = collate_fn or PaddedCollator(pad_token_id=0)
-        extra = (
-            [EarlyStopping(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []
-        )
-        self.callbacks = CallbackList([*callbacks, *extra])
+        configured = [spec.build() for spec in train_cfg.callbacks]
+        self.callbacks = CallbackList([*callbacks, *configured])
         self.accelerator = accelerator
         self.loss_fn = loss_fn
+        self._loss: LossFn | None = loss_fn
         self.batch_planner = batch_planner
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -108,6 +107,7 @@ class Trainer:
         started = time.perf_counter()
         if eval_data is not None and len(eval_data) == 0:
             eval_data = None
+        self._loss = self.loss_fn or self.cfg.loss.build().prepare(model)
         run = prepare_run(self, model, train_data)
         try:
             with attention_backends(run.accelerator.device):
@@ -137,7 +137,7 @@ class Trainer:
             for i, batch in enumerate(window.batches):
                 # Gradients are all-reduced across processes only on the window's last micro-batch.
                 with acc.no_sync(model) if i < len(window.batches) - 1 else nullcontext():
-                    batch_loss = self.loss_fn(model, batch)  # summed token cross-entropy
+                    batch_loss = self._loss(model, batch)  # summed token cross-entropy
                     acc.backward(batch_loss * scale)
                 loss_sum += batch_loss.detach()
             loss = acc.reduce(loss_sum, "sum").item() / n_tokens
@@ -211,7 +211,7 @@ class Trainer:
         started = time.perf_counter()
         bare = acc.unwrap_model(run.model)  # no DDP collectives in eval; autocast is kept
         metrics = evaluate(bare, eval_data, self.collate_fn, cfg.eval_batch_size or cfg.micro_batch_size,
-                           self.loss_fn, acc)  # fmt: skip
+                           self._loss, acc)  # fmt: skip
         if cfg.generation_prompts and acc.is_main_process:
             generate_panel(bare, self.tokenizer, cfg.generation_prompts, run.state.step, self.output_dir,
                            self.max_new_tokens)  # fmt: skip

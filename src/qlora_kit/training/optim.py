@@ -1,21 +1,31 @@
-"""Optimizer and learning-rate schedule factories for the ``train.optimizer`` / ``train.scheduler`` unions."""
+"""Optimizer kinds (the `train.optimizer` section), registered in :data:`qlora_kit.registry.optimizers`.
+
+An optimizer kind is built from its config and asked for ``create(model)``: a ``torch.optim.Optimizer``
+over the model's trainable parameters. Built-ins: ``adamw_torch`` (fused where supported),
+``adamw_8bit``, ``paged_adamw_8bit`` and ``paged_adamw_32bit`` (bitsandbytes).
+"""
 
 from __future__ import annotations
 
-import functools
-import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 
-from qlora_kit.config import AdamWTorch, CosineSchedule, LinearSchedule
+from qlora_kit.compat import fused_adamw_devices
+from qlora_kit.registry import optimizers
+from qlora_kit.strict import StrictModel
 
-# bitsandbytes class for each `kind` (imported lazily: bitsandbytes is only needed when chosen)
-_BNB_CLASSES = {
-    "adamw_8bit": "AdamW8bit",
-    "paged_adamw_8bit": "PagedAdamW8bit",
-    "paged_adamw_32bit": "PagedAdamW32bit",
-}
+
+class AdamWOptions(StrictModel):
+    """AdamW's settings."""
+
+    lr: float = Field(default=2e-4, gt=0, allow_inf_nan=False)
+    """Peak learning rate."""
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """Decoupled weight decay (never applied to biases and norms)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -35,63 +45,63 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(cfg: AdamWTorch, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.kind`` over the trainable parameters of ``model``.
+@optimizers.register("adamw_torch")
+class AdamWTorch:
+    """torch.optim.AdamW (fused kernel where the device supports it)."""
 
-    ``adamw_torch`` uses the fused kernel when every trainable parameter lives on a device that has
-    one (CUDA, and CPU in recent PyTorch); the bitsandbytes optimizers also run on the CPU (the paged
-    ones fall back to unpaged state there).
-    """
-    groups = param_groups(model, cfg.weight_decay)
-    kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
-    if cfg.kind == "adamw_torch":
-        return torch.optim.AdamW(groups, fused=_fused_supported(groups) or None, **kwargs)
-    import bitsandbytes as bnb
+    Options = AdamWOptions
 
-    return getattr(bnb.optim, _BNB_CLASSES[cfg.kind])(groups, **kwargs)
+    def __init__(self, config: Any):
+        self.config = config
 
+    def create(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        """The optimizer over the trainable parameters of ``model``.
 
-def _fused_supported(groups: list[dict[str, Any]]) -> bool:
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+        The fused kernel is used when every trainable parameter lives on a device that has one (CUDA,
+        and CPU in recent PyTorch).
+        """
+        groups = param_groups(model, self.config.weight_decay)
+        fused = all(
+            p.device.type in fused_adamw_devices() and p.is_floating_point()
+            for g in groups
+            for p in g["params"]
+        )
+        return torch.optim.AdamW(groups, fused=fused or None, **self._kwargs())
 
-    supported = set(_get_fused_kernels_supported_devices())
-    return all(p.device.type in supported and p.is_floating_point() for g in groups for p in g["params"])
-
-
-def warmup_steps(cfg: Any, total_steps: int) -> int:
-    """Warmup length in optimizer steps: ``warmup_steps``, or ``ceil(warmup_ratio * total_steps)``
-    as transformers computes it (the seed: 0.03 of 300 steps = 9)."""
-    if cfg.warmup_steps is not None:
-        return min(cfg.warmup_steps, total_steps)
-    return math.ceil((cfg.warmup_ratio or 0.0) * total_steps)
+    def _kwargs(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
 
 
-def lr_factor(cfg: Any, step: int, total_steps: int) -> float:
-    """Multiplier of the peak learning rate used by optimizer step ``step`` (0-based).
+class _BnbAdamW(AdamWTorch):
+    """A bitsandbytes AdamW class, named by ``bnb_class``; also runs on the CPU (the paged variants fall
+    back to unpaged state there)."""
 
-    Warmup rises linearly as ``(step + 1) / (warmup + 1)``: unlike transformers' ``step / warmup``,
-    the first step is not wasted at lr 0, and the peak is reached at step ``warmup``. After warmup,
-    `constant` stays at 1, `linear` decays toward 0 at ``total_steps``, `cosine` toward
-    ``min_lr_ratio``.
-    """
-    warmup = warmup_steps(cfg, total_steps)
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    if isinstance(cfg, LinearSchedule):
-        return max(0.0, 1.0 - progress)
-    if isinstance(cfg, CosineSchedule):
-        floor = cfg.min_lr_ratio
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
+    bnb_class: ClassVar[str]
+
+    def create(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        import bitsandbytes as bnb
+
+        groups = param_groups(model, self.config.weight_decay)
+        return getattr(bnb.optim, self.bnb_class)(groups, **self._kwargs())
 
 
-def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-    """A ``LambdaLR`` following :func:`lr_factor`; step it once per optimizer step.
+@optimizers.register("adamw_8bit")
+class AdamW8bit(_BnbAdamW):
+    """bitsandbytes 8-bit AdamW (the reference recipe's `adamw_8bit`)."""
 
-    The lambda is a ``functools.partial`` (empty ``__dict__``), so the scheduler's state dict holds
-    only its step count and learning rates, which checkpoints can load with ``weights_only``.
-    """
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, functools.partial(lr_factor, cfg, total_steps=total_steps)
-    )
+    bnb_class = "AdamW8bit"
+
+
+@optimizers.register("paged_adamw_8bit")
+class PagedAdamW8bit(_BnbAdamW):
+    """bitsandbytes paged 8-bit AdamW (state pages out to CPU under memory pressure)."""
+
+    bnb_class = "PagedAdamW8bit"
+
+
+@optimizers.register("paged_adamw_32bit")
+class PagedAdamW32bit(_BnbAdamW):
+    """bitsandbytes paged 32-bit AdamW."""
+
+    bnb_class = "PagedAdamW32bit"

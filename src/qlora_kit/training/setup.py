@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from qlora_kit.compat import reset_stale_accelerate_state, unregister_checkpointed_object
 from qlora_kit.errors import ConfigError, DataError
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.training.batches import Window, epoch_batches, row_lengths, windows
@@ -24,7 +25,6 @@ from qlora_kit.training.checkpoint import (
     register_adapter_only_hooks,
 )
 from qlora_kit.training.evaluation import GENERATIONS_FILE
-from qlora_kit.training.optim import build_optimizer, build_scheduler
 from qlora_kit.training.state import TrainerState
 from qlora_kit.training.tracking import MetricsLogger, truncate_jsonl
 
@@ -160,8 +160,8 @@ def prepare_run(trainer: Trainer, model: Any, train_data: Sequence[dict[str, Any
     _set_grad_checkpointing(model, cfg.grad_checkpointing)
     keep_4bit_weights_trainable(model)
     model.train()
-    optimizer = build_optimizer(cfg.optimizer, model)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, total)
+    optimizer = cfg.optimizer.build().create(model)
+    scheduler = cfg.scheduler.build().create(optimizer, total)
     model, optimizer = acc.prepare(model, optimizer)
     acc.register_for_checkpointing(scheduler)
     hooks = register_adapter_only_hooks(acc, model)
@@ -204,8 +204,7 @@ def finish_run(run: Run) -> None:
 def _release(acc: Any, model: Any, scheduler: Any, hooks: list[Any]) -> None:
     for hook in hooks:
         hook.remove()
-    # the scheduler was registered for checkpointing by this run only
-    acc._custom_objects = [o for o in acc._custom_objects if o is not scheduler]
+    unregister_checkpointed_object(acc, scheduler)  # registered for checkpointing by this run only
     acc.unwrap_model(model, keep_fp32_wrapper=False)  # restores the model's own forward (no autocast)
     keep_4bit_weights_trainable(model)
 
@@ -252,15 +251,8 @@ def _new_accelerator(**kwargs: Any) -> Any:
     reset when it disagrees with this run's model; a distributed launch is left to accelerate.
     """
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
 
-    if PartialState._shared_state and PartialState().num_processes == 1:
-        current = PartialState()
-        stale = (current.device.type == "cpu") != kwargs["cpu"]
-        if AcceleratorState._shared_state:
-            stale = stale or AcceleratorState().mixed_precision != kwargs["mixed_precision"]
-        if stale:
-            AcceleratorState._reset_state(reset_partial_state=True)
+    reset_stale_accelerate_state(kwargs["cpu"], kwargs["mixed_precision"])
     return Accelerator(**kwargs)
 
 
