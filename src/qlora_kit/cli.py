@@ -78,9 +78,14 @@ def _merge_exit_code(exported) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from qlora_kit.errors import InterruptedRun
     from qlora_kit.recipe import run
 
-    result = run(args.config, args.overrides)
+    try:
+        result = run(args.config, args.overrides, overwrite=args.overwrite)
+    except InterruptedRun as exc:
+        again = " ".join(["qlora-kit train", args.config, *args.overrides, "train.resume=auto"])
+        raise InterruptedRun(f"{exc}\n  to resume: {again}") from None
     print(result.summary())
     return _merge_exit_code(result.export)
 
@@ -166,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run the whole pipeline: load, data report, adapt, train, export")
     _with_config(p)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in output_dir (its run files only)"
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("export", help="export a finished run again (adapter, or a verified merged model)")
@@ -222,10 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging() -> None:
+    """The library's own messages (a run resumed, a lock taken over, a schedule changed) on stderr."""
+    import logging
+
+    library = logging.getLogger("qlora_kit")
+    if not library.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        library.addHandler(handler)
+        library.setLevel(logging.INFO)
+        library.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `qlora-kit` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _setup_logging()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -5,7 +5,6 @@ load -> format + encode data (report written) -> k-bit prep -> LoRA -> train -> 
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
@@ -60,6 +59,7 @@ class RunResult:
             "merged_dir": str(self.export.merged_dir) if self.export.merged_dir else None,
             "merge_passed": None if self.export.merge_report is None else self.export.merge_report["passed"],
             "checkpoints": t.checkpoints,
+            "resumed_from": t.resumed_from,
         }
 
     def summary(self) -> str:
@@ -73,6 +73,7 @@ class RunResult:
         )
         lines = [
             f"output:     {self.output_dir}",
+            *([f"resumed:    from {t.resumed_from}"] if t.resumed_from else []),
             f"train loss: {fmt(t.train_loss)}   eval loss: {fmt(t.eval_loss)}   ({t.steps} steps)",
             f"time:       {d['train_seconds']:.1f} s training, {d['seconds']:.1f} s in all   peak memory: {memory}",
             self.export.summary(),
@@ -86,50 +87,63 @@ def peak_rss_gb() -> float:
     return rss / (1e9 if sys.platform == "darwin" else 1e6)
 
 
-def run(cfg: Any, overrides: Iterable[str] = ()) -> RunResult:
+def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> RunResult:
     """Fine-tune per ``cfg`` (a RunConfig, a dict or a YAML/JSON path, plus dotted ``overrides``).
 
     Writes into ``cfg.output_dir``: ``run_config.yaml``, the data report, checkpoints, ``metrics.jsonl``,
-    the export (``adapter/``, ``merged/``) and ``summary.json``.
+    the export (``adapter/``, ``merged/``), ``summary.json`` and ``manifest.json``. The directory must be
+    new, or hold this run with ``train.resume`` set; ``overwrite`` replaces the run files already there.
     """
+    from accelerate.utils import set_seed
+
     from qlora_kit.compat import attn_implementation
     from qlora_kit.config.io import load_config, write_run_config
     from qlora_kit.data import build_datasets, build_formatter, length_grouped_batches, make_collator
     from qlora_kit.model.loading import ModelLoader, prepare_for_training
+    from qlora_kit.rundir import open_run_dir
     from qlora_kit.training import Trainer
+    from qlora_kit.training.checkpoint import check_resume_data
 
     started = time.perf_counter()
     cfg = load_config(cfg, overrides)
-    out = Path(cfg.output_dir)
-    write_run_config(cfg, out)
-    loader = ModelLoader(cfg.model, cfg.quant)
-    tokenizer = loader.load_tokenizer()
-    formatter = build_formatter(cfg.data.formatter, tokenizer)
-    data = build_datasets(  # before the model: bad data fails fast, and its report is written first
-        cfg.data, formatter, tokenizer, micro_batch_size=cfg.train.micro_batch_size, output_dir=out
-    )
-    model, tokenizer = loader.load(tokenizer)
-    model = prepare_for_training(model, cfg.train.grad_checkpointing)  # freezes the base: before LoRA
-    model = cfg.adapter.build().apply(model)
-    trainer = Trainer(
-        cfg.train,
-        output_dir=out,
-        collate_fn=make_collator(cfg.data, tokenizer, attn_implementation=attn_implementation(model)),
-        batch_planner=length_grouped_batches if cfg.data.group_by_length else None,
-        tokenizer=tokenizer,
-    )
-    trained = trainer.fit(model, data.train, data.eval)
-    held_out = data.eval if data.eval is not None else data.train
-    exported = cfg.export.build().export(model, tokenizer, out, cfg, verify_rows=held_out)
-    result = RunResult(
-        out, trained, exported, data.report, time.perf_counter() - started, model, tokenizer, data
-    )
-    write_summary(result)
+    with open_run_dir(cfg, overwrite=overwrite) as run_dir:  # checked and locked before anything is written
+        out = run_dir.path
+        loader = ModelLoader(cfg.model, cfg.quant)
+        tokenizer = loader.load_tokenizer()
+        formatter = build_formatter(cfg.data.formatter, tokenizer)
+        data = build_datasets(  # before the model: bad data fails fast, and its report is written first
+            cfg.data, formatter, tokenizer, micro_batch_size=cfg.train.micro_batch_size,
+            output_dir=out if run_dir.main else None,
+        )  # fmt: skip
+        if run_dir.resuming:  # a checkpoint of other data is refused before the model loads
+            check_resume_data(out, cfg.train.resume, data.train)
+        model, tokenizer = loader.load(tokenizer)
+        model = prepare_for_training(model, cfg.train.grad_checkpointing)  # freezes the base: before LoRA
+        set_seed(cfg.train.seed)  # the adapter's initial weights, like everything random, follow the seed
+        model = cfg.adapter.build().apply(model)
+        trainer = Trainer(
+            cfg.train,
+            output_dir=out,
+            collate_fn=make_collator(cfg.data, tokenizer, attn_implementation=attn_implementation(model)),
+            batch_planner=length_grouped_batches if cfg.data.group_by_length else None,
+            tokenizer=tokenizer,
+        )
+        if run_dir.main:
+            write_run_config(cfg, out)  # the run starts: record exactly what it is
+        trained = trainer.fit(model, data.train, data.eval)
+        held_out = data.eval if data.eval is not None else data.train
+        exported = cfg.export.build().export(model, tokenizer, out, cfg, verify_rows=held_out)
+        result = RunResult(
+            out, trained, exported, data.report, time.perf_counter() - started, model, tokenizer, data
+        )
+        if run_dir.main:
+            write_summary(result)
+            run_dir.finish(cfg)
     return result
 
 
 def write_summary(result: RunResult, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``summary.json`` into the run's output dir."""
-    path = result.output_dir / SUMMARY_FILE
-    path.write_text(json.dumps({**result.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
-    return path
+    from qlora_kit.files import atomic_write_json
+
+    return atomic_write_json(result.output_dir / SUMMARY_FILE, {**result.to_dict(), **(extra or {})})

@@ -10,7 +10,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.tracking import GeneralTracker
-from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from qlora_kit.config import ModelConfig, TrainConfig
@@ -19,6 +18,7 @@ from qlora_kit.errors import ConfigError, DataError, TrainingError
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.model.quant import Bnb4bit
+from qlora_kit.testing import adapter_tensors, checkpoint_tensors
 from qlora_kit.training import Callback, Trainer
 from qlora_kit.training.batches import epoch_batches
 
@@ -93,11 +93,11 @@ def test_overfits_a_few_rows_and_only_adapters_change(tiny_llama_dir, tokenizer,
     generations = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
     assert [g["step"] for g in generations] == [6, 12, 18, 24]
     assert [p.rsplit("-", 1)[1] for p in result.checkpoints] == ["16", "24"]
-    saved = load_file(f"{result.checkpoints[-1]}/model.safetensors")
-    assert saved.keys() == adapter_state(model).keys()
-    assert all(torch.equal(saved[k], v) for k, v in adapter_state(model).items())
+    saved = checkpoint_tensors(result.checkpoints[-1])
+    assert saved.keys() == adapter_tensors(model).keys()
+    assert all(torch.equal(saved[k], v) for k, v in adapter_tensors(model).items())
     assert (tmp_path / "checkpoint-24" / "adapter" / "adapter_config.json").is_file()
-    state = json.loads((tmp_path / "checkpoint-24" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "checkpoint-24" / "trainer_state.json").read_text())["trainer"]
     assert state["step"] == 24 and state["epoch"] == 11 and state["step_in_epoch"] == 2
 
 
@@ -166,8 +166,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     with pytest.raises(TrainingError, match=r"non-finite loss .* at step 3.*checkpoint-2"):
         trainer.fit(model, token_rows(10))
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
-    saved = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
-    assert all(torch.equal(saved[k], v) for k, v in adapter_state(model).items()), (
+    saved = checkpoint_tensors(tmp_path / "checkpoint-2")
+    assert all(torch.equal(saved[k], v) for k, v in adapter_tensors(model).items()), (
         "the bad step updated weights"
     )
 

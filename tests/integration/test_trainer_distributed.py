@@ -96,9 +96,7 @@ def test_two_processes_match_one_process_accumulating_and_resume_exactly(tiny_ll
 
     out = tmp_path / "ddp"
     crashed = _torchrun(script, tiny_llama_dir, out, 2, "fresh")
-    assert crashed.returncode != 0 and (out / "checkpoint-2" / "random_states_1.pkl").is_file(), (
-        crashed.stderr
-    )
+    assert crashed.returncode != 0 and (out / "checkpoint-2" / "rng-1.safetensors").is_file(), crashed.stderr
     resumed = _torchrun(script, tiny_llama_dir, out, 0, "resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

@@ -8,7 +8,9 @@ Use it to test your own formatter or plugin the way the library tests itself::
 
 from qlora_kit.testing.kit import (
     EOS_TOKEN,
+    adapter_tensors,
     check_formatter,
+    checkpoint_tensors,
     make_alpaca_rows,
     make_distilgpt2_shape,
     make_tiny_gguf,
@@ -18,6 +20,8 @@ from qlora_kit.testing.kit import (
 )
 
 __all__ = [
+    "adapter_tensors",
+    "checkpoint_tensors",
     "EOS_TOKEN",
     "check_formatter",
     "make_alpaca_rows",

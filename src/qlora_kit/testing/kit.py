@@ -267,3 +267,17 @@ def perturb_lora(model: Any, std: float = 0.05, seed: int = 1) -> Any:
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
     return model
+
+
+def checkpoint_tensors(checkpoint: str | Path) -> dict[str, Any]:
+    """The trained tensors saved in a checkpoint (PEFT's adapter file), by PEFT's key names."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(checkpoint) / "adapter" / "adapter_model.safetensors"))
+
+
+def adapter_tensors(model: Any) -> dict[str, Any]:
+    """A copy of ``model``'s adapter tensors by PEFT's key names (compare with :func:`checkpoint_tensors`)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}

@@ -1,50 +1,53 @@
-"""Checkpoints: atomic ``accelerator.save_state`` folders with the adapter only, keep-last-K, resume checks.
+"""Checkpoints: everything a run needs to continue exactly, in safetensors and JSON only.
 
-A checkpoint folder ``output_dir/checkpoint-<step>`` holds what ``accelerator.save_state`` writes
-(``model.safetensors`` restricted to the trainable parameters, optimizer, scheduler, RNG states, the
-fp16 scaler), a PEFT-format ``adapter/`` loadable on its own, and ``trainer_state.json`` (step, epoch,
-position in the epoch, fingerprints of the training config and data). It is written under a hidden
-temporary name, fsynced, then renamed: a crash mid-save leaves the previous checkpoints untouched and
-never a half-written ``checkpoint-<step>``.
+``output_dir/checkpoint-<step>`` holds:
+
+- ``adapter/``: the trained weights once, in PEFT's format (``PeftModel.from_pretrained`` loads it), plus
+  ``trainable_extra.safetensors`` for any trainable tensor PEFT does not save (none with LoRA);
+- ``optimizer.safetensors``: the optimizer state's tensors (its structure is in the state file);
+- ``rng-<rank>.safetensors``: each process's generator states (dropout masks repeat exactly);
+- ``trainer_state.json``: progress (:class:`~qlora_kit.training.state.TrainerState`), the fingerprints
+  a resume is checked against, the schedule position and the fp16 loss-scaler state;
+- ``manifest.json``: size and sha256 of every file, checked before a resume reads anything.
+
+Nothing is unpickled: a crafted file in a run directory cannot run code. A checkpoint is written under a
+hidden temporary name, fsynced, then renamed, so a crash never leaves a half-written ``checkpoint-<step>``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import re
 import shutil
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from qlora_kit.config import TrainConfig
-from qlora_kit.errors import TrainingError
+from qlora_kit.errors import CheckpointError, TrainingError, storage_error
 from qlora_kit.files import fsync_tree, replace_dir
+from qlora_kit.rundir.manifest import MANIFEST, verify_manifest, write_manifest
+from qlora_kit.training.rng import capture as capture_rng
+from qlora_kit.training.rng import restore as restore_rng
 from qlora_kit.training.state import TrainerState
+from qlora_kit.training.tensor_tree import join_tensors, split_tensors
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+EXTRA_FILE = "trainable_extra.safetensors"
+ADAPTER_DIR = "adapter"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
-# Fields that change the optimisation trajectory; logging, eval and checkpoint cadence may change on resume.
-_TRAINING_FIELDS = (
-    "epochs", "max_steps", "micro_batch_size", "grad_accum", "optimizer", "scheduler",
-    "max_grad_norm", "mixed_precision", "seed",
-)  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- fingerprints
 
 
-def config_fingerprint(cfg: TrainConfig) -> dict[str, Any]:
-    """The training-relevant part of the config, as plain JSON values."""
-    return cfg.model_dump(mode="json", include=set(_TRAINING_FIELDS))
-
-
-def data_fingerprint(rows: Any, collate_fn: Any) -> dict[str, Any]:
-    """Row count, a hash of every row's ``input_ids`` and ``labels``, and the collator's settings."""
+def data_fingerprint(rows: Any) -> dict[str, Any]:
+    """Row count and a hash of every row's ``input_ids`` and ``labels``."""
     digest = hashlib.sha256()
     count = 0
     for row in rows:
@@ -52,7 +55,7 @@ def data_fingerprint(rows: Any, collate_fn: Any) -> dict[str, Any]:
             digest.update(np.asarray(row[key], dtype=np.int64).tobytes())
             digest.update(b"|")
         count += 1
-    return {"rows": count, "sha256": digest.hexdigest()[:16], "collator": _describe(collate_fn)}
+    return {"rows": count, "sha256": digest.hexdigest()[:16]}
 
 
 def adapter_fingerprint(model: Any) -> dict[str, Any]:
@@ -61,54 +64,67 @@ def adapter_fingerprint(model: Any) -> dict[str, Any]:
     return {"tensors": len(trainable), "sha256": hashlib.sha256(repr(trainable).encode()).hexdigest()[:16]}
 
 
-def _describe(obj: Any) -> str:
-    if is_dataclass(obj):
-        return f"{type(obj).__name__}({', '.join(f'{f.name}={getattr(obj, f.name)!r}' for f in fields(obj))})"
-    return getattr(obj, "__qualname__", type(obj).__qualname__)
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> list[str]:
+    """Refuse a resume whose fixed settings differ from the checkpoint's; return the allowed changes.
 
+    ``saved``/``current`` hold ``train`` (the train section), ``data``, ``adapter`` and ``processes``.
+    The fields a resume may change are :data:`qlora_kit.config.resume.RESUMABLE_CHANGES`.
 
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Raise a TrainingError listing every fingerprint entry that differs between checkpoint and run."""
-    old, new = _flatten(saved), _flatten(current)
-    changes = [
-        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-        for key in sorted(old | new)
-        if old.get(key) != new.get(key)
-    ]
-    if changes:
+    Raises:
+        TrainingError: listing every fixed field that differs.
+    """
+    from qlora_kit.config.resume import config_differences
+
+    conflicts, changes = config_differences(saved, current)
+    if conflicts:
         raise TrainingError(
             f"cannot resume from {path}: the run differs from the checkpoint's:\n  "
-            + "\n  ".join(changes)
-            + "\nStart a new output_dir, or set train.resume to null to start over."
+            + "\n  ".join(conflicts)
+            + "\nOnly the fields listed in docs/components/trainer.md may change on resume. Start a new "
+            "output_dir, or set train.resume to null (with --overwrite) to start over."
+        )
+    return [c.removeprefix("train.") for c in changes]
+
+
+def check_resume_data(output_dir: str | Path, resume: str | None, rows: Any) -> None:
+    """Before the model loads: refuse to resume from a checkpoint made on other data, or a damaged one."""
+    manager = CheckpointManager(output_dir, keep_last=1)
+    path = manager.resolve(resume)
+    if path is None:
+        return
+    manager.require_intact(path)
+    saved = read_state_file(path)["trainer"]["fingerprints"].get("data")
+    current = data_fingerprint(rows)
+    if saved != current:
+        raise TrainingError(
+            f"cannot resume from {path}: the training data differ from the checkpoint's ({saved} -> {current}). "
+            "Use the data the run was started with, or start a new output_dir."
         )
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
-
-
-# ---------------------------------------------------------------------------------- save/load
+# ------------------------------------------------------------------------------------ manager
 
 
 class CheckpointManager:
-    """Saves, finds, prunes and loads the checkpoints of one output directory."""
+    """Saves, finds, prunes and loads the checkpoints of one output directory.
 
-    def __init__(self, output_dir: str | Path, keep_last: int):
+    Args:
+        output_dir: The run's directory.
+        keep_last: Checkpoints of this run kept (older ones of this run are deleted).
+        run_id: The run's identity; only checkpoints carrying it are ever pruned.
+    """
+
+    def __init__(self, output_dir: str | Path, keep_last: int, run_id: str | None = None):
         self.output_dir = Path(output_dir)
         self.keep_last = keep_last
+        self.run_id = run_id
 
     def checkpoints(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
+        """Complete checkpoints (state file and manifest present), oldest first."""
         if not self.output_dir.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := _NAME.match(p.name))]
-        return [p for _, p in sorted(found) if (p / STATE_FILE).is_file()]
+        return [p for _, p in sorted(found) if (p / STATE_FILE).is_file() and (p / MANIFEST).is_file()]
 
     def resolve(self, resume: str | None) -> Path | None:
         """The checkpoint ``train.resume`` points at: ``auto`` = the latest here (or none), else a path."""
@@ -119,33 +135,68 @@ class CheckpointManager:
             return found[-1] if found else None
         path = Path(resume)
         if not (path / STATE_FILE).is_file():
-            raise TrainingError(f"train.resume: {path} is not a checkpoint folder (no {STATE_FILE})")
+            raise CheckpointError(f"train.resume: {path} is not a checkpoint folder (no {STATE_FILE})")
         return path
 
-    def save(self, accelerator: Any, state: TrainerState, model: Any) -> Path:
-        """Write ``checkpoint-<step>`` atomically (every process must call this) and prune old ones."""
+    def save(self, accelerator: Any, model: Any, optimizer: Any, state: TrainerState, extra: dict) -> Path:
+        """Write ``checkpoint-<step>`` atomically (every process must call this) and prune old ones.
+
+        Raises:
+            StorageError: the disk is full or not writable; the previous checkpoints are untouched.
+        """
         final = self.output_dir / f"checkpoint-{state.step}"
         tmp = self.output_dir / f".checkpoint-{state.step}.tmp"
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()  # every process's RNG file is in tmp before the rename
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            if hasattr(unwrapped, "save_pretrained"):
-                unwrapped.save_pretrained(str(tmp / "adapter"))
-            (tmp / STATE_FILE).write_text(json.dumps(state.to_dict(), indent=2))
-            fsync_tree(tmp)
-            replace_dir(tmp, final)
-            self._prune()
+        main = accelerator.is_main_process
+        try:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            _save_rng(tmp, accelerator.process_index)
+            accelerator.wait_for_everyone()  # every process's RNG file is in tmp before the rename
+            if main:
+                _save_trainable(accelerator.unwrap_model(model), tmp)
+                _save_optimizer_and_state(optimizer, state, extra, tmp)
+                write_manifest(tmp, step=state.step, run_id=state.run_id)
+                fsync_tree(tmp)
+                replace_dir(tmp, final)
+                self._prune()
+        except OSError as exc:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise storage_error(exc, final) from exc
         accelerator.wait_for_everyone()
         return final
 
-    def load(self, accelerator: Any, path: Path) -> TrainerState:
-        """Restore adapter, optimizer, scheduler, RNG and scaler from ``path``; return its TrainerState."""
-        accelerator.load_state(str(path))
-        return read_state(path)
+    def load(self, accelerator: Any, model: Any, optimizer: Any, path: Path) -> dict[str, Any]:
+        """Restore adapter, optimizer and this process's RNG from ``path``; return its state file.
+
+        Raises:
+            CheckpointError: a file is missing, truncated or corrupt (named, with how to recover).
+        """
+        self.require_intact(path)
+        saved = read_state_file(path)
+        _load_trainable(accelerator.unwrap_model(model), path)
+        tree = saved["optimizer"]
+        optimizer.load_state_dict(join_tensors(tree, _read_tensors(path / OPTIMIZER_FILE)))
+        _load_rng(path, accelerator.process_index)
+        return saved
+
+    def require_intact(self, path: Path) -> None:
+        """Check ``path`` against its manifest before anything reads it."""
+        problems = verify_manifest(path)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: {problems[0]}{more}. {self._recovery(path)}"
+            )
+
+    def _recovery(self, path: Path) -> str:
+        earlier = [p for p in self.checkpoints() if _step(p) < _step(path) and not verify_manifest(p)]
+        if earlier:
+            return (f"Resume from the previous checkpoint instead: train.resume={earlier[-1]} "
+                    f"(or delete {path.name} and use train.resume=auto)")  # fmt: skip
+        return "No earlier intact checkpoint: start over (--overwrite) or restore the file."
 
     def clean_temporary(self) -> None:
         """Remove folders left by saves that crashed before their rename."""
@@ -154,54 +205,98 @@ class CheckpointManager:
                 shutil.rmtree(p, ignore_errors=True)
 
     def _prune(self) -> None:
-        for old in self.checkpoints()[: -self.keep_last]:
+        ours = [p for p in self.checkpoints() if self.run_id is None or _run_id(p) == self.run_id]
+        for old in ours[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def read_state_file(path: Path) -> dict[str, Any]:
+    """The parsed ``trainer_state.json`` of checkpoint ``path``."""
+    try:
+        return json.loads((Path(path) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{Path(path) / STATE_FILE}: unreadable ({exc})") from None
+
+
 def read_state(path: Path) -> TrainerState:
-    """The TrainerState saved in checkpoint ``path``."""
-    return TrainerState.from_dict(json.loads((Path(path) / STATE_FILE).read_text()))
+    """The :class:`TrainerState` saved in checkpoint ``path``."""
+    return TrainerState.from_dict(read_state_file(path)["trainer"])
 
 
-# --------------------------------------------------------------------------- adapter-only state
+def _step(path: Path) -> int:
+    return int(path.name.split("-")[1])
 
 
-def register_adapter_only_hooks(accelerator: Any, model: Any) -> list[Any]:
-    """Make ``save_state``/``load_state`` store only ``model``'s trainable tensors (not the 4-bit base).
+def _run_id(path: Path) -> str | None:
+    try:
+        return read_state_file(path)["trainer"].get("run_id")
+    except CheckpointError:
+        return None
 
-    Accelerate lists the model it saves without its DDP wrapper, so both forms are recognised.
-    Returns the hook handles; call ``.remove()`` on them when done.
-    """
-    targets = (model, accelerator.unwrap_model(model))
 
-    def ours(m: Any) -> bool:
-        return any(m is t for t in targets)
+# ------------------------------------------------------------------------------ file contents
 
-    def trainable(m: Any) -> set[str]:
-        return {name for name, p in m.named_parameters() if p.requires_grad}
 
-    def save_hook(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
-        for i, m in enumerate(models):
-            if ours(m):
-                keep = trainable(m)
-                weights[i] = {k: v for k, v in weights[i].items() if k in keep}
+def _save_trainable(model: Any, directory: Path) -> None:
+    """The adapter in PEFT format, plus any trainable tensor PEFT's state dict does not hold."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
 
-    def load_hook(models: list[Any], input_dir: str) -> None:
-        from safetensors.torch import load_file
+    model.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
+    (directory / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # PEFT's blank card: noise here
+    saved = {t.data_ptr() for t in get_peft_model_state_dict(model).values()}
+    extra = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
+             if p.requires_grad and p.data_ptr() not in saved}  # fmt: skip
+    if extra:
+        save_file(extra, str(directory / EXTRA_FILE))
 
-        for m in [m for m in models if ours(m)]:
-            models.remove(m)  # loaded here, strictly, instead of by accelerate
-            expected = trainable(m)
-            tensors = load_file(os.path.join(input_dir, "model.safetensors"))
-            missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            if missing or unexpected:
-                raise TrainingError(
-                    f"checkpoint {input_dir} does not match the adapter: missing {missing[:3]}, "
-                    f"unexpected {unexpected[:3]}"
-                )
-            m.load_state_dict(tensors, strict=False)
 
-    return [
-        accelerator.register_save_state_pre_hook(save_hook),
-        accelerator.register_load_state_pre_hook(load_hook),
-    ]
+def _load_trainable(model: Any, path: Path) -> None:
+    from peft import set_peft_model_state_dict
+
+    weights = _read_tensors(path / ADAPTER_DIR / "adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise CheckpointError(f"checkpoint {path} does not match the adapter: unexpected {unexpected[:3]}")
+    if (path / EXTRA_FILE).is_file():
+        params = dict(model.named_parameters())
+        for name, value in _read_tensors(path / EXTRA_FILE).items():
+            params[name].data.copy_(value)
+
+
+def _save_optimizer_and_state(optimizer: Any, state: TrainerState, extra: dict, directory: Path) -> None:
+    from safetensors.torch import save_file
+
+    tree, tensors = split_tensors(optimizer.state_dict(), "optimizer")
+    save_file(tensors, str(directory / OPTIMIZER_FILE))
+    document = {"trainer": state.to_dict(), "optimizer": tree, **extra}
+    (directory / STATE_FILE).write_text(json.dumps(document, indent=1), encoding="utf-8")
+
+
+def _save_rng(directory: Path, rank: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors, values = capture_rng()
+    save_file(tensors, str(directory / f"rng-{rank}.safetensors"), metadata={"values": json.dumps(values)})
+
+
+def _load_rng(path: Path, rank: int) -> None:
+    from safetensors import safe_open
+
+    file = path / f"rng-{rank}.safetensors"
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (was the checkpoint written by as many processes?)")
+    with safe_open(str(file), framework="pt") as handle:
+        values = json.loads(handle.metadata()["values"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
+    restore_rng(tensors, values)
+
+
+def _read_tensors(file: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # safetensors' own error type is not importable under a stable name
+        raise CheckpointError(f"{file}: unreadable ({exc})") from None

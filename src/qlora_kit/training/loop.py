@@ -1,7 +1,8 @@
 """The Trainer: a plain Accelerate loop with token-normalised gradient accumulation.
 
-Read :meth:`Trainer._train` first: it is the whole algorithm. Everything else (setup, logging,
-evaluation, checkpoints) is a helper it calls between optimizer steps.
+Read :meth:`Trainer._train` and :meth:`Trainer._step` first: they are the whole algorithm. Setup and
+teardown live in :class:`~qlora_kit.training.session.TrainingSession`; logging, evaluation and
+checkpoints are helpers called between optimizer steps.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,37 +18,19 @@ import torch
 
 from qlora_kit.config import TrainConfig
 from qlora_kit.data.collate import PaddedCollator
-from qlora_kit.errors import ConfigError, TrainingError
+from qlora_kit.errors import ConfigError, InterruptedRun, TrainingError
 from qlora_kit.training.batches import BatchPlanner, Window
 from qlora_kit.training.callbacks import Callback, CallbackList
 from qlora_kit.training.evaluation import evaluate, generate_panel
+from qlora_kit.training.guards import check_finite_loss, check_gradients_flow, oom_message
+from qlora_kit.training.interrupt import StopRequest
 from qlora_kit.training.kernels import attention_backends
 from qlora_kit.training.loss import LossFn
-from qlora_kit.training.setup import Run, finish_run, oom_message, prepare_run
+from qlora_kit.training.session import TrainingSession, TrainResult
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns."""
-
-    history: list[dict[str, Any]]
-    """Every record written to ``metrics.jsonl`` (train, eval and skipped steps)."""
-    train_loss: float | None
-    """Mean loss per supervised token over the last logging interval."""
-    eval_loss: float | None
-    eval_perplexity: float | None
-    steps: int
-    epochs: float
-    tokens: int
-    """Input tokens processed (padding excluded), all processes together."""
-    supervised_tokens: int
-    train_time_s: float
-    peak_memory_gb: float | None
-    """Peak CUDA memory allocated by this process (None on CPU)."""
-    checkpoints: list[str] = field(default_factory=list)
-    stopped_early: bool = False
+__all__ = ["TrainResult", "Trainer"]
 
 
 class Trainer:
@@ -59,10 +40,10 @@ class Trainer:
         train_cfg: the ``train`` section of the run config.
         output_dir: where checkpoints, ``metrics.jsonl``, the loss curve and generations go.
         collate_fn: rows -> batch of tensors (default: :class:`PaddedCollator` with pad id 0).
-        callbacks: extensions; see :class:`~qlora_kit.training.callbacks.Callback`.
+        callbacks: extensions besides ``train.callbacks``; see :class:`~qlora_kit.training.callbacks.Callback`.
         accelerator: an ``accelerate.Accelerator`` to use (default: one built from ``train_cfg``).
             It must have ``gradient_accumulation_steps=1``: the trainer accumulates itself.
-        loss_fn: forward + summed token cross-entropy; default: the `train.loss` kind's.
+        loss_fn: forward + summed token cross-entropy; default: the ``train.loss`` kind's.
         batch_planner: orders one epoch's rows into micro-batches (e.g. grouped by length).
         tokenizer: needed only for ``train_cfg.generation_prompts``.
         max_new_tokens: length of the generation panel's completions.
@@ -88,153 +69,176 @@ class Trainer:
         self.cfg = train_cfg
         self.output_dir = Path(output_dir)
         self.collate_fn = collate_fn or PaddedCollator(pad_token_id=0)
-        configured = [spec.build() for spec in train_cfg.callbacks]
-        self.callbacks = CallbackList([*callbacks, *configured])
+        self.callbacks = CallbackList([*callbacks, *(spec.build() for spec in train_cfg.callbacks)])
         self.accelerator = accelerator
         self.loss_fn = loss_fn
-        self._loss: LossFn | None = loss_fn
         self.batch_planner = batch_planner
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.vocab_size: int | None = None
 
     def fit(self, model: Any, train_data: Sequence[dict[str, Any]], eval_data: Any = None) -> TrainResult:
         """Train ``model`` in place on ``train_data``; evaluate on ``eval_data`` if given.
 
-        Resumes from a checkpoint when ``train.resume`` says so. Raises TrainingError on a non-finite
-        loss (naming the step; earlier checkpoints stay), on out-of-memory (naming the knobs), and
-        when the checkpoint to resume from belongs to a different config or data.
+        Resumes from a checkpoint when ``train.resume`` says so. On SIGINT/SIGTERM it saves a checkpoint
+        after the current step and raises :class:`~qlora_kit.errors.InterruptedRun`. Raises TrainingError on
+        a non-finite loss or vanished gradients (naming the last good checkpoint), on out-of-memory
+        (naming the knobs), and when the checkpoint to resume from belongs to another run.
         """
         started = time.perf_counter()
-        if eval_data is not None and len(eval_data) == 0:
-            eval_data = None
-        self._loss = self.loss_fn or self.cfg.loss.build().prepare(model)
-        run = prepare_run(self, model, train_data)
+        eval_data = eval_data if eval_data is not None and len(eval_data) > 0 else None
+        if self.cfg.eval_every and eval_data is None:
+            raise ConfigError([("train.eval_every", "there is no eval data to evaluate on: set data.eval, "
+                                "or train.eval_every: null")])  # fmt: skip
+        loss_fn = self.loss_fn or self.cfg.loss.build().prepare(model)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.vocab_size = getattr(head, "out_features", None)
+        session = TrainingSession(self.cfg, self.output_dir, model, train_data, collate_fn=self.collate_fn,
+                                  batch_planner=self.batch_planner, accelerator=self.accelerator)  # fmt: skip
+        session.loss_fn = loss_fn
+        stop = StopRequest()
         try:
-            with attention_backends(run.accelerator.device):
-                self._train(run, eval_data)
+            with stop.installed(), attention_backends(session.device):
+                self._train(session, eval_data, stop)
         except torch.OutOfMemoryError as err:
-            raise TrainingError(oom_message(run.state.step + 1)) from err
+            raise TrainingError(oom_message(session.state.step + 1)) from err
         finally:
-            finish_run(run)
-        return run.result(time.perf_counter() - started)
+            session.close()
+        return session.result(time.perf_counter() - started)
 
     # ------------------------------------------------------------------------------- the loop
 
-    def _train(self, run: Run, eval_data: Any) -> None:
-        acc, state, cfg = run.accelerator, run.state, self.cfg
-        model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
+    def _train(self, s: TrainingSession, eval_data: Any, stop: StopRequest) -> None:
+        state = s.state
         self.callbacks("on_train_begin", state)
-        while state.step < state.total_steps and not state.should_stop:
-            window = run.next_window()  # grad_accum collated micro-batches, already on the device
-            # Normalise by the supervised tokens of the WHOLE window, counted over all processes
-            # before any backward pass: a mean of per-micro-batch means over-weights short batches.
-            n_tokens = run.global_sum(window.supervised_tokens)
-            if n_tokens == 0:
-                self._skip_empty_window(run, window)
-                continue
-            scale = acc.num_processes / n_tokens  # DDP averages gradients over processes: undo that
-            loss_sum = torch.zeros((), device=acc.device)
-            for i, batch in enumerate(window.batches):
-                # Gradients are all-reduced across processes only on the window's last micro-batch.
-                with acc.no_sync(model) if i < len(window.batches) - 1 else nullcontext():
-                    batch_loss = self._loss(model, batch)  # summed token cross-entropy
-                    acc.backward(batch_loss * scale)
-                loss_sum += batch_loss.detach()
-            loss = acc.reduce(loss_sum, "sum").item() / n_tokens
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss ({loss}) at step {state.step + 1}; the weights were not updated. "
-                    f"Last good checkpoint: {run.last_checkpoint or 'none yet'}. Lower the learning rate, "
-                    "check the data, or use bf16 instead of fp16."
-                )
-            grad_norm = acc.clip_grad_norm_(run.params, cfg.max_grad_norm or math.inf)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            if not acc.optimizer_step_was_skipped:  # fp16 overflow: no update, so no schedule step
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            self._after_step(
-                run, window, {"loss": loss, "lr": lr, "grad_norm": grad_norm}, n_tokens, eval_data
-            )
-        self._finish(run, eval_data)
+        while not state.finished:
+            for micro_batches in s.windows(state.epoch)[state.step_in_epoch :]:
+                self._step(s, s.collate(micro_batches))
+                self._between_steps(s, eval_data)
+                if s.any_process(stop.requested):
+                    self._interrupt(s, stop)
+                if state.finished:
+                    break
+            else:  # every window of this epoch is done: the next epoch reshuffles the rows
+                state.epoch += 1
+                state.step_in_epoch = 0
+        self._finish(s, eval_data)
 
-    def _skip_empty_window(self, run: Run, window: Window) -> None:
+    def _step(self, s: TrainingSession, window: Window) -> None:
+        acc, state = s.accelerator, s.state
+        # Normalise by the supervised tokens of the WHOLE window, counted over all processes
+        # before any backward pass: a mean of per-micro-batch means over-weights short batches.
+        n_tokens = s.global_sum(window.supervised_tokens)
+        if n_tokens == 0:
+            self._skip_empty_window(s, window)
+            return
+        scale = acc.num_processes / n_tokens  # DDP averages gradients over processes: undo that
+        loss_sum = torch.zeros((), device=s.device)
+        for i, batch in enumerate(window.batches):
+            with s.no_sync(last=i == len(window.batches) - 1):  # all-reduce once, after the last one
+                batch_loss = s.loss_fn(s.model, batch)  # summed token cross-entropy
+                acc.backward(batch_loss * scale)
+            loss_sum += batch_loss.detach()
+        grad_norm = acc.clip_grad_norm_(s.params, self.cfg.max_grad_norm or math.inf)
+        # one host-device sync per step, for both numbers
+        total, norm = torch.stack([acc.reduce(loss_sum, "sum"), grad_norm.float()]).tolist()
+        loss = total / n_tokens
+        check_finite_loss(loss, state.step + 1, s.last_checkpoint)
+        lr = s.scheduler.get_last_lr()[0]
+        s.optimizer.step()
+        if not acc.optimizer_step_was_skipped:  # fp16 overflow: no update, so no schedule step
+            s.scheduler.step()
+            state.schedule_step += 1
+        s.optimizer.zero_grad(set_to_none=True)
+        state.zero_grad_steps = check_gradients_flow(
+            norm, loss, state.zero_grad_steps, state.step + 1, self.vocab_size, s.last_checkpoint
+        )
+        self._count(s, window, n_tokens)
+        s.interval_losses.append(loss)
+        s.last_grad_norm, s.last_lr = norm, lr
+
+    def _skip_empty_window(self, s: TrainingSession, window: Window) -> None:
         logger.warning(
             "step %d: no supervised token in its %d micro-batch(es); skipped without an update",
-            run.state.step + 1, len(window.batches),
+            s.state.step + 1, len(window.batches),
         )  # fmt: skip
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scheduler.step()  # keep the schedule aligned with the step count
-        self._after_step(run, window, None, 0, None)
-        run.log.log({"step": run.state.step, "skipped": "no supervised tokens"})
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scheduler.step()  # keep the schedule aligned with the step count
+        s.state.schedule_step += 1
+        self._count(s, window, 0)
+        s.log.log({"step": s.state.step, "skipped": "no supervised tokens"})
 
-    # --------------------------------------------------------------------- between the steps
-
-    def _after_step(
-        self, run: Run, window: Window, step: dict[str, Any] | None, n_tokens: int, eval_data: Any
-    ) -> None:
-        state, cfg = run.state, self.cfg
-        tokens = run.global_sum(window.input_tokens)
+    def _count(self, s: TrainingSession, window: Window, n_tokens: int) -> None:
+        state = s.state
+        tokens = s.global_sum(window.input_tokens)
         state.step += 1
         state.step_in_epoch += 1
         state.tokens += tokens
         state.supervised_tokens += n_tokens
-        run.log.count_tokens(tokens)
-        run.log.advance()
+        s.log.count_tokens(tokens)
+        s.log.advance()
+
+    # --------------------------------------------------------------------- between the steps
+
+    def _between_steps(self, s: TrainingSession, eval_data: Any) -> None:
+        state, cfg = s.state, self.cfg
         metrics: dict[str, Any] = {}
-        if step is not None:
-            run.interval_losses.append(step["loss"])
-            run.last_grad_norm, run.last_lr = step["grad_norm"], step["lr"]
-        last = state.step >= state.total_steps
-        if run.interval_losses and (state.step % cfg.log_every == 0 or last):
-            metrics = run.log.log_train(state.step, self._train_record(run))
-            run.interval_losses = []
+        if s.interval_losses and (state.step % cfg.log_every == 0 or state.step >= state.total_steps):
+            metrics = s.log.log_train(state.step, self._train_record(s))
+            s.interval_losses = []
         if eval_data is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
-            metrics = {**metrics, **self._evaluate(run, eval_data)}  # the logged record stays as logged
+            metrics = {**metrics, **self._evaluate(s, eval_data)}  # the logged record stays as logged
         if cfg.save_every and state.step % cfg.save_every == 0:
-            self._save(run)
+            self._save(s)
         self.callbacks("on_step_end", state, metrics)
 
-    def _train_record(self, run: Run) -> dict[str, Any]:
-        state = run.state
+    def _train_record(self, s: TrainingSession) -> dict[str, Any]:
+        state = s.state
         return {
             "epoch": round(state.epoch_float, 4),
-            "loss": sum(run.interval_losses) / len(run.interval_losses),
-            "lr": run.last_lr,
-            "grad_norm": float(run.last_grad_norm),
+            "loss": sum(s.interval_losses) / len(s.interval_losses),
+            "lr": s.last_lr,
+            "grad_norm": s.last_grad_norm,
             "tokens": state.tokens,
             "supervised_tokens": state.supervised_tokens,
         }
 
-    def _evaluate(self, run: Run, eval_data: Any) -> dict[str, Any]:
-        acc, cfg = run.accelerator, self.cfg
+    def _evaluate(self, s: TrainingSession, eval_data: Any) -> dict[str, Any]:
+        acc, cfg = s.accelerator, self.cfg
         started = time.perf_counter()
-        bare = acc.unwrap_model(run.model)  # no DDP collectives in eval; autocast is kept
+        bare = acc.unwrap_model(s.model)  # no DDP collectives in eval; autocast is kept
         metrics = evaluate(bare, eval_data, self.collate_fn, cfg.eval_batch_size or cfg.micro_batch_size,
-                           self._loss, acc)  # fmt: skip
+                           s.loss_fn, acc)  # fmt: skip
         if cfg.generation_prompts and acc.is_main_process:
-            generate_panel(bare, self.tokenizer, cfg.generation_prompts, run.state.step, self.output_dir,
+            generate_panel(bare, self.tokenizer, cfg.generation_prompts, s.state.step, self.output_dir,
                            self.max_new_tokens)  # fmt: skip
         acc.wait_for_everyone()
-        run.log.exclude_time(time.perf_counter() - started)
-        run.last_eval_step = run.state.step
-        record = run.log.log({"step": run.state.step, **metrics})
-        self.callbacks("on_evaluate", run.state, dict(record))  # callbacks get a copy of the logged record
+        s.log.exclude_time(time.perf_counter() - started)
+        s.last_eval_step = s.state.step
+        record = s.log.log({"step": s.state.step, **metrics})
+        self.callbacks("on_evaluate", s.state, dict(record))  # callbacks get a copy of the logged record
         return metrics
 
-    def _save(self, run: Run) -> None:
+    def _save(self, s: TrainingSession) -> None:
         started = time.perf_counter()
-        path = run.checkpoints.save(run.accelerator, run.state, run.model)
-        run.log.exclude_time(time.perf_counter() - started)
-        run.last_checkpoint = path
-        self.callbacks("on_save", run.state, str(path))
+        path = s.save()
+        s.log.exclude_time(time.perf_counter() - started)
+        self.callbacks("on_save", s.state, str(path))
 
-    def _finish(self, run: Run, eval_data: Any) -> None:
-        if run.interval_losses:  # stopped early, between two log lines
-            run.log.log_train(run.state.step, self._train_record(run))
-            run.interval_losses = []
-        if eval_data is not None and run.last_eval_step != run.state.step:
-            self._evaluate(run, eval_data)
-        if run.last_checkpoint is None or run.last_checkpoint.name != f"checkpoint-{run.state.step}":
-            self._save(run)
-        self.callbacks("on_train_end", run.state)
+    def _interrupt(self, s: TrainingSession, stop: StopRequest) -> None:
+        if s.last_checkpoint is None or s.last_checkpoint.name != f"checkpoint-{s.state.step}":
+            self._save(s)
+        raise InterruptedRun(
+            f"{stop.signal_name or 'a signal'}: stopped after step {s.state.step} of {s.state.total_steps} and "
+            f"saved {s.last_checkpoint}. Resume with train.resume=auto (the same config and output_dir)."
+        )
+
+    def _finish(self, s: TrainingSession, eval_data: Any) -> None:
+        if s.interval_losses:  # stopped early, between two log lines
+            s.log.log_train(s.state.step, self._train_record(s))
+            s.interval_losses = []
+        if eval_data is not None and s.last_eval_step != s.state.step:
+            self._evaluate(s, eval_data)
+        if s.last_checkpoint is None or s.last_checkpoint.name != f"checkpoint-{s.state.step}":
+            self._save(s)
+        self.callbacks("on_train_end", s.state)

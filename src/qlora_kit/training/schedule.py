@@ -63,14 +63,18 @@ class Schedule:
         """The multiplier after warmup, at ``progress`` in [0, 1]."""
         return 1.0
 
-    def create(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-        """A ``LambdaLR`` following :meth:`factor`; step it once per optimizer step.
+    def create(self, optimizer: torch.optim.Optimizer, total_steps: int, start_step: int = 0) -> Any:
+        """A ``LambdaLR`` following :meth:`factor`, positioned after ``start_step`` steps; step it once
+        per optimizer step.
 
-        The lambda is a ``functools.partial`` (empty ``__dict__``), so the scheduler's state dict holds
-        only its step count and learning rates.
+        The optimizer's current learning rates are the peaks. Starting at ``start_step`` needs no saved
+        scheduler state: the position and the config determine the schedule (so a resumed run can
+        change the peak learning rate or the total number of steps).
         """
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, functools.partial(self.factor, total_steps=total_steps)
+            optimizer, functools.partial(self.factor, total_steps=total_steps), last_epoch=start_step - 1
         )
 
 

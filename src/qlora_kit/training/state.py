@@ -1,4 +1,4 @@
-"""The trainer's progress, saved with every checkpoint as ``trainer_state.json``."""
+"""The trainer's progress, saved with every checkpoint in ``trainer_state.json``."""
 
 from __future__ import annotations
 
@@ -12,17 +12,21 @@ class TrainerState:
 
     ``step_in_epoch`` counts the accumulation windows already consumed in ``epoch``: with the data
     order reproducible from ``(seed, epoch)``, it is all a resumed run needs to skip to the next batch.
+    ``schedule_step`` counts learning-rate schedule steps (an fp16 overflow skips one).
     """
 
     total_steps: int
     steps_per_epoch: int
+    run_id: str = ""
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
+    schedule_step: int = 0
     tokens: int = 0
     supervised_tokens: int = 0
     best_eval_loss: float | None = None
     evals_without_improvement: int = 0
+    zero_grad_steps: int = 0
     should_stop: bool = False
     fingerprints: dict[str, Any] = field(default_factory=dict)
 
@@ -30,6 +34,11 @@ class TrainerState:
     def epoch_float(self) -> float:
         """Epochs done, fractional (e.g. 1.5 halfway through the second epoch)."""
         return self.epoch + self.step_in_epoch / max(1, self.steps_per_epoch)
+
+    @property
+    def finished(self) -> bool:
+        """All steps done, or a callback or guard asked to stop."""
+        return self.step >= self.total_steps or self.should_stop
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
