@@ -121,6 +121,9 @@ def test_head_only_sees_supervised_rows_one_chunk_at_a_time_and_recomputes_in_ba
     assert len(rows_seen) == math.ceil(n / CHUNK)
     loss.backward()
     assert len(rows_seen) == 2 * math.ceil(n / CHUNK) and max(rows_seen) == CHUNK  # recomputed, not kept
+    rows_seen.clear()
+    chunked_causal_lm_loss(model, batch, chunk_tokens=n).backward()
+    assert rows_seen == [n]  # one chunk: nothing to gain from recomputing it
 
 
 def test_batch_without_targets_gives_zero_and_zero_gradients(tokenizer):

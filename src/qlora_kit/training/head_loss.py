@@ -82,20 +82,24 @@ def chunked_causal_lm_loss(
             ``labels``, ``position_ids``) micro-batch; labels aligned with ``input_ids``.
         chunk_tokens: rows per chunk (default: :func:`default_chunk_tokens` of the vocabulary).
 
-    Each chunk runs under ``torch.utils.checkpoint`` (non-reentrant) when gradients are enabled, so at
-    most one chunk's logits exist at a time, in the forward and in the backward. The head runs under
+    When there is more than one chunk and gradients are enabled, each chunk runs under
+    ``torch.utils.checkpoint`` (non-reentrant), so at most one chunk's logits exist at a time, in the
+    forward and in the backward (at the price of a second head forward per chunk). The head runs under
     the autocast state it had inside the model's forward.
     """
     split = final_hidden_states(model, batch)
     hidden, targets = _supervised(split, batch)
     size = chunk_tokens or default_chunk_tokens(_vocab_size(split.head, model))
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    # One chunk gains nothing from checkpointing: its recompute would run while the same activations
+    # are alive, so it would only cost a second head forward.
+    recompute = torch.is_grad_enabled() and len(targets) > size
     with split.autocast():
         # max(n, 1): a batch without targets still runs the head once on 0 rows, so every trainable
         # parameter stays in the graph (DDP expects a gradient for each) and the loss is 0.
         for start in range(0, max(len(targets), 1), size):
             rows = slice(start, start + size)
-            if torch.is_grad_enabled():
+            if recompute:
                 total = total + checkpoint(
                     _chunk_loss, split.head, hidden[rows], targets[rows], use_reentrant=False
                 )
