@@ -2,7 +2,8 @@
 
 Each variant runs in a fresh subprocess. On the CPU the peak is the growth of the resident set during
 the step: the kernel's high-water mark (VmHWM) is reset through /proc/self/clear_refs just before it,
-so earlier peaks (model construction) do not hide it. On CUDA it is ``max_memory_allocated`` growth.
+so earlier peaks (model construction) do not hide it, and glibc is told to return freed blocks
+(``MALLOC_MMAP_THRESHOLD_``) so the resident set follows what torch holds. On CUDA it is ``max_memory_allocated`` growth.
 
     OMP_NUM_THREADS=1 python benchmarks/head_loss_memory.py [--device cpu] [--tokens 2048] [--vocab 32000]
         [--hidden 256] [--supervised 1.0] [--repeats 3]
@@ -123,11 +124,14 @@ def main() -> None:
         return
     print(f"{args.tokens} tokens ({args.supervised:.0%} supervised), vocab {args.vocab}, hidden {args.hidden}, "
           f"{args.device}")  # fmt: skip
+    # glibc raises its mmap threshold (up to 32 MiB) after freeing large blocks, and then keeps freed
+    # chunk-sized blocks in the heap: the resident set would count memory torch has released.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     print(f"{'variant':<14} {'loss':>10} {'peak MiB':>10} {'step s':>8}")
     for variant in args.variants:
         out = subprocess.run(
             [sys.executable, __file__, *sys.argv[1:], "--variant", variant],
-            check=True, capture_output=True, text=True, env=os.environ,
+            check=True, capture_output=True, text=True, env=env,
         )  # fmt: skip
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{r['variant']:<14} {r['loss']:>10.3f} {r['peak_mib']:>10.1f} {r['step_s']:>8.3f}")

@@ -182,21 +182,43 @@ def test_check_head_split_passes_for_plain_and_peft_models(tokenizer, arch):
         assert check_head_split(_peft(arch, adapter, tokenizer)) is None
 
 
-def test_check_head_split_names_a_transform_after_the_head(tokenizer):
+_TINY = dict(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+_ARCHS = {  # class -> (config class, settings, what the forward does to the head's output: None = nothing)
+    "Gemma2ForCausalLM": ("Gemma2Config", dict(num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0), -30),
+    "Gemma3ForCausalLM": ("Gemma3TextConfig", dict(num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0), -30),
+    "CohereForCausalLM": ("CohereConfig", dict(num_key_value_heads=1, logit_scale=0.0625), -62.5),
+    "GraniteForCausalLM": ("GraniteConfig", dict(num_key_value_heads=1, logits_scaling=8.0), -125),
+    "Qwen2ForCausalLM": ("Qwen2Config", dict(num_key_value_heads=1), None),
+    "MistralForCausalLM": ("MistralConfig", dict(num_key_value_heads=1), None),
+    "PhiForCausalLM": ("PhiConfig", dict(num_key_value_heads=1), None),
+    "GPTNeoXForCausalLM": ("GPTNeoXConfig", {}, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", sorted(_ARCHS))
+def test_check_head_split_across_architectures(arch):
+    import transformers
+
+    config_name, settings, transformed = _ARCHS[arch]
+    torch.manual_seed(0)
+    model = getattr(transformers, arch)(getattr(transformers, config_name)(**_TINY, **settings))
+    reason = check_head_split(model)
+    if transformed is None:
+        assert reason is None
+    else:  # the probe logit -1000 comes out soft-capped or scaled, and the message says so
+        assert (
+            reason.startswith(f"{arch}'s forward transforms its head's output")
+            and f"as {transformed}" in reason
+        )
+
+
+def test_a_transform_after_the_head_means_the_standard_loss(tokenizer):
     scaled = _ScaledLlama(make_tiny_llama(tokenizer=tokenizer).config)
     assert "transforms its head's output" in check_head_split(scaled)
-    gemma2 = pytest.importorskip("transformers").Gemma2ForCausalLM
-    from transformers import Gemma2Config
-
-    config = Gemma2Config(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                          final_logit_softcapping=30.0)  # fmt: skip
-    reason = check_head_split(gemma2(config))
-    assert "Gemma2ForCausalLM" in reason and "soft-capping" in reason
-    fn, kind, why = select_loss(gemma2(config), "auto")
-    assert (fn, kind) == (causal_lm_loss, "standard") and "soft-capping" in why
+    fn, kind, why = select_loss(scaled, "auto")
+    assert (fn, kind) == (causal_lm_loss, "standard") and "as -500" in why
     with pytest.raises(ConfigError, match="train.loss: chunked: the output head cannot be split off"):
-        select_loss(gemma2(config), "chunked")
+        select_loss(scaled, "chunked")
 
 
 def test_check_head_split_names_a_head_the_forward_does_not_call(tokenizer):
