@@ -256,6 +256,13 @@ def test_fused_needs_a_plain_linear_head(tokenizer):
     assert "CUDA" in check_fused(_peft("llama", "head_to_save", tokenizer), "cuda")  # a plain copy: fine
 
 
+def test_missing_liger_kernel_is_a_clear_reason(monkeypatch):
+    from qlora_kit.training.head_loss import _liger
+
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)  # importing it now fails as if not installed
+    assert _liger() == "liger_kernel is not installed (`pip install liger-kernel`)"
+
+
 @pytest.fixture
 def stub_liger(monkeypatch):
     """A pure-PyTorch stand-in for liger_kernel's functional API, to test the plumbing on the CPU."""

@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from qlora_kit.errors import ConfigError
 from qlora_kit.training.head_split import (
     HeadInput,
+    HeadSplitError,
     check_head_split,
     final_hidden_states,
     find_head,
@@ -39,8 +40,8 @@ from qlora_kit.training.loss import IGNORE_INDEX, LossFn, causal_lm_loss, shift_
 
 CHUNK_LOGITS_BYTES = 256 * 2**20
 """Default size of one chunk's fp32 logits. The transient peak of a chunk is about three times this
-(16-bit logits, their fp32 copy and log-softmax, then their gradients): ~0.8 GB, against ~5 GB per
-1,000 tokens of a 128k vocabulary for the standard loss."""
+(16-bit logits, their fp32 copy and log-softmax, then their gradients): ~0.8 GB, whatever the
+sequence length, against ~1.3 GB per 1,000 tokens of a 128,256-token vocabulary for the standard loss."""
 
 LOSS_KINDS = ("auto", "standard", "chunked", "fused")
 
@@ -139,8 +140,10 @@ def _plain_linear(head: nn.Module) -> nn.Linear | str:
 def _liger() -> Callable[..., torch.Tensor] | str:
     try:
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-    except ModuleNotFoundError:
-        return "liger_kernel is not installed (`pip install liger-kernel`)"
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] == "liger_kernel":
+            return "liger_kernel is not installed (`pip install liger-kernel`)"
+        return f"liger_kernel cannot be imported: it needs {exc.name!r}, which is not installed"
     except Exception as exc:  # e.g. triton missing or broken: any import failure means no fused kernel
         return f"liger_kernel cannot be imported ({type(exc).__name__}: {exc})"
     return liger_fused_linear_cross_entropy
@@ -153,7 +156,10 @@ def check_fused(model: Any, device: torch.device | str | None = None) -> str | N
     does not), a CUDA device, and an importable ``liger_kernel``. It does not check the head split:
     see :func:`check_head_split`.
     """
-    linear = _plain_linear(find_head(model).module)
+    try:
+        linear = _plain_linear(find_head(model).module)
+    except HeadSplitError as exc:
+        return str(exc)
     if isinstance(linear, str):
         return linear
     device = torch.device(device) if device is not None else linear.weight.device
