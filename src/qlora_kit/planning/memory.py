@@ -1,0 +1,264 @@
+"""Peak GPU memory of a training step, by component, from a :class:`~qlora_kit.planning.shape.ModelShape`.
+
+The model is what ``torch.cuda.max_memory_allocated`` shows, plus what it does not (CUDA context,
+allocator slack). Everything scales with shapes; the constants below say where they come from.
+
+**Weights.** bitsandbytes 4-bit: 0.5 B per element of each converted linear, plus per linear its
+quantization state (``bitsandbytes.functional.quantize_4bit``, blocks of 64): absmax in fp32 (4 B per
+block), or with double quantization 1 B per block plus the second level (fp32 absmax per 256 blocks, a
+256-entry fp32 code, an fp32 offset), and the 16-entry fp32 NF4/FP4 code. Everything else
+(embeddings, norms, biases, the output head; a tied head once) in the compute dtype, buffers as they are.
+
+**Adapter.** LoRA A/B in fp32 (``AdapterBuilder``), fp32 gradients, their bf16 autocast copies, and the
+optimizer state: 8 B/param for 32-bit AdamW; bitsandbytes 8-bit AdamW 2 B/param + 2 fp32 absmax per
+256-block for tensors of >= 4096 elements (smaller ones are 32-bit). Paged optimizers put tensors of
+>= 1e5 elements in CUDA unified memory, outside torch's allocator (not in max_memory_allocated).
+
+**Activations** (per token, compute dtype of ``a`` bytes, SDPA flash/efficient attention, PEFT LoRA under
+autocast, frozen base whose matmuls save no input) that one decoder layer saves for backward:
+
+- each RMSNorm: its fp32 input copy and rsqrt: ``4h + 4`` (frozen weight: the bf16 product saves nothing)
+- attention: q, k, v, output ``a(2 q_dim + 2 kv_dim)``, fp32 logsumexp ``4 heads``
+- gated MLP: gate output, act(gate), up output: ``3aI``
+- LoRA, dropout > 0: per target the dropout mask (``mask`` B: 1 on CUDA's fused dropout, ``a`` on CPU)
+  and the dropped-out input ``a d_in``; dropout 0: each distinct input once (q/k/v share one, gate/up
+  one, o_proj reads the attention output SDPA keeps anyway); plus ``a r`` per target (lora_B's input).
+
+For the Llama-3-8B shape this is 256,360 B/token/layer (dropout 0.05), 184,680 with dropout 0. It was
+checked to the byte against saved-tensor hooks on CPU (``tests/unit/test_planning.py``). Outside the
+layers: the final norm ``4h + 4`` and RoPE cos/sin. With checkpointing a layer keeps only its input
+(``a h``); offloaded, only the inputs in flight stay (the one in use, the one prefetched, and a leaf
+first input made by ``enable_input_require_grads``).
+
+**Peak phase.** The standard loss peaks in the log-softmax backward: its saved fp32 output, the fp32
+gradient coming in and the one going out, ``12 V`` B/token, on top of everything stored. With
+checkpointing the other candidate is the last layer's backward: the recomputed layer's saved tensors
+plus backward transients (estimated ``3a(I + h)`` B/token plus one dequantized weight; calibrate on GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from qlora_kit.planning.shape import Linear, ModelShape, ceil_div
+
+GIB = 2**30
+BLOCK_4BIT = 64  # bitsandbytes quantize_4bit default blocksize
+BLOCK_NESTED = 256  # blocksize of the double-quantized absmax (quantize_blockwise)
+BLOCK_OPTIM = 256  # bitsandbytes 8-bit optimizer state blocksize
+MIN_8BIT_SIZE = 4096  # bitsandbytes: smaller tensors get 32-bit optimizer state
+MIN_PAGED_SIZE = 100_000  # bitsandbytes: smaller state tensors are never paged
+CUDA_CONTEXT_BYTES = int(0.75 * GIB)
+"""CUDA context, cuBLAS/cuDNN handles and workspaces: outside torch's counters. Assumed; calibrate
+on the GPU (``nvidia-smi`` used memory minus ``torch.cuda.memory_reserved`` in an idle process)."""
+ALLOCATOR_SLACK = 0.05
+"""Reserved minus allocated at the peak, as a fraction of the peak. Assumed; calibrate on the GPU
+(``max_memory_reserved / max_memory_allocated - 1`` of the W2/W3 runs)."""
+LOSS_CHUNK_TOKENS = 512
+"""Rows per chunk of the chunked loss for a 128k vocabulary (``head_loss.default_chunk_tokens``)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The memory-relevant training settings a plan is made for."""
+
+    grad_checkpointing: bool = True
+    activation_offload: bool = False
+    loss: str = "standard"
+    """``standard`` (whole logits), ``chunked`` or ``fused`` (never the whole logits)."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What the planner needs of the `adapter` and optimizer settings."""
+
+    r: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    modules_to_save: tuple[str, ...] = ()
+    optimizer: str = "adamw_torch"
+
+
+@dataclass
+class MemoryEstimate:
+    """Predicted peak memory of one training micro-step, by component (bytes)."""
+
+    components: dict[str, int]
+    """In the order they are listed; their sum is :attr:`peak_allocated`."""
+    phase: str
+    """Where the peak falls: ``loss backward`` or ``layer backward``."""
+    paged_bytes: int = 0
+    """Optimizer state in CUDA unified memory (not in max_memory_allocated)."""
+    host_bytes: int = 0
+    """Pinned host memory holding offloaded layer inputs."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_allocated(self) -> int:
+        """What ``torch.cuda.max_memory_allocated`` should report."""
+        return sum(self.components.values())
+
+    @property
+    def needed(self) -> int:
+        """GPU memory the step needs: the peak plus allocator slack, CUDA context and paged state."""
+        return int(self.peak_allocated * (1 + ALLOCATOR_SLACK)) + CUDA_CONTEXT_BYTES + self.paged_bytes
+
+
+# ------------------------------------------------------------------------------------ weights
+
+
+def weight_bytes(shape: ModelShape, quant_kind: str, double_quant: bool, dtype_bytes: int) -> dict[str, int]:
+    """Bytes of the frozen base: quantized linears, their quantization state, and the 16-bit rest."""
+    packed = consts = other = 0
+    for lin in shape.linears:
+        if quant_kind == "bnb_4bit" and lin.quantized:
+            packed += ceil_div(lin.numel, 2)
+            consts += _quant_state_4bit(lin.numel, double_quant)
+        elif quant_kind == "bnb_8bit" and lin.quantized:
+            packed += lin.numel
+            consts += 4 * lin.out_features  # LLM.int8 row scales (SCB), fp32
+        else:
+            other += lin.numel * dtype_bytes
+    # the head once: a tied head is the embedding matrix, which `other_params` then leaves out
+    other += (shape.other_params - shape.fp32_params + shape.head.numel) * dtype_bytes + 4 * shape.fp32_params
+    other += shape.buffer_bytes
+    if quant_kind == "none":
+        return {"16-bit weights": other}
+    return {"quantized weights": packed, "quantization constants": consts, "16-bit weights": other}
+
+
+def _quant_state_4bit(numel: int, double_quant: bool) -> int:
+    blocks = ceil_div(numel, BLOCK_4BIT)
+    code = 16 * 4  # the NF4/FP4 value table, one per linear
+    if not double_quant:
+        return 4 * blocks + code
+    nested = 4 * ceil_div(blocks, BLOCK_NESTED) + 256 * 4 + 4  # fp32 absmax2, 8-bit code table, offset
+    return blocks + nested + code
+
+
+# ------------------------------------------------------------------------------------ adapter
+
+
+def lora_targets(shape: ModelShape, target_modules: list[str] | str) -> list[Linear]:
+    """The linears LoRA wraps: every one for ``all-linear``, else those matching a name (peft's rule)."""
+    if target_modules == "all-linear":
+        return list(shape.linears)
+    names = [target_modules] if isinstance(target_modules, str) else target_modules
+    return [lin for lin in shape.linears if any(lin.name == t or lin.name.endswith(f".{t}") for t in names)]
+
+
+def adapter_bytes(shape: ModelShape, adapter: Adapter, dtype_bytes: int) -> tuple[dict[str, int], int]:
+    """``({component: bytes}, paged bytes)`` of the trainable parameters, gradients and optimizer state."""
+    tensors = []  # (numel, bytes per element) of each trainable tensor
+    for lin in lora_targets(shape, adapter.target_modules):
+        tensors += [(adapter.r * lin.in_features, 4), (adapter.r * lin.out_features, 4)]
+    for name in adapter.modules_to_save:
+        tensors += [
+            (lin.numel, dtype_bytes) for lin in (*shape.linears, shape.head) if lin.name.endswith(name)
+        ]
+    params = sum(n * b for n, b in tensors)
+    casts = sum(n * dtype_bytes for n, b in tensors if b == 4)  # autocast's 16-bit copies
+    state = paged = 0
+    for numel, elt in tensors:
+        size, pageable = _optimizer_state(numel, elt, adapter.optimizer)
+        if pageable and numel >= MIN_PAGED_SIZE:
+            paged += size
+        else:
+            state += size
+    parts = {"adapter params + grads": 2 * params, "adapter 16-bit copies": casts, "optimizer state": state}
+    return parts, paged
+
+
+def _optimizer_state(numel: int, elt: int, kind: str) -> tuple[int, bool]:
+    paged = kind.startswith("paged_")
+    if kind.endswith("8bit") and numel >= MIN_8BIT_SIZE:
+        return 2 * numel + 2 * 4 * ceil_div(numel, BLOCK_OPTIM), paged
+    if kind == "adamw_torch":
+        return 2 * numel * elt, False
+    return 2 * numel * 4, paged  # bitsandbytes 32-bit state
+
+
+# -------------------------------------------------------------------------------- activations
+
+
+def layer_saved_per_token(
+    shape: ModelShape, adapter: Adapter, act_bytes: int = 2, mask_bytes: int = 1
+) -> int:
+    """Bytes one decoder layer saves for backward per token (see the module docstring)."""
+    a, h, inter = act_bytes, shape.hidden, shape.intermediate
+    norms = 2 * (4 * h + 4)
+    attention = a * (2 * shape.q_dim + 2 * shape.kv_dim) + 4 * shape.heads
+    mlp = 3 * a * inter
+    in_layer = set(shape.layer_linears())
+    targets = [lin for lin in lora_targets(shape, adapter.target_modules) if lin in in_layer]
+    if adapter.dropout > 0:
+        lora = sum((mask_bytes + a) * lin.in_features for lin in targets)
+    else:
+        groups = {lin.input_group: lin.in_features for lin in targets if lin.input_group != "attn_out"}
+        lora = a * sum(groups.values())
+    return norms + attention + mlp + lora + a * adapter.r * len(targets)
+
+
+def outside_saved_per_token(shape: ModelShape, act_bytes: int = 2) -> int:
+    """Bytes saved per token outside the decoder layers: the final norm and RoPE's cos/sin."""
+    return 4 * shape.hidden + 4 + 2 * act_bytes * shape.head_dim
+
+
+def backward_transient_per_token(shape: ModelShape, act_bytes: int = 2) -> int:
+    """Gradients alive at once in a layer's MLP backward (estimate, to calibrate on the GPU)."""
+    return 3 * act_bytes * (shape.intermediate + shape.hidden)
+
+
+def loss_bytes(shape: ModelShape, loss: str, tokens: int, act_bytes: int = 2) -> int:
+    """Extra memory at the loss's peak (its backward)."""
+    if loss == "standard":
+        return 12 * shape.vocab * tokens  # fp32 log-softmax output + fp32 gradient in + out
+    chunk = min(tokens, LOSS_CHUNK_TOKENS)
+    # one chunk's 16-bit logits, fp32 copy, log-softmax and gradients; the supervised hidden states
+    # gathered for the head and their gradient
+    return 14 * shape.vocab * chunk + (act_bytes + 4) * shape.hidden * tokens
+
+
+def estimate_memory(
+    shape: ModelShape, quant: Any, adapter: Adapter, settings: Settings, tokens: int, dtype_bytes: int = 2
+) -> MemoryEstimate:
+    """Peak memory of one micro-step of ``tokens`` tokens (rows x sequence length).
+
+    Args:
+        shape: the model.
+        quant: the `quant` section (``kind``, ``double_quant`` where it applies).
+        adapter: LoRA and optimizer settings.
+        settings: checkpointing, offload, loss.
+        tokens: tokens in the micro-batch.
+        dtype_bytes: bytes per element of the compute dtype.
+    """
+    a = dtype_bytes
+    components = weight_bytes(shape, quant.kind, getattr(quant, "double_quant", False), a)
+    adapter_parts, paged = adapter_bytes(shape, adapter, a)
+    components.update(adapter_parts)
+    layer = layer_saved_per_token(shape, adapter, a)
+    stored, host = _stored_per_token(shape, settings, layer, a)
+    components["activations kept for backward"] = (stored + outside_saved_per_token(shape, a)) * tokens
+    loss_peak = loss_bytes(shape, settings.loss, tokens, a)
+    layer_peak = 0
+    if settings.grad_checkpointing:  # the recomputed layer, its backward transients, one dequantized weight
+        widest = max(lin.numel for lin in shape.layer_linears())
+        layer_peak = (
+            layer + backward_transient_per_token(shape, a) + 2 * a * shape.hidden
+        ) * tokens + widest * a
+    phase = "loss backward" if loss_peak >= layer_peak else "layer backward"
+    components["working set at the peak"] = max(loss_peak, layer_peak)
+    notes = [] if shape.calibrated else [f"{shape.model_type}: activation formula not calibrated for it"]
+    return MemoryEstimate(components, phase, paged_bytes=paged, host_bytes=host * tokens, notes=notes)
+
+
+def _stored_per_token(shape: ModelShape, settings: Settings, layer: int, a: int) -> tuple[int, int]:
+    """``(device bytes, host bytes)`` per token kept between forward and backward by the layers."""
+    if not settings.grad_checkpointing:
+        return shape.layers * layer, 0
+    inputs = a * shape.hidden
+    if not settings.activation_offload:
+        return shape.layers * inputs, 0
+    on_device = min(shape.layers, 3)  # in use, prefetched, and the leaf first input
+    return on_device * inputs, (shape.layers - 1) * inputs

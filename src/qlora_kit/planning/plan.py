@@ -1,0 +1,240 @@
+"""Plans for a run config: will a training step fit on this GPU, how fast, and with which settings.
+
+:func:`plan_run` answers for the settings a config asks for; :func:`choose_settings` picks the cheapest
+that fit (checkpointing off, else on, else on with activation offload) and the largest micro-batch
+in tokens under them. Both need only the model's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+from qlora_kit.planning.memory import GIB, Adapter, MemoryEstimate, Settings, estimate_memory
+from qlora_kit.planning.shape import ModelShape, load_model_config, model_shape
+from qlora_kit.planning.speed import H200_PEAK_TFLOPS, SpeedEstimate, estimate_speed
+
+MARGIN = 0.10
+"""A plan `fits` when it needs at most 90% of the GPU's memory; up to 100% it is `tight`."""
+_MAX_TOKENS = 1 << 24
+
+
+@dataclass
+class Plan:
+    """Predicted memory and speed of one micro-step of a run, and whether it fits the GPU."""
+
+    model: str
+    shape: ModelShape = field(repr=False)
+    settings: Settings
+    rows: int
+    seq: int
+    memory: MemoryEstimate
+    speed: SpeedEstimate
+    gpu_memory_bytes: int | None = None
+    max_tokens: int | None = None
+    """The largest micro-batch (tokens) that fits with a margin under these settings."""
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per micro-step (rows x sequence length)."""
+        return self.rows * self.seq
+
+    @property
+    def verdict(self) -> str | None:
+        """``fits``, ``tight`` or ``does not fit``; None without a GPU memory size."""
+        if self.gpu_memory_bytes is None:
+            return None
+        return _verdict(self.memory.needed, self.gpu_memory_bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data (GiB rounded to 3 decimals)."""
+        gib = lambda n: round(n / GIB, 3)  # noqa: E731
+        return {
+            "model": self.model, "model_type": self.shape.model_type, "settings": asdict(self.settings),
+            "rows": self.rows, "seq": self.seq, "tokens": self.tokens,
+            "components_gib": {k: gib(v) for k, v in self.memory.components.items()},
+            "peak_phase": self.memory.phase, "peak_allocated_gib": gib(self.memory.peak_allocated),
+            "paged_optimizer_gib": gib(self.memory.paged_bytes), "needed_gib": gib(self.memory.needed),
+            "gpu_memory_gib": None if self.gpu_memory_bytes is None else gib(self.gpu_memory_bytes),
+            "verdict": self.verdict, "max_tokens": self.max_tokens, "host_offload_gib": gib(self.memory.host_bytes),
+            "tokens_per_s": round(self.speed.tokens_per_s), "step_seconds": round(self.speed.step_seconds, 3),
+            "mfu": round(self.speed.mfu, 4), "notes": list(self.memory.notes),
+        }  # fmt: skip
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_text(self) -> str:
+        """A small table for a terminal."""
+        s, m = self.settings, self.memory
+        onoff = lambda b: "on" if b else "off"  # noqa: E731
+        lines = [
+            f"{self.model} ({self.shape.model_type}, {self.shape.layers} layers, hidden {self.shape.hidden}, "
+            f"vocab {self.shape.vocab})",
+            f"checkpointing {onoff(s.grad_checkpointing)}, activation offload {onoff(s.activation_offload)}, "
+            f"loss {s.loss}; micro-batch {self.rows} x {self.seq:,} = {self.tokens:,} tokens",
+            "",
+        ]
+        rows = [(name, v) for name, v in m.components.items()]
+        rows[-1] = (f"{rows[-1][0]} ({m.phase})", rows[-1][1])
+        rows += [("peak allocated (max_memory_allocated)", m.peak_allocated),
+                 ("+ allocator slack, CUDA context, paged state", m.needed - m.peak_allocated)]  # fmt: skip
+        width = max(len(name) for name, _ in rows) + 2
+        lines += [f"{name:<{width}}{v / GIB:>8.2f} GiB" for name, v in rows]
+        verdict = f" of {self.gpu_memory_bytes / GIB:.1f} GiB: {self.verdict}" if self.verdict else ""
+        lines.append(f"{'needed':<{width}}{m.needed / GIB:>8.2f} GiB{verdict}")
+        if m.host_bytes:
+            lines.append(f"{'pinned host memory (offload)':<{width}}{m.host_bytes / GIB:>8.2f} GiB")
+        sp = self.speed
+        lines += ["", f"~{sp.tokens_per_s:,.0f} tokens/s ({sp.step_seconds:.2f} s per micro-step), MFU {sp.mfu:.1%} "
+                  "(BENCHMARKS basis) at the assumed efficiency"]  # fmt: skip
+        if self.max_tokens is not None:
+            lines.append(f"largest micro-batch that fits with these settings: {self.max_tokens:,} tokens")
+        lines += [f"note: {n}" for n in m.notes]
+        return "\n".join(lines)
+
+
+def plan_run(
+    cfg: Any,
+    *,
+    gpu_memory_gib: float | None = None,
+    seq_tokens: int | None = None,
+    settings: Settings | None = None,
+    shape: ModelShape | None = None,
+    efficiency: float | None = None,
+    peak_tflops: float = H200_PEAK_TFLOPS,
+) -> Plan:
+    """Plan one micro-step of ``cfg``: ``train.micro_batch_size`` rows of ``seq_tokens`` tokens.
+
+    Args:
+        cfg: a :class:`~qlora_kit.config.RunConfig`.
+        gpu_memory_gib: GPU memory to judge against (default: cuda:0's, when there is one).
+        seq_tokens: tokens per row (default: ``data.max_length``).
+        settings: override the config's checkpointing / offload / loss.
+        shape: the model's shape, when already built (default: from ``model.name_or_path``'s config.json).
+        efficiency: executed FLOP/s over peak for the speed estimate (default: measured, by model size).
+        peak_tflops: the GPU's bf16 dense peak.
+    """
+    shape = shape or shape_of(cfg)
+    settings = settings or settings_of(cfg)
+    seq = seq_tokens or cfg.data.max_length
+    rows = cfg.train.micro_batch_size
+    adapter, dtype_bytes = adapter_of(cfg), _dtype_bytes(cfg)
+    memory = estimate_memory(shape, cfg.quant, adapter, settings, rows * seq, dtype_bytes)
+    speed = estimate_speed(shape, adapter, settings, rows * seq, seq, efficiency=efficiency,
+                           peak_tflops=peak_tflops, dtype_bytes=dtype_bytes)  # fmt: skip
+    gpu = _gpu_bytes(gpu_memory_gib)
+    plan = Plan(cfg.model.name_or_path, shape, settings, rows, seq, memory, speed, gpu)
+    if gpu is not None:
+        plan.max_tokens = _max_tokens(
+            lambda t: estimate_memory(shape, cfg.quant, adapter, settings, t, dtype_bytes), gpu
+        )
+    ram = _host_ram()
+    if memory.host_bytes and ram and memory.host_bytes > 0.7 * ram:
+        memory.notes.append(
+            f"offload pins {memory.host_bytes / GIB:.0f} GiB of host memory; this machine has {ram / GIB:.0f}"
+        )
+    if cfg.adapter.use_dora:
+        memory.notes.append("adapter.use_dora: DoRA's extra activations and weight norms are not modelled")
+    return plan
+
+
+def choose_settings(
+    cfg: Any,
+    *,
+    gpu_memory_gib: float | None = None,
+    seq_tokens: int | None = None,
+    shape: ModelShape | None = None,
+    loss: str | None = None,
+) -> Plan:
+    """The cheapest settings under which a micro-step of ``cfg`` fits, as a :class:`Plan`.
+
+    Tried in order of speed: checkpointing off, on, on with activation offload; the loss stays as
+    configured (or ``loss``). The first whose plan `fits` (with the 10% margin) is returned; if none
+    does, the last (its ``verdict`` says so, its ``max_tokens`` says how many tokens would fit).
+    """
+    shape = shape or shape_of(cfg)
+    base = settings_of(cfg)
+    if loss is not None:
+        base = replace(base, loss=loss)
+    plan = None
+    for checkpointing, offload in ((False, False), (True, False), (True, True)):
+        settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload)
+        plan = plan_run(
+            cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=settings, shape=shape
+        )
+        if plan.verdict in (None, "fits"):
+            return plan
+    assert plan is not None
+    return plan
+
+
+# ------------------------------------------------------------------------- reading the config
+
+
+def shape_of(cfg: Any) -> ModelShape:
+    """The :class:`ModelShape` of ``cfg.model`` (its config.json), with ``cfg.quant``'s skip list."""
+    config = load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    return model_shape(config, list(getattr(cfg.quant, "skip_modules", [])), cfg.model.trust_remote_code)
+
+
+def settings_of(cfg: Any) -> Settings:
+    """The config's checkpointing, offload and loss (``train.activation_offload`` and ``train.loss``
+    where this version has them; `auto` offload plans without it, `auto` loss as chunked)."""
+    offload = getattr(cfg.train, "activation_offload", False)
+    loss = getattr(cfg.train, "loss", "standard")
+    loss = getattr(loss, "kind", loss)
+    return Settings(
+        grad_checkpointing=cfg.train.grad_checkpointing,
+        activation_offload=offload is True and cfg.train.grad_checkpointing,
+        loss="chunked" if loss == "auto" else loss,
+    )
+
+
+def adapter_of(cfg: Any) -> Adapter:
+    """What the planner needs of ``cfg.adapter`` and ``cfg.train.optimizer``."""
+    a = cfg.adapter
+    return Adapter(r=a.r, dropout=a.dropout, target_modules=a.target_modules,
+                   modules_to_save=tuple(a.modules_to_save), optimizer=cfg.train.optimizer.kind)  # fmt: skip
+
+
+def _dtype_bytes(cfg: Any) -> int:
+    return 4 if cfg.quant.compute_dtype == "float32" else 2
+
+
+def _gpu_bytes(gpu_memory_gib: float | None) -> int | None:
+    if gpu_memory_gib is not None:
+        return int(gpu_memory_gib * GIB)
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory
+    return None
+
+
+def _host_ram() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
+def _verdict(needed: int, gpu: int) -> str:
+    if needed <= (1 - MARGIN) * gpu:
+        return "fits"
+    return "tight" if needed <= gpu else "does not fit"
+
+
+def _max_tokens(memory_at: Any, gpu: int) -> int:
+    """The largest multiple of 64 tokens whose plan fits with the margin (0 if none)."""
+    lo, hi = 0, _MAX_TOKENS // 64
+    while lo < hi:  # memory grows with tokens: bisect
+        mid = (lo + hi + 1) // 2
+        if _verdict(memory_at(64 * mid).needed, gpu) == "fits":
+            lo = mid
+        else:
+            hi = mid - 1
+    return 64 * lo

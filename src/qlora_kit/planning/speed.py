@@ -1,0 +1,105 @@
+"""Tokens per second of a QLoRA step, from FLOPs per token at an assumed hardware efficiency.
+
+Two counts of FLOPs per token:
+
+- **useful** (``../shared/BENCHMARKS.md``'s MFU basis, what every reported MFU uses): 4 x the frozen
+  matmul parameters, output head included (forward + input-gradient backward; no weight gradient),
+  plus ``3 x 2 x seq x hidden x layers x 0.5`` for causal attention. LoRA and recomputation are not
+  counted.
+- **executed** (what the time estimate divides by): the same matmuls, plus 6 x the LoRA parameters,
+  causal attention counted as executed (``6 x seq x q_dim x layers``: QK^T and AV forward, twice that
+  backward, half of it masked out; twice BENCHMARKS' term), plus recomputation: with checkpointing one
+  more forward of every decoder layer (``2 x layer matmul params + 2 x LoRA + 2 x seq x q_dim x
+  layers``), with the chunked loss one more output-head forward (``2 x vocab x hidden``).
+
+The efficiency (executed FLOP/s over the GPU's peak) comes from measurements on one H200 (torch 2.11,
+no checkpointing, 2 x 2048 tokens for 8B, 4 x 2048 for 1B, paged AdamW 8-bit, r16 all-linear):
+
+- Llama-3-8B shape (hidden 4096): 9,371 tokens/s at 31.9 executed GFLOP/token: 0.378 of 790 TFLOP/s.
+- Llama-3.2-1B shape (hidden 2048): 38,678 tokens/s: 0.265 (small matmuls use the GPU less well).
+
+:func:`default_efficiency` interpolates linearly in the hidden size between them (clamped outside).
+With it the plans predict (measured in brackets; the two points above are the fit, these are not):
+8B with checkpointing 6,427 tokens/s (6,157), 8B at 1 x 65,536 tokens 2,642 (~2,430: 27 s per step),
+1B with checkpointing 27,853 (28,882). Pass your own efficiency for
+another GPU or another kernel set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qlora_kit.planning.memory import Adapter, Settings, lora_targets
+from qlora_kit.planning.shape import ModelShape
+
+H200_PEAK_TFLOPS = 790.0
+"""bf16 dense peak measured on the H200 (BENCHMARKS.md)."""
+MEASURED_EFFICIENCY = ((2048, 0.265), (4096, 0.378))
+"""(hidden size, executed FLOP/s over peak) measured on the H200 (see the module docstring)."""
+HOST_LINK_GBPS = 25.0
+"""Assumed effective pinned host<->device copy rate, GB/s (PCIe Gen5 x16 reaches ~50); measure it."""
+
+
+@dataclass(frozen=True)
+class SpeedEstimate:
+    """Predicted speed of one micro-step."""
+
+    tokens_per_s: float
+    step_seconds: float
+    useful_flops_per_token: float
+    """BENCHMARKS.md's basis."""
+    executed_flops_per_token: float
+    mfu: float
+    """Useful FLOP/s over peak (BENCHMARKS.md's MFU)."""
+    offload_seconds: float = 0.0
+    """Host copies of a step (hidden behind compute while shorter than it)."""
+
+
+def estimate_speed(
+    shape: ModelShape,
+    adapter: Adapter,
+    settings: Settings,
+    tokens: int,
+    seq: int,
+    *,
+    efficiency: float | None = None,
+    peak_tflops: float = H200_PEAK_TFLOPS,
+    dtype_bytes: int = 2,
+) -> SpeedEstimate:
+    """Tokens/s of a micro-step of ``tokens`` tokens in sequences of ``seq`` (packed rows: the example length).
+
+    ``efficiency`` defaults to :func:`default_efficiency` of the shape.
+    """
+    efficiency = efficiency or default_efficiency(shape)
+    layer_matmul = sum(lin.numel for lin in shape.linears)
+    lora = sum(
+        adapter.r * (lin.in_features + lin.out_features)
+        for lin in lora_targets(shape, adapter.target_modules)
+    )
+    useful = 4 * (layer_matmul + shape.head.numel) + 3 * seq * shape.hidden * shape.layers
+    attention = 6 * seq * shape.q_dim * shape.layers  # causal: half of 12 x seq x q_dim per layer
+    executed = 4 * (layer_matmul + shape.head.numel) + 6 * lora + attention
+    if settings.grad_checkpointing:
+        executed += 2 * layer_matmul + 2 * lora + attention / 3
+    if settings.loss == "chunked":
+        executed += 2 * shape.head.numel
+    compute = tokens * executed / (efficiency * peak_tflops * 1e12)
+    offload = 0.0
+    if settings.grad_checkpointing and settings.activation_offload:
+        moved = (
+            2 * (shape.layers - 1) * tokens * shape.hidden * dtype_bytes
+        )  # out in forward, back in backward
+        offload = moved / (HOST_LINK_GBPS * 1e9)
+    step = max(compute, offload)
+    return SpeedEstimate(
+        tokens_per_s=tokens / step, step_seconds=step, useful_flops_per_token=useful,
+        executed_flops_per_token=executed, mfu=tokens * useful / step / (peak_tflops * 1e12),
+        offload_seconds=offload,
+    )  # fmt: skip
+
+
+def default_efficiency(shape: ModelShape) -> float:
+    """Executed FLOP/s over peak for ``shape``: the H200 measurements, interpolated by hidden size."""
+    (h0, e0), (h1, e1) = MEASURED_EFFICIENCY
+    x = min(max(shape.hidden, h0), h1)
+    return e0 + (e1 - e0) * (x - h0) / (h1 - h0)

@@ -1,0 +1,286 @@
+"""The planner against what can be measured on a CPU (tiny models) and the H200 numbers of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft.helpers import disable_input_dtype_casting
+from transformers import LlamaConfig
+
+from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, NoQuant, RunConfig
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.planning import Settings, choose_settings, estimate_memory, model_shape, plan_run
+from qlora_kit.planning.memory import (
+    Adapter,
+    adapter_bytes,
+    layer_saved_per_token,
+    outside_saved_per_token,
+    weight_bytes,
+)
+from qlora_kit.planning.shape import load_model_config
+from qlora_kit.testing import make_tiny_llama
+from qlora_kit.training.offload import enable_offloaded_checkpointing
+
+TINY = dict(hidden_size=96, intermediate_size=200, num_attention_heads=4, num_key_value_heads=2)
+LLAMA_8B = dict(
+    hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+    intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, max_position_embeddings=131072,
+)  # fmt: skip
+LLAMA_1B = dict(
+    hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+    intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=131072,
+)  # fmt: skip
+
+
+def _tiny_dir(tmp_path_factory, tokenizer, name="tiny", **overrides):
+    path = tmp_path_factory.mktemp(name)
+    make_tiny_llama(path, tokenizer, **{**TINY, **overrides})
+    return path
+
+
+def _shape(path):
+    return model_shape(load_model_config(str(path)))
+
+
+def _storage_bytes(tensors) -> int:
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t is not None
+    }
+    return sum(storages.values())
+
+
+def _quant_state_tensors(model):
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is not None:
+            yield from (state.absmax, state.code, getattr(state, "offset", None))
+            if state.state2 is not None:
+                yield from (state.state2.absmax, state.state2.code)
+
+
+# ------------------------------------------------------------------------------------ weights
+
+
+@pytest.mark.parametrize(
+    "quant", [Bnb4bitQuant(double_quant=True), Bnb4bitQuant(double_quant=False), NoQuant()]
+)
+def test_weight_bytes_equal_a_real_load_on_cpu(tmp_path_factory, tokenizer, quant):
+    path = _tiny_dir(tmp_path_factory, tokenizer)
+    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), quant, "cpu").load()
+    measured = _storage_bytes([*model.parameters(), *model.buffers(), *_quant_state_tensors(model)])
+    predicted = weight_bytes(_shape(path), quant.kind, getattr(quant, "double_quant", False), 2)
+    assert sum(predicted.values()) == measured
+
+
+def test_tied_embeddings_are_counted_once(tmp_path_factory, tokenizer):
+    path = _tiny_dir(tmp_path_factory, tokenizer, tie_word_embeddings=True)
+    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bitQuant(), "cpu").load()
+    measured = _storage_bytes([*model.parameters(), *model.buffers(), *_quant_state_tensors(model)])
+    assert sum(weight_bytes(_shape(path), "bnb_4bit", True, 2).values()) == measured
+
+
+# ------------------------------------------------------------------------------------ adapter
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_torch", "paged_adamw_8bit"])
+def test_adapter_and_optimizer_bytes_equal_a_real_step(tmp_path_factory, tokenizer, optimizer):
+    from qlora_kit.config import RunConfig
+    from qlora_kit.training.optim import build_optimizer
+
+    # r=48 on a 96-wide model: some LoRA tensors reach bitsandbytes' 4096-element 8-bit threshold, some not
+    path = _tiny_dir(tmp_path_factory, tokenizer)
+    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bitQuant(), "cpu").load()
+    model = AdapterBuilder(AdapterConfig(r=48, alpha=16)).apply(model)
+    opt_cfg = RunConfig.model_validate({"train": {"optimizer": {"kind": optimizer}}}).train.optimizer
+    opt = build_optimizer(opt_cfg, model)
+    ids = torch.randint(0, 300, (1, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    state = [  # bitsandbytes' quantization maps (qmap1/2) are shared by every tensor: not per parameter
+        t
+        for s in opt.state.values()
+        for k, t in s.items()
+        if torch.is_tensor(t) and t.dim() and "qmap" not in k
+    ]
+    parts, paged = adapter_bytes(_shape(path), Adapter(r=48, optimizer=optimizer), 2)
+    assert parts["adapter params + grads"] == _storage_bytes(trainable) + _storage_bytes(
+        p.grad for p in trainable
+    )
+    assert parts["optimizer state"] + paged == _storage_bytes(state)  # paging does not exist on a CPU
+
+
+# -------------------------------------------------------------------------------- activations
+
+
+def _saved_bytes(model, tokens: int) -> int:
+    """Bytes of the distinct storages autograd saves in a forward pass (parameters aside)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(x):
+        storage = x.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return x
+
+    ids = torch.randint(0, 300, (1, tokens))
+    # PEFT casts LoRA inputs to fp32 unless torch.is_autocast_enabled(), which only looks at CUDA's
+    # autocast; switching the cast off gives on the CPU the path a CUDA autocast run takes.
+    casting_off = disable_input_dtype_casting(model)
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x)
+    with casting_off, torch.autocast("cpu", dtype=torch.bfloat16), hooks:
+        model(input_ids=ids)
+    return sum(seen.values())
+
+
+def _lora_model(path, adapter: AdapterConfig):
+    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bitQuant(), "cpu").load()
+    prepare_for_training(model, grad_checkpointing=False)
+    model.enable_input_require_grads()  # layer 0 then saves what every other layer saves
+    return AdapterBuilder(adapter).apply(model).train()
+
+
+@pytest.mark.parametrize(
+    ("dims", "adapter"),
+    [
+        ({}, AdapterConfig(r=4, dropout=0.05)),
+        ({}, AdapterConfig(r=4, dropout=0.0)),
+        ({"intermediate_size": 320, "num_key_value_heads": 1}, AdapterConfig(r=8, dropout=0.0)),
+        ({"num_attention_heads": 6, "num_key_value_heads": 3}, AdapterConfig(r=8, dropout=0.1)),
+        ({}, AdapterConfig(r=4, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])),
+    ],
+)
+def test_saved_bytes_per_token_equal_saved_tensor_hooks(tmp_path_factory, tokenizer, dims, adapter):
+    one = _tiny_dir(tmp_path_factory, tokenizer, "one", num_hidden_layers=1, **dims)
+    two = _tiny_dir(tmp_path_factory, tokenizer, "two", num_hidden_layers=2, **dims)
+    m1, m2 = _lora_model(one, adapter), _lora_model(two, adapter)
+    s = {(t, n): _saved_bytes(m, t) for t in (32, 64) for n, m in ((1, m1), (2, m2))}
+    per_layer = (s[64, 2] - s[64, 1] - s[32, 2] + s[32, 1]) / 32
+    outside = (s[64, 1] - s[32, 1]) / 32 - per_layer
+    shape = _shape(two)
+    planned = Adapter(r=adapter.r, dropout=adapter.dropout, target_modules=adapter.target_modules)
+    # CPU dropout keeps its mask in the input's dtype (2 B); CUDA's fused dropout keeps a bool mask (1 B)
+    assert per_layer == layer_saved_per_token(shape, planned, act_bytes=2, mask_bytes=2)
+    assert outside == outside_saved_per_token(shape, act_bytes=2)
+
+
+def test_offloaded_bytes_equal_the_planned_host_bytes(tmp_path_factory, tokenizer):
+    path = _tiny_dir(tmp_path_factory, tokenizer, num_hidden_layers=3)
+    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bitQuant(), "cpu").load()
+    prepare_for_training(model, grad_checkpointing=True)  # enable_input_require_grads: layer 0's input stays
+    model = AdapterBuilder(AdapterConfig(r=4)).apply(model).train()
+    handle = enable_offloaded_checkpointing(model, min_bytes=0)
+    ids = torch.randint(0, 300, (2, 40))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    plan = estimate_memory(_shape(path), Bnb4bitQuant(), Adapter(r=4), Settings(True, True), 80)
+    assert handle.offloader.pending_bytes() == plan.host_bytes
+    loss.backward()
+
+
+# --------------------------------------------------------------------------------- the plans
+
+
+def _cfg(path, rows: int, seq: int, **train) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "model": {"name_or_path": str(path)},
+            "quant": {
+                "kind": "bnb_4bit",
+                "quant_type": "nf4",
+                "double_quant": True,
+                "compute_dtype": "bfloat16",
+            },
+            "adapter": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
+            "data": {"max_length": seq},
+            "train": {"micro_batch_size": rows, "optimizer": {"kind": "paged_adamw_8bit"}, **train},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def llama_8b(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama-8b")
+    LlamaConfig(**LLAMA_8B).save_pretrained(path)
+    return path, _shape(path)
+
+
+@pytest.fixture(scope="module")
+def llama_1b(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama-1b")
+    LlamaConfig(**LLAMA_1B).save_pretrained(path)
+    return path, _shape(path)
+
+
+# BENCHMARKS.md, one H200, the OLD code (standard loss, no offload), NF4 + double quant, r16 all-linear,
+# paged AdamW 8-bit, dropout 0.05: (model, rows, seq, checkpointing, peak GiB allocated, tokens/s)
+MEASURED = [
+    ("8b", 2, 2048, True, 12.5, 6157),
+    ("8b", 2, 2048, False, 42.8, 9371),
+    ("8b", 1, 65536, True, 116.5, 65536 / 27),
+    ("1b", 4, 2048, True, 13.4, 28882),
+    ("1b", 4, 2048, False, 29.6, 38678),
+]
+
+
+@pytest.mark.parametrize(("model", "rows", "seq", "checkpointing", "peak_gib", "tokens_per_s"), MEASURED)
+def test_plans_are_within_15_percent_of_h200_measurements(
+    llama_8b, llama_1b, model, rows, seq, checkpointing, peak_gib, tokens_per_s
+):
+    path, shape = llama_8b if model == "8b" else llama_1b
+    plan = plan_run(_cfg(path, rows, seq, grad_checkpointing=checkpointing), shape=shape)
+    assert plan.memory.peak_allocated / 2**30 == pytest.approx(peak_gib, rel=0.15)
+    assert plan.speed.tokens_per_s == pytest.approx(tokens_per_s, rel=0.15)
+
+
+def test_memory_grows_with_tokens_and_checkpointing_and_offload_cut_activations(llama_8b):
+    path, shape = llama_8b
+    cfg = _cfg(path, 1, 4096)
+    adapter = Adapter(r=16, optimizer="paged_adamw_8bit")
+
+    def kept(settings, tokens):
+        plan = estimate_memory(shape, cfg.quant, adapter, settings, tokens)
+        return plan.components["activations kept for backward"], plan.peak_allocated
+
+    for settings in (Settings(False), Settings(True), Settings(True, True), Settings(True, True, "chunked")):
+        peaks = [kept(settings, t)[1] for t in (1024, 4096, 16384, 65536)]
+        assert peaks == sorted(peaks) and len(set(peaks)) == 4
+    none, ckpt, offload = (kept(s, 16384)[0] for s in (Settings(False), Settings(True), Settings(True, True)))
+    assert offload < ckpt < none / 10
+
+
+def test_choose_settings_picks_the_cheapest_that_fits(llama_8b):
+    path, shape = llama_8b
+
+    def choose(seq, loss="standard"):
+        plan = choose_settings(_cfg(path, 1, seq), gpu_memory_gib=139.8, shape=shape, loss=loss)
+        return plan.settings.grad_checkpointing, plan.settings.activation_offload, plan.verdict
+
+    assert choose(4096) == (False, False, "fits")
+    assert choose(65536) == (True, False, "fits")
+    assert choose(131072, "chunked") == (True, False, "fits")
+    assert choose(262144, "chunked") == (True, True, "fits")
+    assert choose(2_000_000, "chunked") == (True, True, "does not fit")
+
+
+def test_max_tokens_is_the_budget_that_fits(llama_8b):
+    path, shape = llama_8b
+    plan = plan_run(_cfg(path, 1, 2048), gpu_memory_gib=139.8, shape=shape)
+    assert 60_000 < plan.max_tokens < 72_000  # measured: 69,632 trained, 73,728 did not
+    at_budget = plan_run(_cfg(path, 1, plan.max_tokens), gpu_memory_gib=139.8, shape=shape)
+    above = plan_run(_cfg(path, 1, plan.max_tokens + 64), gpu_memory_gib=139.8, shape=shape)
+    assert (at_budget.verdict, above.verdict) == ("fits", "tight")
+
+
+def test_plan_text_and_json(llama_8b):
+    path, shape = llama_8b
+    plan = plan_run(_cfg(path, 2, 2048), gpu_memory_gib=80, shape=shape)
+    data = json.loads(plan.to_json())
+    assert data["verdict"] == "fits" and data["tokens"] == 4096
+    assert sum(data["components_gib"].values()) == pytest.approx(data["peak_allocated_gib"], abs=0.01)
+    text = plan.to_text()
+    assert "quantization constants" in text and "of 80.0 GiB: fits" in text
