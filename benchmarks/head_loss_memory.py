@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from qlora_kit.model.adapters import AdapterBuilder
+
 VARIANTS = ["backbone", "standard", "chunked", "chunked:256"]
 """``backbone`` is the floor: the same forward + backward without the head (loss = sum of hidden states)."""
 
@@ -34,8 +36,6 @@ def _rss_kib(field: str) -> int:
 def _build(args: argparse.Namespace):
     import torch
 
-    from qlora_kit.config import AdapterConfig
-    from qlora_kit.model.adapters import AdapterBuilder
     from qlora_kit.testing import make_tiny_llama
 
     model = make_tiny_llama(
@@ -44,7 +44,7 @@ def _build(args: argparse.Namespace):
     )  # fmt: skip
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     model = model.to(args.device, dtype).requires_grad_(False)
-    model = AdapterBuilder(AdapterConfig(r=8, dropout=0.0)).apply(model).train()
+    model = AdapterBuilder(AdapterBuilder.Config(r=8, dropout=0.0)).apply(model).train()
     ids = torch.randint(1, args.vocab, (1, args.tokens), generator=torch.Generator().manual_seed(0))
     labels = ids.clone()
     labels[:, : int(args.tokens * (1 - args.supervised))] = -100

@@ -235,7 +235,7 @@ def _flatten_legacy_options(data: dict[str, Any], entry: Entry) -> dict[str, Any
 formatters = Registry("formatter", "qlora_kit.formatting")
 quantization = Registry("quantization kind", "qlora_kit.model.quant")
 adapters = Registry("adapter method", "qlora_kit.model.adapters")
-losses = Registry("loss", "qlora_kit.training.loss")
+losses = Registry("loss", "qlora_kit.training.loss_kinds")
 optimizers = Registry("optimizer", "qlora_kit.training.optim")
 schedulers = Registry("scheduler", "qlora_kit.training.schedule")
 exporters = Registry("exporter", "qlora_kit.export")

@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
+from qlora_kit.config import ModelConfig, TrainConfig
 from qlora_kit.data.collate import PackedCollator, PaddedCollator
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.testing import make_tiny_llama, perturb_lora
 from qlora_kit.training import Trainer
 from qlora_kit.training.head_loss import chunked_causal_lm_loss, fused_causal_lm_loss, select_loss
@@ -36,11 +37,11 @@ def _rows(n, seed=0, length=(8, 40)):
 
 def _qlora(model_dir, device, modules_to_save=()):
     loader = ModelLoader(
-        ModelConfig(name_or_path=str(model_dir)), Bnb4bitQuant(compute_dtype="bfloat16"), device
+        ModelConfig(name_or_path=str(model_dir)), Bnb4bit.Config(compute_dtype="bfloat16"), device
     )
     base = prepare_for_training(loader.load_model(), grad_checkpointing=True)
     torch.manual_seed(0)
-    cfg = AdapterConfig(r=8, dropout=0.0, modules_to_save=list(modules_to_save))
+    cfg = AdapterBuilder.Config(r=8, dropout=0.0, modules_to_save=list(modules_to_save))
     return perturb_lora(AdapterBuilder(cfg).apply(base)).train()
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig
+from qlora_kit.config import ModelConfig
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.testing import make_tiny_llama
 from qlora_kit.training.offload import disable_offloaded_checkpointing, enable_offloaded_checkpointing
 
@@ -17,11 +18,11 @@ pytestmark = pytest.mark.gpu
 def _qlora(path, device, dropout: float):
     # eager attention: its backward has no atomics, so two runs of the same step are bit-identical
     loader = ModelLoader(
-        ModelConfig(name_or_path=str(path), attn_implementation="eager"), Bnb4bitQuant(), device
+        ModelConfig(name_or_path=str(path), attn_implementation="eager"), Bnb4bit.Config(), device
     )
     model, _ = loader.load()
     prepare_for_training(model, grad_checkpointing=True)
-    model = AdapterBuilder(AdapterConfig(r=8, alpha=16, dropout=dropout)).apply(model)
+    model = AdapterBuilder(AdapterBuilder.Config(r=8, alpha=16, dropout=dropout)).apply(model)
     torch.manual_seed(1)
     for name, param in model.named_parameters():
         if "lora_B" in name:
@@ -59,10 +60,10 @@ def test_offload_lowers_peak_memory_for_a_long_sequence(tmp_path, tokenizer, gpu
         tmp_path, tokenizer, hidden_size=hidden, intermediate_size=2816, num_hidden_layers=layers,
         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=tokens,
     )  # fmt: skip
-    loader = ModelLoader(ModelConfig(name_or_path=str(tmp_path)), Bnb4bitQuant(), gpu_device)
+    loader = ModelLoader(ModelConfig(name_or_path=str(tmp_path)), Bnb4bit.Config(), gpu_device)
     model, _ = loader.load()
     prepare_for_training(model, grad_checkpointing=True)
-    model = AdapterBuilder(AdapterConfig(r=16, dropout=0.0)).apply(model).train()
+    model = AdapterBuilder(AdapterBuilder.Config(r=16, dropout=0.0)).apply(model).train()
     model.get_base_model().disable_input_require_grads()  # else the first layer's input stays (a leaf)
     ids = torch.randint(0, 300, (1, tokens), device=gpu_device)
 

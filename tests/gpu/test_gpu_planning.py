@@ -17,7 +17,6 @@ from qlora_kit.planning import Settings, plan_run
 from qlora_kit.testing import make_tiny_llama
 from qlora_kit.training.loss import causal_lm_loss
 from qlora_kit.training.offload import enable_offloaded_checkpointing
-from qlora_kit.training.optim import build_optimizer
 
 pytestmark = pytest.mark.gpu
 
@@ -57,7 +56,7 @@ def test_planned_peak_is_within_15_percent_of_the_measured_one(model_dir, gpu_de
     model = AdapterBuilder(cfg.adapter).apply(model).train()
     if settings.activation_offload:
         enable_offloaded_checkpointing(model)
-    optimizer = build_optimizer(cfg.train.optimizer, model)
+    optimizer = cfg.train.optimizer.build().create(model)
     ids = torch.randint(0, 300, (1, TOKENS), device=gpu_device)
     batch = {"input_ids": ids, "labels": ids}
     for step in range(3):  # the first step allocates the optimizer state; measure the third

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, TrainConfig
+from qlora_kit.config import ModelConfig, TrainConfig
 from qlora_kit.data.collate import PackedCollator, PaddedCollator
 from qlora_kit.errors import ConfigError
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.testing import make_distilgpt2_shape, make_tiny_llama, perturb_lora
 from qlora_kit.training import Trainer
 from qlora_kit.training.head_loss import (
@@ -60,11 +61,11 @@ def _base(arch: str, tokenizer, grad_checkpointing: bool = False):
 
 _ATTENTION = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
 _ADAPTERS = {
-    "lora": lambda arch: AdapterConfig(r=4, dropout=0.0, target_modules=_ATTENTION[arch]),
-    "lora_on_head": lambda arch: AdapterConfig(
+    "lora": lambda arch: AdapterBuilder.Config(r=4, dropout=0.0, target_modules=_ATTENTION[arch]),
+    "lora_on_head": lambda arch: AdapterBuilder.Config(
         r=4, dropout=0.0, target_modules=[*_ATTENTION[arch], "lm_head"]
     ),
-    "head_to_save": lambda arch: AdapterConfig(
+    "head_to_save": lambda arch: AdapterBuilder.Config(
         r=4, dropout=0.0, target_modules=_ATTENTION[arch], modules_to_save=["lm_head"]
     ),
 }
@@ -298,11 +299,11 @@ def test_fused_loss_plumbing_with_a_stub_kernel(tokenizer, stub_liger, arch, ada
 
 def test_chunked_loss_on_a_4bit_base(tiny_llama_dir):
     loader = ModelLoader(
-        ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bitQuant(compute_dtype="bfloat16"), "cpu"
+        ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(compute_dtype="bfloat16"), "cpu"
     )
     base = prepare_for_training(loader.load_model(), grad_checkpointing=True)
     torch.manual_seed(0)
-    cfg = AdapterConfig(r=4, dropout=0.0, target_modules="all-linear", modules_to_save=["lm_head"])
+    cfg = AdapterBuilder.Config(r=4, dropout=0.0, target_modules="all-linear", modules_to_save=["lm_head"])
     model = perturb_lora(AdapterBuilder(cfg).apply(base)).train()
     assert check_head_split(model) is None
     batch = PaddedCollator(pad_token_id=0)(_rows(3))

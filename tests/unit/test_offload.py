@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from qlora_kit.config import AdapterConfig
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.testing import make_tiny_llama
 from qlora_kit.training.offload import (
@@ -20,7 +19,7 @@ TOKENS = 24
 
 def _model(tokenizer, checkpointing: bool):
     model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=3)
-    model = AdapterBuilder(AdapterConfig(r=4, alpha=8, dropout=0.2)).apply(model)
+    model = AdapterBuilder(AdapterBuilder.Config(r=4, alpha=8, dropout=0.2)).apply(model)
     torch.manual_seed(1)  # lora_B starts at zero; give it values so every gradient is non-trivial
     for name, param in model.named_parameters():
         if "lora_B" in name:

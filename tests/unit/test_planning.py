@@ -9,9 +9,10 @@ import torch
 from peft.helpers import disable_input_dtype_casting
 from transformers import LlamaConfig
 
-from qlora_kit.config import AdapterConfig, Bnb4bitQuant, ModelConfig, NoQuant, RunConfig
+from qlora_kit.config import ModelConfig, RunConfig
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.loading import ModelLoader, prepare_for_training
+from qlora_kit.model.quant import Bnb4bit, NoQuant
 from qlora_kit.planning import Settings, choose_settings, estimate_memory, model_shape, plan_run
 from qlora_kit.planning.memory import (
     Adapter,
@@ -65,7 +66,7 @@ def _quant_state_tensors(model):
 
 
 @pytest.mark.parametrize(
-    "quant", [Bnb4bitQuant(double_quant=True), Bnb4bitQuant(double_quant=False), NoQuant()]
+    "quant", [Bnb4bit.Config(double_quant=True), Bnb4bit.Config(double_quant=False), NoQuant.Config()]
 )
 def test_weight_bytes_equal_a_real_load_on_cpu(tmp_path_factory, tokenizer, quant):
     path = _tiny_dir(tmp_path_factory, tokenizer)
@@ -77,7 +78,7 @@ def test_weight_bytes_equal_a_real_load_on_cpu(tmp_path_factory, tokenizer, quan
 
 def test_tied_embeddings_are_counted_once(tmp_path_factory, tokenizer):
     path = _tiny_dir(tmp_path_factory, tokenizer, tie_word_embeddings=True)
-    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bitQuant(), "cpu").load()
+    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
     measured = _storage_bytes([*model.parameters(), *model.buffers(), *_quant_state_tensors(model)])
     assert sum(weight_bytes(_shape(path), "bnb_4bit", True, 2).values()) == measured
 
@@ -88,14 +89,13 @@ def test_tied_embeddings_are_counted_once(tmp_path_factory, tokenizer):
 @pytest.mark.parametrize("optimizer", ["adamw_torch", "paged_adamw_8bit"])
 def test_adapter_and_optimizer_bytes_equal_a_real_step(tmp_path_factory, tokenizer, optimizer):
     from qlora_kit.config import RunConfig
-    from qlora_kit.training.optim import build_optimizer
 
     # r=48 on a 96-wide model: some LoRA tensors reach bitsandbytes' 4096-element 8-bit threshold, some not
     path = _tiny_dir(tmp_path_factory, tokenizer)
-    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bitQuant(), "cpu").load()
-    model = AdapterBuilder(AdapterConfig(r=48, alpha=16)).apply(model)
+    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
+    model = AdapterBuilder(AdapterBuilder.Config(r=48, alpha=16)).apply(model)
     opt_cfg = RunConfig.model_validate({"train": {"optimizer": {"kind": optimizer}}}).train.optimizer
-    opt = build_optimizer(opt_cfg, model)
+    opt = opt_cfg.build().create(model)
     ids = torch.randint(0, 300, (1, 16))
     model(input_ids=ids, labels=ids).loss.backward()
     opt.step()
@@ -137,8 +137,8 @@ def _saved_bytes(model, tokens: int) -> int:
     return sum(seen.values())
 
 
-def _lora_model(path, adapter: AdapterConfig):
-    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bitQuant(), "cpu").load()
+def _lora_model(path, adapter: AdapterBuilder.Config):
+    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
     prepare_for_training(model, grad_checkpointing=False)
     model.enable_input_require_grads()  # layer 0 then saves what every other layer saves
     return AdapterBuilder(adapter).apply(model).train()
@@ -147,11 +147,11 @@ def _lora_model(path, adapter: AdapterConfig):
 @pytest.mark.parametrize(
     ("dims", "adapter"),
     [
-        ({}, AdapterConfig(r=4, dropout=0.05)),
-        ({}, AdapterConfig(r=4, dropout=0.0)),
-        ({"intermediate_size": 320, "num_key_value_heads": 1}, AdapterConfig(r=8, dropout=0.0)),
-        ({"num_attention_heads": 6, "num_key_value_heads": 3}, AdapterConfig(r=8, dropout=0.1)),
-        ({}, AdapterConfig(r=4, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])),
+        ({}, AdapterBuilder.Config(r=4, dropout=0.05)),
+        ({}, AdapterBuilder.Config(r=4, dropout=0.0)),
+        ({"intermediate_size": 320, "num_key_value_heads": 1}, AdapterBuilder.Config(r=8, dropout=0.0)),
+        ({"num_attention_heads": 6, "num_key_value_heads": 3}, AdapterBuilder.Config(r=8, dropout=0.1)),
+        ({}, AdapterBuilder.Config(r=4, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])),
     ],
 )
 def test_saved_bytes_per_token_equal_saved_tensor_hooks(tmp_path_factory, tokenizer, dims, adapter):
@@ -170,14 +170,14 @@ def test_saved_bytes_per_token_equal_saved_tensor_hooks(tmp_path_factory, tokeni
 
 def test_offloaded_bytes_equal_the_planned_host_bytes(tmp_path_factory, tokenizer):
     path = _tiny_dir(tmp_path_factory, tokenizer, num_hidden_layers=3)
-    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bitQuant(), "cpu").load()
-    prepare_for_training(model, grad_checkpointing=True)  # enable_input_require_grads: layer 0's input stays
-    model = AdapterBuilder(AdapterConfig(r=4)).apply(model).train()
+    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
+    prepare_for_training(model, grad_checkpointing=True)  # no input grads: every layer's input is offloaded
+    model = AdapterBuilder(AdapterBuilder.Config(r=4)).apply(model).train()
     handle = enable_offloaded_checkpointing(model, min_bytes=0)
     ids = torch.randint(0, 300, (2, 40))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(input_ids=ids, labels=ids).loss
-    plan = estimate_memory(_shape(path), Bnb4bitQuant(), Adapter(r=4), Settings(True, True), 80)
+    plan = estimate_memory(_shape(path), Bnb4bit.Config(), Adapter(r=4), Settings(True, True), 80)
     assert handle.offloader.pending_bytes() == plan.host_bytes
     loss.backward()
 
@@ -197,7 +197,8 @@ def _cfg(path, rows: int, seq: int, **train) -> RunConfig:
             },
             "adapter": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
             "data": {"max_length": seq},
-            "train": {"micro_batch_size": rows, "optimizer": {"kind": "paged_adamw_8bit"}, **train},
+            "train": {"micro_batch_size": rows, "optimizer": {"kind": "paged_adamw_8bit"}, "loss": "standard",
+                      "grad_checkpointing": True, "activation_offload": False, **train},
         }
     )
 
@@ -257,7 +258,8 @@ def test_choose_settings_picks_the_cheapest_that_fits(llama_8b):
     path, shape = llama_8b
 
     def choose(seq, loss="standard"):
-        plan = choose_settings(_cfg(path, 1, seq), gpu_memory_gib=139.8, shape=shape, loss=loss)
+        cfg = _cfg(path, 1, seq, grad_checkpointing="auto", activation_offload="auto")
+        plan = choose_settings(cfg, gpu_memory_gib=139.8, shape=shape, loss=loss)
         return plan.settings.grad_checkpointing, plan.settings.activation_offload, plan.verdict
 
     assert choose(4096) == (False, False, "fits")

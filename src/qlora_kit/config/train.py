@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from qlora_kit.registry import callbacks, losses, optimizers, schedulers
 from qlora_kit.strict import StrictModel
@@ -18,7 +18,7 @@ OptimizerSpec = optimizers.field_type("adamw_torch")
 """A `train.optimizer` section: `{kind: <registered optimizer>, lr: ..., ...}`."""
 SchedulerSpec = schedulers.field_type("linear")
 """A `train.scheduler` section: `{kind: <registered schedule>, warmup_ratio: ..., ...}`."""
-LossSpec = losses.field_type("standard")
+LossSpec = losses.field_type("auto")
 """A `train.loss` section: a registered loss kind, as a name or `{kind: ..., <options>}`."""
 CallbackSpec = callbacks.field_type()
 """One entry of `train.callbacks`: `{kind: <registered callback>, <options>}`."""
@@ -35,14 +35,20 @@ class TrainConfig(StrictModel):
     """Rows per forward pass."""
     grad_accum: int = Field(default=1, gt=0)
     """Micro-batches per optimizer step; the loss is normalised by the supervised tokens of the window."""
-    grad_checkpointing: bool = True
-    """Recompute activations in the backward pass (non-reentrant) to save memory."""
+    grad_checkpointing: bool | Literal["auto"] = "auto"
+    """Recompute each decoder layer in the backward pass (non-reentrant) to save memory. `auto`: off
+    when a step fits the device's memory with a margin (`qlora-kit plan` shows the estimate; the first
+    step's measured peak is checked against it), on otherwise."""
+    activation_offload: bool | Literal["auto"] = "auto"
+    """Keep the checkpointed layers' inputs in pinned CPU memory, copied on a side CUDA stream (CUDA
+    only; needs checkpointing). `auto`: only when a step does not fit without it."""
     optimizer: OptimizerSpec = optimizers.default("adamw_torch")
     """Optimizer and its learning rate."""
     scheduler: SchedulerSpec = schedulers.default("linear", warmup_ratio=0.03)
     """Learning-rate schedule."""
-    loss: LossSpec = losses.default("standard")
-    """How the loss is computed from the model's outputs (summed token cross-entropy)."""
+    loss: LossSpec = losses.default("auto")
+    """How the loss is computed from the model's last hidden states: `auto` takes the fastest exact
+    kind (fused, chunked or standard: the same numbers, computed with less memory)."""
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     """Clip the global gradient norm (None disables)."""
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
@@ -67,3 +73,12 @@ class TrainConfig(StrictModel):
     """Fixed prompts generated at every evaluation and written to the output dir."""
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
     """Accelerate trackers to log to besides metrics.jsonl."""
+
+    @model_validator(mode="after")
+    def _offload_needs_checkpointing(self) -> TrainConfig:
+        if self.activation_offload is True and self.grad_checkpointing is False:
+            raise ValueError(
+                "train.activation_offload: true needs train.grad_checkpointing: true or auto (it offloads the "
+                "inputs of checkpointed layers)"
+            )
+        return self

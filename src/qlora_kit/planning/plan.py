@@ -121,6 +121,8 @@ def plan_run(
         peak_tflops: the GPU's bf16 dense peak.
     """
     shape = shape or shape_of(cfg)
+    if settings is None and "auto" in (cfg.train.grad_checkpointing, cfg.train.activation_offload):
+        return choose_settings(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, shape=shape)
     settings = settings or settings_of(cfg)
     seq = seq_tokens or cfg.data.max_length
     rows = cfg.train.micro_batch_size
@@ -154,16 +156,17 @@ def choose_settings(
 ) -> Plan:
     """The cheapest settings under which a micro-step of ``cfg`` fits, as a :class:`Plan`.
 
-    Tried in order of speed: checkpointing off, on, on with activation offload; the loss stays as
-    configured (or ``loss``). The first whose plan `fits` (with the 10% margin) is returned; if none
-    does, the last (its ``verdict`` says so, its ``max_tokens`` says how many tokens would fit).
+    Tried in order of speed, among those the config allows (`auto` allows both): checkpointing off,
+    on, on with activation offload; the loss stays as configured (or ``loss``). The first whose plan
+    `fits` (with the 10% margin) is returned; if none does, the last (its ``verdict`` says so, its
+    ``max_tokens`` says how many tokens would fit).
     """
     shape = shape or shape_of(cfg)
     base = settings_of(cfg)
     if loss is not None:
         base = replace(base, loss=loss)
     plan = None
-    for checkpointing, offload in ((False, False), (True, False), (True, True)):
+    for checkpointing, offload in candidate_settings(cfg):
         settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload)
         plan = plan_run(
             cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=settings, shape=shape
@@ -183,17 +186,23 @@ def shape_of(cfg: Any) -> ModelShape:
     return model_shape(config, list(getattr(cfg.quant, "skip_modules", [])), cfg.model.trust_remote_code)
 
 
+def candidate_settings(cfg: Any) -> list[tuple[bool, bool]]:
+    """``(checkpointing, offload)`` pairs the config allows, fastest first (`auto` allows both values)."""
+    checkpointing, offload = cfg.train.grad_checkpointing, cfg.train.activation_offload
+    return [
+        (c, o)
+        for c, o in ((False, False), (True, False), (True, True))
+        if checkpointing in ("auto", c) and offload in ("auto", o)
+    ]
+
+
 def settings_of(cfg: Any) -> Settings:
-    """The config's checkpointing, offload and loss (``train.activation_offload`` and ``train.loss``
-    where this version has them; `auto` offload plans without it, `auto` loss as chunked)."""
-    offload = getattr(cfg.train, "activation_offload", False)
-    loss = getattr(cfg.train, "loss", "standard")
-    loss = getattr(loss, "kind", loss)
-    return Settings(
-        grad_checkpointing=cfg.train.grad_checkpointing,
-        activation_offload=offload is True and cfg.train.grad_checkpointing,
-        loss="chunked" if loss == "auto" else loss,
-    )
+    """The config's checkpointing, offload and loss; `auto` checkpointing or offload plan as the first
+    setting the config allows, `auto` loss as chunked."""
+    checkpointing, offload = candidate_settings(cfg)[0]
+    loss = getattr(cfg.train.loss, "kind", cfg.train.loss)
+    return Settings(grad_checkpointing=checkpointing, activation_offload=offload,
+                    loss="chunked" if loss == "auto" else loss)  # fmt: skip
 
 
 def adapter_of(cfg: Any) -> Adapter:

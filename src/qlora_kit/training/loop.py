@@ -182,6 +182,7 @@ class Trainer:
 
     def _between_steps(self, s: TrainingSession, eval_data: Any) -> None:
         state, cfg = s.state, self.cfg
+        s.check_memory()
         metrics: dict[str, Any] = {}
         if s.interval_losses and (state.step % cfg.log_every == 0 or state.step >= state.total_steps):
             metrics = s.log.log_train(state.step, self._train_record(s))

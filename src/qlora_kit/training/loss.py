@@ -1,8 +1,7 @@
 """Token-normalised causal-LM loss, computed by the library rather than by ``model(labels=...)``.
 
-Loss kinds (the `train.loss` section) are registered in :data:`qlora_kit.registry.losses`; the built-in
-``standard`` kind is :func:`causal_lm_loss`. A kind's ``prepare(model)`` returns the :class:`LossFn` the
-Trainer calls, so a kind may pick an implementation once it sees the model.
+Loss kinds (the `train.loss` section) are in :mod:`qlora_kit.training.loss_kinds`; the ``standard`` kind
+is :func:`causal_lm_loss`.
 
 The loop needs the SUM of token cross-entropies of a micro-batch, because it divides by the number of
 supervised tokens of the whole accumulation window (a mean of per-batch means over-weights short
@@ -19,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from qlora_kit.formatting.tokens import IGNORE_INDEX
-from qlora_kit.registry import losses
 
 
 class LossFn(Protocol):
@@ -60,15 +58,3 @@ def causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tenso
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, use_cache=False).logits
     return token_cross_entropy(logits, shift_targets(batch["labels"], batch.get("position_ids")))
-
-
-@losses.register("standard")
-class StandardLoss:
-    """The model's full logits, then the summed cross-entropy of the supervised tokens in fp32."""
-
-    def __init__(self, config: Any = None):
-        self.config = config
-
-    def prepare(self, model: Any) -> LossFn:
-        """The loss function to train ``model`` with."""
-        return causal_lm_loss

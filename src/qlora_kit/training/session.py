@@ -23,6 +23,7 @@ from qlora_kit.compat import reset_stale_accelerate_state
 from qlora_kit.errors import ConfigError, DataError
 from qlora_kit.model.loading import set_grad_checkpointing
 from qlora_kit.model.quant import keep_4bit_weights_trainable
+from qlora_kit.planning.live import check_first_step, choose_memory_settings
 from qlora_kit.training.batches import Window, epoch_batches, row_lengths, windows
 from qlora_kit.training.checkpoint import (
     CheckpointManager,
@@ -32,6 +33,7 @@ from qlora_kit.training.checkpoint import (
     read_state_file,
 )
 from qlora_kit.training.evaluation import GENERATIONS_FILE
+from qlora_kit.training.offload import enable_offloaded_checkpointing
 from qlora_kit.training.state import TrainerState
 from qlora_kit.training.tracking import MetricsLogger, truncate_jsonl
 
@@ -152,11 +154,33 @@ class TrainingSession:
         set_seed(cfg.seed)  # dropout; a resumed run then restores the checkpoint's generator states
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(acc.device)
-        set_grad_checkpointing(model, cfg.grad_checkpointing)
+        self._memory_checked = False
+        self.memory = choose_memory_settings(cfg, model, self._largest_micro_batch(), acc.device)
+        logger.info("memory: %s", self.memory.describe())
+        set_grad_checkpointing(model, self.memory.grad_checkpointing)
+        self._offload = enable_offloaded_checkpointing(model) if self.memory.activation_offload else None
         keep_4bit_weights_trainable(model)
         model.train()
         optimizer = cfg.optimizer.build().create(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+
+    def _largest_micro_batch(self) -> int:
+        """Tokens of the biggest forward pass of the first epoch (what the memory plan is made for)."""
+        lengths = self._lengths if not isinstance(self._lengths, range) else row_lengths(self.rows)
+        micro = [m for window in self.windows(0) for m in window]
+        biggest = max(micro, key=lambda m: (max(lengths[i] for i in m) * len(m), sum(lengths[i] for i in m)))
+        return int(self.collate_fn([self.rows[i] for i in biggest])["input_ids"].numel())
+
+    def check_memory(self) -> None:
+        """After this session's first step (once): check its measured peak against the plan, and turn
+        checkpointing on if it was off and the step came within the margin of the device's memory
+        (numerics do not change)."""
+        if self._memory_checked:
+            return
+        self._memory_checked = True
+        if check_first_step(self.memory, self.device):
+            logger.warning("memory: the first step used more than planned; turning activation checkpointing on")
+            set_grad_checkpointing(self.accelerator.unwrap_model(self.model), True)
 
     def _resume(self, path: Path, changes: list[str], total: int, fingerprints: dict[str, Any]) -> None:
         saved = self.checkpoints.load(self.accelerator, self.model, self.optimizer, path)
@@ -248,6 +272,9 @@ class TrainingSession:
             acc.free_memory()
 
     def _release(self) -> None:
+        if getattr(self, "_offload", None) is not None:
+            self._offload.remove()
+            self._offload = None
         self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)  # restores the model's own forward
         keep_4bit_weights_trainable(self.model)
 
