@@ -96,7 +96,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     overrides += [f"export.kind={args.kind}"] if args.kind else []
     overrides += [f"export.merge_base={args.merge_base}"] if args.merge_base else []
-    result = export_run(args.output_dir, overrides, device=args.device)
+    result = export_run(args.output_dir, overrides, device=args.device, allow_code=args.trust_code)
     print(result.summary())
     return _merge_exit_code(result)
 
@@ -105,7 +105,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from qlora_kit.generation import chat, generate, load_exported
 
     fields = dict(item.split("=", 1) for item in args.field)
-    loaded = load_exported(args.output_dir, prefer=args.use, device=args.device)
+    loaded = load_exported(args.output_dir, prefer=args.use, device=args.device, allow_code=args.trust_code)
     options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.chat:
         chat(loaded, args.prompt[0] if args.prompt else None, **options)
@@ -115,6 +115,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     for prompt in args.prompt:
         print(generate(loaded, prompt, input=args.input, fields=fields, **options))
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from qlora_kit.rundir.verify import verify_directory
+
+    report = verify_directory(args.dir, load=not args.no_load, allow_code=args.trust_code, device=args.device)
+    print(report.to_text())
+    return 0 if report.ok else 1
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
@@ -134,6 +142,14 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def _with_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML or JSON run config")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optimizer.lr=1e-4")
+
+
+def _trust_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the plugins and run the model code that the run's run_config.yaml asks for",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge-base", choices=["original", "dequantized"], help="shortcut for export.merge_base=..."
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
+    _trust_code(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("generate", help="generate from an exported run in its training prompt format")
@@ -212,7 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
+    _trust_code(p)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "verify", help="check a run, export or checkpoint dir against its manifest; load its model"
+    )
+    p.add_argument("dir", help="a run's output_dir, its adapter/ or merged/, or a checkpoint")
+    p.add_argument("--no-load", action="store_true", help="only check files, do not load the model")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
+    _trust_code(p)
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser(
         "quickstart", help="fine-tune SmolLM2-135M offline on a generated task; before/after report"

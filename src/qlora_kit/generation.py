@@ -59,20 +59,26 @@ def resolve_export_dir(path: str | Path, prefer: str | None = None) -> tuple[Pat
     )
 
 
-def load_exported(path: str | Path, prefer: str | None = None, device: str | None = None) -> LoadedModel:
+def load_exported(
+    path: str | Path, prefer: str | None = None, device: str | None = None, *, allow_code: bool = False
+) -> LoadedModel:
     """Load an exported adapter (onto its base, quantized as in training) or merged model.
+
+    The export is checked against its manifest first, so a damaged file is named before loading.
 
     Args:
         path: A run's output dir, or its ``adapter/`` or ``merged/`` dir.
         prefer: ``adapter`` or ``merged`` when a run dir holds both.
         device: Where to run; default ``cuda:0`` when available, else CPU.
+        allow_code: Import the run config's plugins and trust its model code (``--trust-code``).
     """
-    from qlora_kit.config.io import load_config
+    from qlora_kit.config.io import load_run_config
     from qlora_kit.formatting import build_formatter
     from qlora_kit.model.loading import ModelLoader, resolve_device
 
     path, kind = resolve_export_dir(path, prefer)
-    run_cfg = load_config(path / RUN_CONFIG_FILE)
+    run_cfg = load_run_config(path / RUN_CONFIG_FILE, allow_code=allow_code)
+    require_intact_export(path)
     if kind == "adapter":
         from peft import PeftModel
 
@@ -87,6 +93,26 @@ def load_exported(path: str | Path, prefer: str | None = None, device: str | Non
     model.eval()
     formatter = build_formatter(run_cfg.data.formatter, tokenizer)
     return LoadedModel(model, tokenizer, formatter, run_cfg, kind, path)
+
+
+def require_intact_export(path: Path) -> None:
+    """Check an export (or checkpoint) directory against its manifest, naming a damaged file.
+
+    Raises:
+        CheckpointError: a file is missing, truncated or changed; says how to get a good copy.
+    """
+    from qlora_kit.errors import CheckpointError
+    from qlora_kit.rundir.manifest import MANIFEST, verify_manifest
+
+    manifest_dir = path if (path / MANIFEST).is_file() else path.parent  # a checkpoint's adapter/
+    if not (manifest_dir / MANIFEST).is_file():
+        return  # written before manifests existed: nothing to check against
+    problems = [p for p in verify_manifest(manifest_dir) if str(path) in p]
+    if problems:
+        raise CheckpointError(
+            f"{path} is damaged: {problems[0]}. Export it again from the run (qlora-kit export RUN_DIR), or "
+            "use an earlier checkpoint's adapter/"
+        )
 
 
 def prompt_ids(formatter: Any, tokenizer: Any, example: Mapping[str, Any]) -> list[int]:

@@ -45,8 +45,9 @@ def token_rows(n, seed=0, lengths=(6, 24)):
 
 
 def config(**overrides):
-    settings = dict(micro_batch_size=2, grad_accum=1, max_steps=2, grad_checkpointing=False, log_every=1,
-                    loss="standard")  # the tests hook the head: one forward per step
+    settings = dict(
+        micro_batch_size=2, grad_accum=1, max_steps=2, grad_checkpointing=False, log_every=1, loss="standard"
+    )  # the tests hook the head: one forward per step
     return TrainConfig(**{**settings, **overrides})
 
 

@@ -197,8 +197,14 @@ def _cfg(path, rows: int, seq: int, **train) -> RunConfig:
             },
             "adapter": {"r": 16, "alpha": 32, "target_modules": "all-linear"},
             "data": {"max_length": seq},
-            "train": {"micro_batch_size": rows, "optimizer": {"kind": "paged_adamw_8bit"}, "loss": "standard",
-                      "grad_checkpointing": True, "activation_offload": False, **train},
+            "train": {
+                "micro_batch_size": rows,
+                "optimizer": {"kind": "paged_adamw_8bit"},
+                "loss": "standard",
+                "grad_checkpointing": True,
+                "activation_offload": False,
+                **train,
+            },
         }
     )
 

@@ -144,7 +144,9 @@ def validate_config(data: Mapping[str, Any], source: str = "config") -> RunConfi
 
 
 def load_config(
-    path_or_dict: str | Path | Mapping[str, Any] | RunConfig, overrides: Iterable[str] = ()
+    path_or_dict: str | Path | Mapping[str, Any] | RunConfig,
+    overrides: Iterable[str] = (),
+    source: str = "config",
 ) -> RunConfig:
     """Load a :class:`RunConfig` from a YAML/JSON file, a dict or a RunConfig, applying dotted overrides.
 
@@ -155,13 +157,46 @@ def load_config(
         data: Mapping[str, Any] = path_or_dict.model_dump(mode="json")
         source = "config"
     elif isinstance(path_or_dict, Mapping):
-        data, source = path_or_dict, "config"
+        data = path_or_dict
     else:
         data, source = read_config_file(path_or_dict), str(path_or_dict)
     overrides = list(overrides)
     if overrides:
         data = apply_overrides(data, overrides)
     return validate_config(data, source)
+
+
+def load_run_config(
+    path: str | Path, overrides: Iterable[str] = (), *, allow_code: bool = False
+) -> RunConfig:
+    """The ``run_config.yaml`` of a run or export directory, for `generate`, `export` and `verify`.
+
+    A run directory may come from anyone: its config must not run code unless the user says so. So
+    ``plugins`` (modules to import) and ``model.trust_remote_code`` are refused unless ``allow_code``
+    (``--trust-code`` on the command line), before anything is imported.
+
+    Raises:
+        ConfigError: the file is missing or invalid, or asks to run code without ``allow_code``.
+    """
+    data = read_config_file(path)
+    if not allow_code:
+        asks = []
+        if data.get("plugins"):
+            asks.append(f"imports the plugin module(s) {data['plugins']}")
+        if isinstance(data.get("model"), dict) and data["model"].get("trust_remote_code"):
+            asks.append("runs the model repository's own code (model.trust_remote_code: true)")
+        if asks:
+            raise ConfigError(
+                [
+                    (
+                        "",
+                        f"this run's config {' and '.join(asks)}; code from a run directory runs only if you "
+                        "trust it: pass --trust-code (Python: allow_code=True)",
+                    )
+                ],  # fmt: skip
+                str(path),
+            )
+    return load_config(data, overrides, source=str(path))
 
 
 def config_to_yaml(cfg: RunConfig) -> str:

@@ -12,6 +12,8 @@ on resume, for example to lower the learning rate after a non-finite loss, or to
 - evaluation, checkpoint and logging cadence: ``train.eval_every``, ``train.eval_batch_size``,
   ``train.save_every``, ``train.keep_last``, ``train.log_every``, ``train.generation_prompts``,
   ``train.trackers``, ``train.callbacks``, ``train.resume``;
+- ``data.source.path`` and ``data.eval.source.path`` (a moved file: the rows themselves are checked by a
+  hash of their tokens, so different data is refused however it is named);
 - ``export`` (what is written after training), ``output_dir``, ``plugins``, ``model.cache_dir``.
 """
 
@@ -37,6 +39,8 @@ RESUMABLE_CHANGES = (
     "train.trackers",
     "train.callbacks",
     "train.resume",
+    "data.source.path",
+    "data.eval.source.path",
     "export",
     "output_dir",
     "plugins",

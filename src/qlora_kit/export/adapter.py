@@ -8,6 +8,7 @@ from typing import Any
 from qlora_kit.errors import QloraKitError
 from qlora_kit.export.files import generation_config_for, write_run_files
 from qlora_kit.files import atomic_dir
+from qlora_kit.rundir.manifest import write_manifest
 
 ADAPTER_DIR = "adapter"
 
@@ -40,4 +41,5 @@ def save_adapter(model: Any, tokenizer: Any, target: str | Path, run_cfg: Any) -
         tokenizer.save_pretrained(tmp)
         generation_config_for(model, tokenizer, run_cfg).save_pretrained(tmp)
         write_run_files(tmp, run_cfg)
+        write_manifest(tmp, export="adapter")
     return target

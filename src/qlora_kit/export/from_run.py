@@ -44,29 +44,45 @@ def held_out_rows(cfg: Any, tokenizer: Any) -> Any:
     return bundle.eval if bundle.eval is not None else bundle.train
 
 
-def export_run(output_dir: str | Path, overrides: Iterable[str] = (), device: str | None = None) -> Any:
+def export_run(
+    output_dir: str | Path,
+    overrides: Iterable[str] = (),
+    device: str | None = None,
+    *,
+    allow_code: bool = False,
+) -> Any:
     """Load a run's base and trained adapter, then export per its config's `export` section with
     ``overrides`` applied (e.g. ``export.kind=merged``, ``export.merge_base=original``).
+
+    Holds the run directory's lock while it writes, and refreshes the directory's manifest after.
+
+    Args:
+        allow_code: Import the run config's plugins and trust its model code (``--trust-code``).
 
     Returns:
         The :class:`~qlora_kit.export.ExportResult`.
     """
     from peft import PeftModel
 
-    from qlora_kit.config.io import load_config
-    from qlora_kit.export import build_exporter
+    from qlora_kit.config.io import load_run_config
+    from qlora_kit.generation import require_intact_export
     from qlora_kit.model.loading import ModelLoader
+    from qlora_kit.rundir import RunDir, RunLock
 
     output_dir = Path(output_dir)
     if not (output_dir / RUN_CONFIG_FILE).is_file():
         raise QloraKitError(
             f"{output_dir}: no {RUN_CONFIG_FILE}; is it the output_dir of a `qlora-kit train` run?"
         )
-    cfg = load_config(output_dir / RUN_CONFIG_FILE, overrides)
+    cfg = load_run_config(output_dir / RUN_CONFIG_FILE, overrides, allow_code=allow_code)
     if cfg.export.kind == "none":
         raise QloraKitError("export.kind is `none`; pass export.kind=adapter or export.kind=merged")
-    source = trained_adapter_dir(output_dir)
-    base, tokenizer = ModelLoader(cfg.model, cfg.quant, device=device).load()
-    model = PeftModel.from_pretrained(base, source)
-    rows = held_out_rows(cfg, tokenizer) if cfg.export.kind == "merged" else None
-    return build_exporter(cfg.export).export(model, tokenizer, output_dir, cfg, verify_rows=rows)
+    with RunDir(output_dir, RunLock(output_dir).acquire(), resuming=False) as run_dir:
+        source = trained_adapter_dir(output_dir)
+        require_intact_export(source)
+        base, tokenizer = ModelLoader(cfg.model, cfg.quant, device=device).load()
+        model = PeftModel.from_pretrained(base, source)
+        rows = held_out_rows(cfg, tokenizer) if cfg.export.kind == "merged" else None
+        result = cfg.export.build().export(model, tokenizer, output_dir, cfg, verify_rows=rows)
+        run_dir.finish(cfg)
+    return result

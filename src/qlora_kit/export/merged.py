@@ -23,6 +23,7 @@ from qlora_kit.export.adapter import save_adapter
 from qlora_kit.export.files import generation_config_for, model_device, write_run_files
 from qlora_kit.export.verify import compare_logits, logits_of, verification_inputs
 from qlora_kit.files import atomic_dir
+from qlora_kit.rundir.manifest import write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def merge_and_verify(
         generation_config_for(model, tokenizer, run_cfg).save_pretrained(tmp)
         write_run_files(tmp, run_cfg)
         (tmp / MERGE_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_manifest(tmp, export="merged")
     if not report["passed"]:
         warnings.warn(report["message"], MergeVerificationWarning, stacklevel=2)
     return adapter_dir, target, report

@@ -74,7 +74,9 @@ def check_first_step(decision: MemoryDecision, device: torch.device) -> bool:
         return False
     measured = torch.cuda.max_memory_allocated(device)
     planned = decision.estimate.peak_allocated
-    logger.info("memory at the first step: %.2f GiB measured, %.2f GiB planned", measured / 2**30, planned / 2**30)
+    logger.info(
+        "memory at the first step: %.2f GiB measured, %.2f GiB planned", measured / 2**30, planned / 2**30
+    )
     return not decision.grad_checkpointing and measured > (1 - MARGIN) * decision.capacity
 
 
@@ -93,7 +95,13 @@ def _live_inputs(model: Any, train_cfg: Any) -> tuple[Any, Any, Adapter, int]:
     config = base.config
     qc = getattr(config, "quantization_config", None)
     qc_get = (lambda k: qc.get(k)) if isinstance(qc, dict) else (lambda k: getattr(qc, k, None))  # noqa: E731
-    kind = "bnb_4bit" if qc and qc_get("load_in_4bit") else "bnb_8bit" if qc and qc_get("load_in_8bit") else "none"
+    kind = (
+        "bnb_4bit"
+        if qc and qc_get("load_in_4bit")
+        else "bnb_8bit"
+        if qc and qc_get("load_in_8bit")
+        else "none"
+    )
     quant = SimpleNamespace(kind=kind, double_quant=bool(qc and qc_get("bnb_4bit_use_double_quant")))
     peft_config = getattr(model, "peft_config", {}).get("default")
     adapter = Adapter(

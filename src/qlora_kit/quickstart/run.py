@@ -183,7 +183,7 @@ def quickstart(
     write_jsonl(train, out / "data" / "train.jsonl")
     write_jsonl(held_out, out / "data" / "eval.jsonl")
     cfg = quickstart_config(out, steps, out / "data", export)
-    result = run(cfg)
+    result = run(cfg, overwrite=True)  # a quickstart run replaces the previous one
     model, tokenizer = result.model, result.tokenizer
     formatter = build_formatter(cfg.data.formatter, tokenizer)
     collate = make_collator(cfg.data, tokenizer)

@@ -156,7 +156,8 @@ def _share_error(state: Any, error: Exception | None) -> None:
 def _classify(path: Path, cfg: Any, overwrite: bool) -> bool:
     """True to resume the run in ``path``; False for a fresh start (after clearing, if allowed)."""
     artifacts = run_artifacts(path)
-    if not artifacts:
+    started = any(p.name == RUN_CONFIG_FILE or p.name.startswith("checkpoint-") for p in artifacts)
+    if not started:  # nothing, or the reports of a run that stopped before it trained: start over
         return False
     if overwrite:
         if cfg.train.resume is not None:

@@ -179,7 +179,9 @@ class TrainingSession:
             return
         self._memory_checked = True
         if check_first_step(self.memory, self.device):
-            logger.warning("memory: the first step used more than planned; turning activation checkpointing on")
+            logger.warning(
+                "memory: the first step used more than planned; turning activation checkpointing on"
+            )
             set_grad_checkpointing(self.accelerator.unwrap_model(self.model), True)
 
     def _resume(self, path: Path, changes: list[str], total: int, fingerprints: dict[str, Any]) -> None:
