@@ -99,6 +99,7 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
     from qlora_kit.compat import attn_implementation
     from qlora_kit.config.io import load_config, write_run_config
     from qlora_kit.data import build_datasets, build_formatter, length_grouped_batches, make_collator
+    from qlora_kit.export import ExportResult
     from qlora_kit.model.loading import ModelLoader, prepare_for_training
     from qlora_kit.rundir import open_run_dir
     from qlora_kit.training import Trainer
@@ -132,7 +133,9 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
             write_run_config(cfg, out)  # the run starts: record exactly what it is
         trained = trainer.fit(model, data.train, data.eval)
         held_out = data.eval if data.eval is not None else data.train
-        exported = cfg.export.build().export(model, tokenizer, out, cfg, verify_rows=held_out)
+        exported = ExportResult(kind=cfg.export.kind)  # written by the main process alone
+        if run_dir.main:
+            exported = cfg.export.build().export(model, tokenizer, out, cfg, verify_rows=held_out)
         result = RunResult(
             out, trained, exported, data.report, time.perf_counter() - started, model, tokenizer, data
         )

@@ -252,3 +252,32 @@ def test_manifest_names_a_damaged_file_and_verify_checks_loading(reference):
         )
     finally:
         adapter.write_bytes(original)
+
+
+def test_two_processes_from_the_command_line_match_one(tmp_path, tiny_llama_dir):
+    """`torchrun --nproc_per_node 2 -m qlora_kit.cli train` on CPUs ends with the adapter one process makes
+    with the same global batch (dropout 0: each process draws its own dropout masks). (accelerate 1.x's
+    `accelerate launch --cpu --num_processes 2` starts ONE process unless given an mpirun hostfile.)"""
+    import socket
+
+    from safetensors.torch import load_file
+
+    cfg = _config(tmp_path, tiny_llama_dir, "two", max_steps=4, save_every=2)
+    data = yaml.safe_load(cfg.read_text())
+    data["adapter"]["dropout"] = 0.0
+    cfg.write_text(yaml.safe_dump(data))
+    one = _cli("train", cfg, "train.grad_accum=2", f"output_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-3000:]
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+              "-m", "qlora_kit.cli", "train", str(cfg)]  # fmt: skip
+    two = subprocess.run(launch, capture_output=True, text=True, timeout=600, env=_env(tmp_path))
+    assert two.returncode == 0, two.stderr[-4000:]
+    expected, got = load_file(tmp_path / "one" / ADAPTER), load_file(tmp_path / "two" / ADAPTER)
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert (got[name] - value).abs().max().item() <= 1e-4, name  # bit-identical when measured
+    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # logged once, by the main process

@@ -114,9 +114,11 @@ def open_run_dir(cfg: Any, *, overwrite: bool = False) -> RunDir:
         OutputDirError: the directory is unusable, locked by a live run, or holds another run.
         ConfigError: ``train.resume`` asks to continue a run whose config differs in a fixed field.
     """
+    import torch
     from accelerate import PartialState
 
-    path, state = Path(cfg.output_dir), PartialState()
+    # cpu=True where there is no GPU: under torchrun that makes accelerate join the processes over gloo
+    path, state = Path(cfg.output_dir), PartialState(cpu=not torch.cuda.is_available())
     run_dir, error = None, None
     if state.is_main_process:
         try:
