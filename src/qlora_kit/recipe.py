@@ -103,7 +103,7 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
     from qlora_kit.model.loading import ModelLoader, prepare_for_training
     from qlora_kit.rundir import open_run_dir
     from qlora_kit.training import Trainer
-    from qlora_kit.training.checkpoint import check_resume_data
+    from qlora_kit.training.resume import check_resume_data
 
     started = time.perf_counter()
     cfg = load_config(cfg, overrides)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from qlora_kit.data.report import DataReport
+DataReport = Any
+"""A :class:`~qlora_kit.data.report.DataReport` (not imported: that module imports this one)."""
 
 BAR_WIDTH = 40
 

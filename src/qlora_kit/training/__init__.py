@@ -16,7 +16,7 @@
 from qlora_kit.training.callbacks import Callback, EarlyStopping
 from qlora_kit.training.loop import Trainer
 from qlora_kit.training.loss import LossFn, causal_lm_loss
-from qlora_kit.training.session import TrainResult
+from qlora_kit.training.result import TrainResult
 from qlora_kit.training.state import TrainerState
 
 __all__ = ["Callback", "EarlyStopping", "LossFn", "TrainResult", "Trainer", "TrainerState", "causal_lm_loss"]

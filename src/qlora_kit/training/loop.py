@@ -26,7 +26,8 @@ from qlora_kit.training.guards import check_finite_loss, check_gradients_flow, o
 from qlora_kit.training.interrupt import StopRequest
 from qlora_kit.training.kernels import attention_backends
 from qlora_kit.training.loss import LossFn
-from qlora_kit.training.session import TrainingSession, TrainResult
+from qlora_kit.training.result import TrainResult
+from qlora_kit.training.session import TrainingSession
 
 logger = logging.getLogger(__name__)
 

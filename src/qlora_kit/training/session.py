@@ -13,55 +13,26 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qlora_kit.compat import reset_stale_accelerate_state
-from qlora_kit.errors import ConfigError, DataError
+from qlora_kit.errors import DataError
 from qlora_kit.model.loading import set_grad_checkpointing
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.planning.live import check_first_step, choose_memory_settings
+from qlora_kit.training.accelerator import flat_config, make_accelerator
 from qlora_kit.training.batches import Window, epoch_batches, row_lengths, windows
-from qlora_kit.training.checkpoint import (
-    CheckpointManager,
-    adapter_fingerprint,
-    check_resumable,
-    data_fingerprint,
-    read_state_file,
-)
+from qlora_kit.training.checkpoint import CheckpointManager, read_state_file
 from qlora_kit.training.evaluation import GENERATIONS_FILE
 from qlora_kit.training.offload import enable_offloaded_checkpointing
+from qlora_kit.training.result import TrainResult
+from qlora_kit.training.resume import adapter_fingerprint, check_resumable, data_fingerprint
 from qlora_kit.training.state import TrainerState
 from qlora_kit.training.tracking import MetricsLogger, truncate_jsonl
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns."""
-
-    history: list[dict[str, Any]]
-    """Every record written to ``metrics.jsonl`` (train, eval and skipped steps)."""
-    train_loss: float | None
-    """Mean loss per supervised token over the last logging interval."""
-    eval_loss: float | None
-    eval_perplexity: float | None
-    steps: int
-    epochs: float
-    tokens: int
-    """Input tokens processed (padding excluded), all processes together."""
-    supervised_tokens: int
-    train_time_s: float
-    peak_memory_gb: float | None
-    """Peak CUDA memory allocated by this process (None on CPU)."""
-    checkpoints: list[str] = field(default_factory=list)
-    stopped_early: bool = False
-    resumed_from: str | None = None
-    """The checkpoint this run continued from, if it resumed."""
 
 
 class TrainingSession:
@@ -94,7 +65,7 @@ class TrainingSession:
         _check_rows(rows)
         self.cfg, self.output_dir, self.rows, self.collate_fn = cfg, Path(output_dir), rows, collate_fn
         self.batch_planner = batch_planner
-        self.accelerator, self.owns_accelerator = _accelerator(cfg, model, accelerator, self.output_dir)
+        self.accelerator, self.owns_accelerator = make_accelerator(cfg, model, accelerator, self.output_dir)
         acc = self.accelerator
         self._lengths = row_lengths(rows) if batch_planner else range(len(rows))
         steps_per_epoch = len(self.windows(0))
@@ -210,7 +181,7 @@ class TrainingSession:
         if acc.is_main_process:
             truncate_jsonl(self.output_dir / GENERATIONS_FILE, self.state.step)
         if self.owns_accelerator and self.cfg.trackers:
-            acc.init_trackers("qlora_kit", config=_flat_config(self.cfg.model_dump(mode="json")))
+            acc.init_trackers("qlora_kit", config=flat_config(self.cfg.model_dump(mode="json")))
         self.log = MetricsLogger(acc, self.output_dir, self.state.total_steps, start_step=self.state.step)
 
     def _evaluated_at(self, step: int) -> bool:
@@ -312,48 +283,3 @@ def _check_rows(rows: Sequence[dict[str, Any]]) -> None:
     missing = {"input_ids", "labels"} - set(rows[0])
     if missing:
         raise DataError(f"training rows need input_ids and labels; row 0 lacks {sorted(missing)}")
-
-
-def resolve_mixed_precision(choice: str, device: torch.device | None = None) -> str:
-    """``auto`` -> bf16 on GPUs that support it, fp16 (with a loss scaler) on older GPUs, none on CPU.
-
-    ``device`` is where the model lives (default: ``cuda`` when available); a CPU model gets no
-    autocast under ``auto`` even on a machine with a GPU.
-    """
-    if choice != "auto":
-        return choice
-    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
-    if on_cuda:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def _accelerator(cfg: Any, model: Any, given: Any, output_dir: Path) -> tuple[Any, bool]:
-    if given is not None:
-        acc, owns = given, False
-    else:
-        from accelerate import Accelerator
-
-        cpu = next(model.parameters()).device.type == "cpu"
-        precision = resolve_mixed_precision(cfg.mixed_precision, next(model.parameters()).device)
-        # accelerate keeps device and precision process-wide; an earlier fit may have used others
-        reset_stale_accelerate_state(cpu, precision)
-        acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=list(cfg.trackers) or None,
-                          project_dir=str(output_dir))  # fmt: skip
-        owns = True
-    if acc.gradient_accumulation_steps != 1:
-        # accelerator.backward would divide the loss again, on top of the token normalisation
-        raise ConfigError([("train.grad_accum", "pass an Accelerator with gradient_accumulation_steps=1; "
-                            "the Trainer accumulates over train.grad_accum itself")])  # fmt: skip
-    return acc, owns
-
-
-def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Scalars only, dotted keys (tensorboard's hparams accept nothing else)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
