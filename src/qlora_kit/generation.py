@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from qlora_kit.config.io import RUN_CONFIG_FILE
 from qlora_kit.errors import QloraKitError
-from qlora_kit.export.files import RUN_CONFIG_FILE
 from qlora_kit.formatting.base import RESPONSE_MARK
 
 
@@ -139,7 +139,7 @@ def prompt_ids(formatter: Any, tokenizer: Any, example: Mapping[str, Any]) -> li
         for i, text in enumerate(t for t in texts if t)
         for tok in info.encode_segment(tokenizer, text, first=i == 0)
     ]
-    if info.adds_bos and (not ids or ids[0] != info.bos_id):
+    if info.needs_bos(ids):
         ids.insert(0, info.bos_id)
     return ids
 
@@ -173,10 +173,11 @@ def complete(
 ) -> list[str]:
     """Completions of already tokenized prompts, batched with left padding, each cut at its first stop
     token (``stops``: the formatter's :meth:`~qlora_kit.formatting.PromptFormatter.stop_token_ids`)."""
+    from qlora_kit.formatting.tokens import pad_token_id
     from qlora_kit.training.evaluation import inference_mode
 
     stops = list(stops)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    pad = pad_token_id(tokenizer)
     width = max(len(p) for p in prompts)
     device = next(model.parameters()).device
     input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)

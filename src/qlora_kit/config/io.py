@@ -17,6 +17,9 @@ from qlora_kit.errors import ConfigError
 from qlora_kit.files import atomic_write_json, atomic_write_text
 from qlora_kit.registry import import_plugins
 
+RUN_CONFIG_FILE = "run_config.yaml"
+"""The fully resolved config a run (and each of its exports) is saved with."""
+
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse a YAML or JSON config file into a dict, naming the file (and line) on failure."""
@@ -236,6 +239,6 @@ def package_versions() -> dict[str, str]:
 def write_run_config(cfg: RunConfig, output_dir: str | Path) -> Path:
     """Write ``run_config.yaml`` and ``versions.json`` so the run can be repeated from its folder."""
     out = Path(output_dir)
-    path = atomic_write_text(out / "run_config.yaml", config_to_yaml(cfg))
+    path = atomic_write_text(out / RUN_CONFIG_FILE, config_to_yaml(cfg))
     atomic_write_json(out / "versions.json", package_versions())
     return path

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from qlora_kit.formatting.tokens import IGNORE_INDEX
+from qlora_kit.formatting.tokens import IGNORE_INDEX, pad_token_id
 
 PACKING_ATTENTION = (
     "sdpa",
@@ -114,8 +114,6 @@ def make_collator(data_cfg: Any, tokenizer: Any, *, attn_implementation: str | N
             f"apart (supported: {', '.join(PACKING_ATTENTION)}); padding each batch instead",
             stacklevel=2,
         )
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     max_length = data_cfg.max_length if data_cfg.padding == "max_length" else None
     return PaddedCollator(pad_token_id=pad_id, pad_to_multiple_of=8, max_length=max_length)

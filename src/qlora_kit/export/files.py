@@ -6,10 +6,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from qlora_kit.files import atomic_write_json, atomic_write_text
-
-RUN_CONFIG_FILE = "run_config.yaml"
-
 
 def generation_config_for(model: Any, tokenizer: Any, run_cfg: Any) -> Any:
     """The model's generation config with EOS (the run's formatter's stop tokens), pad and BOS ids taken
@@ -21,21 +17,21 @@ def generation_config_for(model: Any, tokenizer: Any, run_cfg: Any) -> Any:
     from transformers import GenerationConfig
 
     from qlora_kit.formatting import build_formatter
+    from qlora_kit.formatting.tokens import pad_token_id
 
     config = copy.deepcopy(getattr(model, "generation_config", None)) or GenerationConfig()
     eos = build_formatter(run_cfg.data.formatter, tokenizer).stop_token_ids(tokenizer)
     config.eos_token_id = eos[0] if len(eos) == 1 else eos
-    config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    config.pad_token_id = pad_token_id(tokenizer)
     config.bos_token_id = tokenizer.bos_token_id
     return config
 
 
 def write_run_files(directory: Path, run_cfg: Any) -> None:
     """``run_config.yaml`` and ``versions.json``: an export can be repeated and generated from alone."""
-    from qlora_kit.config.io import config_to_yaml, package_versions
+    from qlora_kit.config.io import write_run_config
 
-    atomic_write_text(directory / RUN_CONFIG_FILE, config_to_yaml(run_cfg))
-    atomic_write_json(directory / "versions.json", package_versions())
+    write_run_config(run_cfg, directory)
 
 
 def model_device(model: Any) -> Any:

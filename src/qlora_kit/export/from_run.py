@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from qlora_kit.config.io import RUN_CONFIG_FILE
 from qlora_kit.errors import QloraKitError
 from qlora_kit.export.adapter import ADAPTER_DIR
-from qlora_kit.export.files import RUN_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 

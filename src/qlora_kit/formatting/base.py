@@ -197,7 +197,7 @@ class PromptFormatter:
             tokens = info.encode_segment(tokenizer, segment.text, first=i == 0)
             ids += tokens
             labels += tokens if (segment.trained or train_on_inputs) else [IGNORE_INDEX] * len(tokens)
-        if info.adds_bos and (not ids or ids[0] != info.bos_id):
+        if info.needs_bos(ids):
             ids.insert(0, info.bos_id)
             labels.insert(0, IGNORE_INDEX)
         if info.eos_id is not None:

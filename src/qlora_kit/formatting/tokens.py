@@ -31,6 +31,11 @@ class TokenizerInfo:
     needs_anchor: bool
     anchor_ids: list[int]
 
+    def needs_bos(self, ids: list[int]) -> bool:
+        """Whether ``ids`` (a whole example's tokens) must get BOS in front: the tokenizer adds one to
+        text it encodes, and ``ids`` do not already start with it."""
+        return self.adds_bos and (not ids or ids[0] != self.bos_id)
+
     def encode_segment(self, tokenizer: Any, text: str, first: bool) -> list[int]:
         """Token ids of ``text`` as it would be tokenized in the middle of a longer text."""
         if not text:
@@ -66,3 +71,12 @@ def _probe(tokenizer: Any) -> TokenizerInfo:
     anchor_ids = _plain(tokenizer, _ANCHOR)
     needs_anchor = _plain(tokenizer, _ANCHOR + "a")[len(anchor_ids) :] != plain
     return TokenizerInfo(bos_id, eos_id, adds_bos, needs_anchor, anchor_ids)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS, else 0. Padded positions
+    are neither attended to nor labels, so which id it is does not change any result."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0

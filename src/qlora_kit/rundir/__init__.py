@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from qlora_kit.config.io import RUN_CONFIG_FILE
 from qlora_kit.errors import OutputDirError
 from qlora_kit.rundir.lock import RunLock
 from qlora_kit.rundir.manifest import LOCK_FILE, MANIFEST, verify_manifest, write_manifest
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LOCK_FILE", "MANIFEST", "RunDir", "RunLock", "open_run_dir", "verify_manifest", "write_manifest"]
 
-RUN_CONFIG_FILE = "run_config.yaml"
 _ARTIFACT = re.compile(
     r"^(run_config\.yaml|versions\.json|summary\.json|manifest\.json|metrics\.jsonl|generations\.jsonl|"
     r"loss_curve\.png|data_report\.(json|txt)|data_lengths\.png|train\.log|checkpoint-\d+|adapter|merged|"

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from qlora_kit.compat import reset_stale_accelerate_state
+from qlora_kit.config.resume import flatten
 from qlora_kit.errors import ConfigError
 
 
@@ -51,12 +52,9 @@ def make_accelerator(cfg: Any, model: Any, given: Any, output_dir: Path) -> tupl
     return acc, owns
 
 
-def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
     """Scalars only, dotted keys (tensorboard's hparams accept nothing else)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
+    return {
+        key: value if isinstance(value, (int, float, str, bool)) else str(value)
+        for key, value in flatten(tree).items()
+    }

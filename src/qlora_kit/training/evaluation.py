@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from qlora_kit.formatting.tokens import pad_token_id
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.training.loss import LossFn, causal_lm_loss, count_supervised
 
@@ -85,7 +86,7 @@ def generate_panel(
     """
     records = []
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     with inference_mode(model):
         for prompt in prompts:
             ids = tokenizer(prompt, return_tensors="pt").to(device)
