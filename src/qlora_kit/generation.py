@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from qlora_kit.errors import QloraKitError
+from qlora_kit.errors import CheckpointError, ModelLoadError, UsageError, first_line
 from qlora_kit.export.files import RUN_CONFIG_FILE, eos_token_ids
 
 RESPONSE_MARK = "<<qlora_kit:response>>"
@@ -43,7 +43,7 @@ def resolve_export_dir(path: str | Path, prefer: str | None = None) -> tuple[Pat
     A run dir with both prefers ``merged`` unless ``prefer`` says ``adapter``.
 
     Raises:
-        QloraKitError: nothing loadable at ``path``.
+        ModelLoadError: nothing loadable at ``path``.
     """
     path = Path(path)
     if (path / "adapter_config.json").is_file():
@@ -55,7 +55,7 @@ def resolve_export_dir(path: str | Path, prefer: str | None = None) -> tuple[Pat
         candidate = path / kind
         if candidate.is_dir():
             return resolve_export_dir(candidate)
-    raise QloraKitError(
+    raise ModelLoadError(
         f"{path}: no exported model here (expected adapter/ or merged/ from `qlora-kit train` or "
         f"`qlora-kit export`, or such a directory itself)"
     )
@@ -71,26 +71,56 @@ def load_exported(path: str | Path, prefer: str | None = None, device: str | Non
     """
     from qlora_kit.config.io import load_config
     from qlora_kit.formatting import build_formatter
-    from qlora_kit.model.loading import ModelLoader, resolve_device
+    from qlora_kit.model.loading import resolve_device
 
     path, kind = resolve_export_dir(path, prefer)
     run_cfg = load_config(path / RUN_CONFIG_FILE)
     if kind == "adapter":
-        from peft import PeftModel
-
-        base, tokenizer = ModelLoader(run_cfg.model, run_cfg.quant, device=device).load()
-        model = PeftModel.from_pretrained(base, path)
+        model, tokenizer = _load_adapter(path, run_cfg, device)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from qlora_kit.model.checks import check_finite_weights, validate_checkpoint_dir
+
         target = resolve_device(device)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map={"": str(target)})
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        validate_checkpoint_dir(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map={"": str(target)})
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: cannot load the merged model: {first_line(exc)}") from exc
+        check_finite_weights(model, path)
     model.eval()
     formatter = build_formatter(run_cfg.data.formatter)
     if hasattr(formatter, "bind"):  # chat_template renders with the tokenizer's template
         formatter.bind(tokenizer)
     return LoadedModel(model, tokenizer, formatter, run_cfg, kind, path)
+
+
+def _load_adapter(path: Path, run_cfg: Any, device: str | None) -> tuple[Any, Any]:
+    """The run's base (loaded as in training) with the adapter of ``path`` on it."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    from qlora_kit.model.loading import ModelLoader
+
+    weights = path / "adapter_model.safetensors"
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            handle.keys()
+    except Exception as exc:  # missing, truncated or corrupt (SafetensorError has no stable import)
+        raise CheckpointError(
+            f"{weights}: the adapter weights are missing or corrupt ({first_line(exc)}); export the run "
+            "again (`qlora-kit export`) or train it again"
+        ) from exc
+    base, tokenizer = ModelLoader(run_cfg.model, run_cfg.quant, device=device).load()
+    try:
+        return PeftModel.from_pretrained(base, path), tokenizer
+    except (OSError, ValueError, RuntimeError) as exc:  # a size mismatch is a RuntimeError
+        raise CheckpointError(
+            f"{path}: the adapter does not load onto its base model {run_cfg.model.name_or_path!r}: "
+            f"{first_line(exc)}"
+        ) from exc
 
 
 def build_example(
@@ -139,7 +169,7 @@ def prompt_ids(formatter: Any, tokenizer: Any, example: Mapping[str, Any]) -> li
             break
         texts.append(segment.text)
     else:
-        raise QloraKitError(
+        raise UsageError(
             f"{type(formatter).__name__} did not render the response field; pass --field NAME=VALUE"
         )
     info = tokenizer_info(tokenizer)
@@ -216,7 +246,7 @@ def chat(
         The conversation's messages.
     """
     if not getattr(loaded.formatter.options, "messages_field", None):
-        raise QloraKitError(
+        raise UsageError(
             f"--chat needs a run trained with a chat formatter (chatml, chat_template); "
             f"this one used {loaded.run_cfg.data.formatter.kind!r}"
         )
