@@ -76,7 +76,7 @@ def load_exported(path: str | Path, prefer: str | None = None, device: str | Non
     path, kind = resolve_export_dir(path, prefer)
     run_cfg = load_config(path / RUN_CONFIG_FILE)
     if kind == "adapter":
-        model, tokenizer = _load_adapter(path, run_cfg, device)
+        model, tokenizer = load_adapter_model(path, run_cfg, device)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -97,8 +97,16 @@ def load_exported(path: str | Path, prefer: str | None = None, device: str | Non
     return LoadedModel(model, tokenizer, formatter, run_cfg, kind, path)
 
 
-def _load_adapter(path: Path, run_cfg: Any, device: str | None) -> tuple[Any, Any]:
-    """The run's base (loaded as in training) with the adapter of ``path`` on it."""
+def load_adapter_model(path: Path, run_cfg: Any, device: str | None = None) -> tuple[Any, Any]:
+    """The run's base (loaded as in training) with the PEFT adapter of directory ``path`` on it.
+
+    Returns:
+        ``(PeftModel, tokenizer)``.
+
+    Raises:
+        CheckpointError: the adapter weights are missing, corrupt, or do not fit the base.
+        ModelLoadError: the base model cannot be loaded.
+    """
     from peft import PeftModel
     from safetensors import safe_open
 
