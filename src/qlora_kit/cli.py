@@ -19,6 +19,9 @@ class _Parser(argparse.ArgumentParser):
     the usage block and exiting."""
 
     def error(self, message: str):  # type: ignore[override]
+        extra = message.partition("unrecognized arguments: ")[2].split()
+        if any("=" in arg and not arg.startswith("-") for arg in extra):
+            message += " (dotted overrides go before any --option)"
         raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 

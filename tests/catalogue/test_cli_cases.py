@@ -30,6 +30,8 @@ CASES = [
      ["device 'gpu0'", "cpu, cuda"]),
     ("chat-with-a-non-chat-run", ["generate", "{adapter_run}", "--chat"], ["--chat needs a run trained with a chat formatter"]),
     ("export-not-a-run", ["export", "{empty}"], ["empty_dir", "no run_config.yaml"]),
+    ("override-after-an-option", ["export", "{adapter_run}", "--kind", "merged", "export.dtype=float16"],
+     ["unrecognized arguments: export.dtype=float16", "before any --option"]),
     ("export-kind-choice", ["export", "{adapter_run}", "--kind", "gguf"], ["--kind", "invalid choice: 'gguf'"]),
     ("export-kind-none", ["export", "{adapter_run}", "export.kind=none"], ["export.kind is `none`"]),
     ("export-bad-override", ["export", "{adapter_run}", "export.kind=merged", "export.dtype=float8"], ["export.dtype"]),
