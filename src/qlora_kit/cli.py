@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from qlora_kit.errors import QloraKitError, UsageError
 
@@ -84,6 +85,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from qlora_kit.data import build_datasets, build_formatter
     from qlora_kit.model.loading import ModelLoader
 
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UsageError(f"qlora-kit data: --output {args.output}: not a directory")
     cfg = _load(args)
     data_cfg = cfg.data.model_copy(update={"skip_bad_rows": True}) if args.skip_bad_rows else cfg.data
     loader = ModelLoader(cfg.model, cfg.quant, device="cpu")
