@@ -11,6 +11,7 @@ traceback anywhere in stderr.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import struct
@@ -151,6 +152,44 @@ def _configs(w: World) -> None:
     w.add("list_yaml", w.root / "list.yaml").write_text("- a\n- b\n")
     w.add("bad_yaml", w.root / "bad.yaml").write_text("train: [unclosed\n")
     w.add("latin1_yaml", w.root / "latin1.yaml").write_bytes("output_dir: caf\xe9\n".encode("latin-1"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_library_logging():
+    """Each in-process ``main()`` sees the `qlora_kit` logger as a new process would: a handler the
+    CLI attaches (bound to the stderr of the test that first ran it) is removed after each case."""
+    library = logging.getLogger("qlora_kit")
+    saved = (list(library.handlers), library.level, library.propagate)
+    yield
+    library.handlers[:], library.level, library.propagate = saved
+
+
+class LogRecords(logging.Handler):
+    """Collects the records of one logger (caplog misses them once the CLI stops propagation)."""
+
+    def __init__(self, name: str):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger(name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> LogRecords:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
+
+    def messages(self) -> list[str]:
+        return [r.getMessage() for r in self.records]
+
+
+@pytest.fixture
+def log_records():
+    """``with log_records("qlora_kit.x") as logs: ...; logs.messages()``."""
+    return LogRecords
 
 
 @pytest.fixture

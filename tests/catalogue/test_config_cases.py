@@ -10,7 +10,7 @@ CASES = [
     # id, argv, fragments of the message
     ("unknown-key-typo", ["validate", "{base}", "train.epohcs=3"], ["train", "did you mean 'epochs'"]),
     ("unknown-quant-kind", ["validate", "{base}", "quant.kind=bnb_3bit"], ["quant", "bnb_4bit", "bnb_8bit"]),
-    ("unknown-formatter", ["validate", "{base}", "data.formatter.kind=alpacca"], ["data.formatter", "alpaca_seed"]),
+    ("unknown-formatter", ["validate", "{base}", "data.formatter.kind=alpacca"], ["data.formatter", "unknown formatter 'alpacca'; known: alpaca"]),
     ("wrong-type", ["validate", "{base}", "train.epochs=abc"], ["train.epochs", "valid number"]),
     ("out-of-range", ["validate", "{base}", "adapter.r=0"], ["adapter.r", "greater than 0"]),
     ("nan-lr", ["validate", "{base}", "train.optimizer.lr=.nan"], ["train.optimizer.lr"]),

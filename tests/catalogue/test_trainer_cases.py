@@ -37,7 +37,12 @@ def trained_run(world):
     from qlora_kit.cli import main
 
     out = world.root / "trained"
-    assert main(["train", world.paths["base"], f"output_dir={out}", "train.save_every=1"]) == 0
+    library = logging.getLogger("qlora_kit")
+    saved = (list(library.handlers), library.level, library.propagate)
+    try:  # as in conftest.fresh_library_logging, which does not wrap module fixtures
+        assert main(["train", world.paths["base"], f"output_dir={out}", "train.save_every=1"]) == 0
+    finally:
+        library.handlers[:], library.level, library.propagate = saved
     assert (out / "checkpoint-1" / "trainer_state.json").is_file()
     return out
 
@@ -68,22 +73,19 @@ def test_resume_from_a_folder_that_is_no_checkpoint(world, expect_error):
 @pytest.mark.xfail(strict=False, reason=f"{NEEDS_TRAINER}: the message is 3 lines, its hint not indented")
 def test_resume_with_a_changed_training_config(world, trained_run, expect_error):
     run = _copy_run(trained_run, "changed")
-    expect_error(
-        _train(world, run, "train.resume=auto", "train.max_steps=3"),
-        ["cannot resume from", "checkpoint-1", "train.max_steps: 2 -> 3"],
-    )
+    expect_error(_train(world, run, "train.resume=auto", "train.seed=7"), [str(run), "seed: 42 -> 7"])
 
 
-def test_a_torn_metrics_line_is_dropped_on_resume(world, trained_run, run_cli, caplog):
+def test_a_torn_metrics_line_is_dropped_on_resume(world, trained_run, run_cli, log_records):
     run = _copy_run(trained_run, "torn")
     metrics = run / "metrics.jsonl"
     metrics.write_text(
         metrics.read_text().splitlines()[0] + '\n{"step": 2, "loss": 5.9, "lr'
     )  # killed writer
-    with caplog.at_level(logging.WARNING, logger="qlora_kit.training.tracking"):
+    with log_records("qlora_kit.training.tracking") as logs:
         rc, err = run_cli(_train(world, run, "train.resume=auto", "train.save_every=1"))
     assert rc == 0, err
-    assert any("metrics.jsonl line 2" in r.getMessage() for r in caplog.records)
+    assert any("metrics.jsonl line 2: not a complete JSON record" in m for m in logs.messages())
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2]
 
 
@@ -108,16 +110,18 @@ def test_output_dir_not_writable(world, expect_error):
 @_pending(NEEDS_TRAINER)
 def test_truncated_checkpoint_file(world, trained_run, expect_error):
     run = _copy_run(trained_run, "truncated-checkpoint")
-    weights = run / "checkpoint-1" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    expect_error(_train(world, run, "train.resume=auto"), ["checkpoint-1", "model.safetensors", "corrupt"])
+    for weights in (run / "checkpoint-1").rglob("*.safetensors"):  # whatever the layout stores
+        weights.write_bytes(weights.read_bytes()[:100])
+    expect_error(_train(world, run, "train.resume=auto"), ["checkpoint-1", ".safetensors", "truncated"])
 
 
 @_pending(NEEDS_TRAINER)
 def test_corrupt_rng_state(world, trained_run, expect_error):
     run = _copy_run(trained_run, "corrupt-rng")
-    (run / "checkpoint-1" / "random_states_0.pkl").write_bytes(b"garbage")
-    expect_error(_train(world, run, "train.resume=auto"), ["checkpoint-1", "random_states_0.pkl"])
+    states = [p for p in (run / "checkpoint-1").iterdir() if "rng" in p.name or "random" in p.name]
+    assert states, "no RNG state file in the checkpoint"
+    states[0].write_bytes(b"garbage")
+    expect_error(_train(world, run, "train.resume=auto"), ["checkpoint-1", states[0].name])
 
 
 @_pending(NEEDS_TRAINER)
@@ -177,7 +181,7 @@ def test_second_process_on_the_same_output_dir(world, expect_error):
         deadline = time.monotonic() + 60
         while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
             time.sleep(0.2)  # the first run is training once it logs
-        expect_error(_train(world, out), ["output_dir", "another process"])
+        expect_error(_train(world, out), ["shared", "in use"])
     finally:
         first.kill()
         first.wait()

@@ -170,7 +170,7 @@ def test_non_finite_weights_are_named_with_their_file(tmp_path, tokenizer):
 def test_non_finite_weights_are_seen_through_4bit_scales(tmp_path, tokenizer, double_quant):
     from safetensors.torch import load_file, save_file
 
-    from qlora_kit.config import Bnb4bitQuant, ModelConfig
+    from qlora_kit.config.io import load_config
     from qlora_kit.model.loading import ModelLoader
     from qlora_kit.testing import make_tiny_llama
 
@@ -178,8 +178,11 @@ def test_non_finite_weights_are_seen_through_4bit_scales(tmp_path, tokenizer, do
     weights = load_file(tmp_path / "model.safetensors")
     weights["model.layers.0.self_attn.o_proj.weight"][0, 0] = float("nan")
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    quant = Bnb4bitQuant(compute_dtype="float32", double_quant=double_quant)
-    loader = ModelLoader(ModelConfig(name_or_path=str(tmp_path)), quant, "cpu")
+    cfg = load_config(
+        {"model": {"name_or_path": str(tmp_path)}},
+        ["quant.kind=bnb_4bit", "quant.compute_dtype=float32", f"quant.double_quant={double_quant}"],
+    )
+    loader = ModelLoader(cfg.model, cfg.quant, "cpu")
     with pytest.raises(ModelLoadError, match="'model.layers.0.self_attn.o_proj.weight' holds NaN"):
         loader.load_model()
 
@@ -187,17 +190,31 @@ def test_non_finite_weights_are_seen_through_4bit_scales(tmp_path, tokenizer, do
 # -------------------------------------------------------------------------- metrics and plots
 
 
-def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
+class _Records(logging.Handler):
+    """The records of one logger, attached to it directly (caplog depends on propagation, which the
+    CLI turns off for the library's logger)."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path):
     path = tmp_path / "metrics.jsonl"
     records = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3)]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "lo')
-    with caplog.at_level(logging.WARNING, logger="qlora_kit.training.tracking"):
+    logger, seen = logging.getLogger("qlora_kit.training.tracking"), _Records()
+    logger.addHandler(seen)
+    try:
         kept = truncate_jsonl(path, 2)
+    finally:
+        logger.removeHandler(seen)
     assert kept == records[:2]
     assert path.read_text() == "".join(json.dumps(r) + "\n" for r in records[:2])
-    assert [r.getMessage() for r in caplog.records] == [
-        f"{path} line 4: not a complete JSON record (a torn write?); dropped"
-    ]
+    assert seen.messages == [f"{path} line 4: not a complete JSON record (a torn write?); dropped"]
     assert truncate_jsonl(tmp_path / "absent.jsonl", 5) == []
 
 
