@@ -1,7 +1,7 @@
 """The `qlora-kit` command line. Each sub-command is a thin wrapper over a library function.
 
-Errors caused by input (:class:`~qlora_kit.errors.QloraKitError`) print one clear message and exit 2,
-without a traceback unless ``--debug``.
+Errors caused by input (:class:`~qlora_kit.errors.QloraKitError`), malformed arguments included, print
+one line ``error: <message>`` and exit non-zero (``exc.exit_code``), without a traceback unless ``--debug``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,47 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from qlora_kit.errors import QloraKitError
+from qlora_kit.errors import QloraKitError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`UsageError` (one line, like every input error) instead of printing
+    the usage block and exiting."""
+
+    def error(self, message: str):  # type: ignore[override]
+        extra = message.partition("unrecognized arguments: ")[2].split()
+        if any("=" in arg and not arg.startswith("-") for arg in extra):
+            message += " (dotted overrides go before any --option)"
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _name_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not of the form NAME=VALUE")
+    return name.strip(), value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return value
 
 
 def _load(args: argparse.Namespace):
@@ -55,9 +94,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from qlora_kit.data import build_datasets, build_formatter
     from qlora_kit.model.loading import ModelLoader
 
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UsageError(f"qlora-kit data: --output {args.output}: not a directory")
     cfg = _load(args)
     data_cfg = cfg.data.model_copy(update={"skip_bad_rows": True}) if args.skip_bad_rows else cfg.data
-    tokenizer = ModelLoader(cfg.model, cfg.quant, device="cpu").load_tokenizer()
+    loader = ModelLoader(cfg.model, cfg.quant, device="cpu")
+    if cfg.model.tokenizer is None:  # the model's own files are read anyway: check max_length against it
+        loader.check(max_length=cfg.data.max_length)
+    tokenizer = loader.load_tokenizer()
     bundle = build_datasets(
         data_cfg,
         build_formatter(data_cfg.formatter, tokenizer),
@@ -104,14 +148,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from qlora_kit.generation import chat, generate, load_exported
 
-    fields = dict(item.split("=", 1) for item in args.field)
+    if not args.prompt and not args.chat:
+        raise UsageError("qlora-kit generate: give --prompt TEXT (repeatable) or --chat")
     loaded = load_exported(args.output_dir, prefer=args.use, device=args.device, allow_code=args.trust_code)
     options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.chat:
         chat(loaded, args.prompt[0] if args.prompt else None, **options)
         return 0
-    if not args.prompt:
-        raise QloraKitError("generate: give --prompt TEXT (repeatable) or --chat")
+    fields = dict(args.field)
     for prompt in args.prompt:
         print(generate(loaded, prompt, input=args.input, fields=fields, **options))
     return 0
@@ -154,7 +198,7 @@ def _trust_code(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    parser = argparse.ArgumentParser(prog="qlora-kit", description="QLoRA fine-tuning toolkit")
+    parser = _Parser(prog="qlora-kit", description="QLoRA fine-tuning toolkit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -217,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--field",
         action="append",
         default=[],
+        type=_name_value,
         metavar="NAME=VALUE",
         help="another field of a custom formatter",
     )
@@ -226,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--use", choices=["adapter", "merged"], help="which export of a run dir (default: merged if present)"
     )
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256)
+    p.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0 = greedy")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
     _trust_code(p)
     p.set_defaults(func=_cmd_generate)
@@ -245,9 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         "quickstart", help="fine-tune SmolLM2-135M offline on a generated task; before/after report"
     )
     p.add_argument("--output-dir", default="runs/quickstart")
-    p.add_argument("--steps", type=int, help="optimizer steps (default: the quickstart's full length)")
-    p.add_argument("--train-rows", type=int, help="generated training rows")
-    p.add_argument("--eval-rows", type=int, help="held-out rows scored before and after")
+    p.add_argument(
+        "--steps", type=_positive_int, help="optimizer steps (default: the quickstart's full length)"
+    )
+    p.add_argument("--train-rows", type=_positive_int, help="generated training rows")
+    p.add_argument("--eval-rows", type=_positive_int, help="held-out rows scored before and after")
     p.add_argument("--export", choices=["adapter", "merged"], default="merged")
     p.set_defaults(func=_cmd_quickstart)
     for command in sub.choices.values():  # `--debug` also after the sub-command, where users type it
@@ -273,13 +320,15 @@ def _setup_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `qlora-kit` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    debug = False
     _setup_logging()
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
+        args = parser.parse_args(argv)
+        debug = args.debug
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except QloraKitError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

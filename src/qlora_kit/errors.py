@@ -81,3 +81,9 @@ def storage_error(exc: OSError, path: str | Path | None = None, what: str = "wri
     reason = _STORAGE_REASONS.get(exc.errno or 0, exc.strerror or str(exc))
     hint = " Free some space and run the command again." if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
     return StorageError(f"{what} {target} failed: {reason}.{hint}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, for one-line errors (libraries append paragraphs of advice)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from qlora_kit.config.io import RUN_CONFIG_FILE
-from qlora_kit.errors import QloraKitError
+from qlora_kit.errors import CheckpointError, ModelLoadError, QloraKitError, UsageError, first_line
 from qlora_kit.formatting.base import RESPONSE_MARK
 
 
@@ -74,25 +74,63 @@ def load_exported(
     """
     from qlora_kit.config.io import load_run_config
     from qlora_kit.formatting import build_formatter
-    from qlora_kit.model.loading import ModelLoader, resolve_device
+    from qlora_kit.model.loading import resolve_device
 
     path, kind = resolve_export_dir(path, prefer)
     run_cfg = load_run_config(path / RUN_CONFIG_FILE, allow_code=allow_code)
     require_intact_export(path)
     if kind == "adapter":
-        from peft import PeftModel
-
-        base, tokenizer = ModelLoader(run_cfg.model, run_cfg.quant, device=device).load()
-        model = PeftModel.from_pretrained(base, path)
+        model, tokenizer = load_adapter_model(path, run_cfg, device)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from qlora_kit.model.checks import check_finite_weights, validate_checkpoint_dir
+
         target = resolve_device(device)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map={"": str(target)})
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        validate_checkpoint_dir(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map={"": str(target)})
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: cannot load the merged model: {first_line(exc)}") from exc
+        check_finite_weights(model, path)
     model.eval()
     formatter = build_formatter(run_cfg.data.formatter, tokenizer)
     return LoadedModel(model, tokenizer, formatter, run_cfg, kind, path)
+
+
+def load_adapter_model(path: Path, run_cfg: Any, device: str | None = None) -> tuple[Any, Any]:
+    """The run's base (loaded as in training) with the PEFT adapter of directory ``path`` on it.
+
+    Returns:
+        ``(PeftModel, tokenizer)``.
+
+    Raises:
+        CheckpointError: the adapter weights are missing, corrupt, or do not fit the base.
+        ModelLoadError: the base model cannot be loaded.
+    """
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    from qlora_kit.model.loading import ModelLoader
+
+    weights = path / "adapter_model.safetensors"
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            handle.keys()
+    except Exception as exc:  # missing, truncated or corrupt (SafetensorError has no stable import)
+        raise CheckpointError(
+            f"{weights}: the adapter weights are missing or corrupt ({first_line(exc)}); export the run "
+            "again (`qlora-kit export`) or train it again"
+        ) from exc
+    base, tokenizer = ModelLoader(run_cfg.model, run_cfg.quant, device=device).load()
+    try:
+        return PeftModel.from_pretrained(base, path), tokenizer
+    except (OSError, ValueError, RuntimeError) as exc:  # a size mismatch is a RuntimeError
+        raise CheckpointError(
+            f"{path}: the adapter does not load onto its base model {run_cfg.model.name_or_path!r}: "
+            f"{first_line(exc)}"
+        ) from exc
 
 
 def require_intact_export(path: Path) -> None:
@@ -101,7 +139,6 @@ def require_intact_export(path: Path) -> None:
     Raises:
         CheckpointError: a file is missing, truncated or changed; says how to get a good copy.
     """
-    from qlora_kit.errors import CheckpointError
     from qlora_kit.rundir.manifest import MANIFEST, verify_manifest
 
     manifest_dir = path if (path / MANIFEST).is_file() else path.parent  # a checkpoint's adapter/
@@ -130,7 +167,7 @@ def prompt_ids(formatter: Any, tokenizer: Any, example: Mapping[str, Any]) -> li
             break
         texts.append(segment.text)
     else:
-        raise QloraKitError(
+        raise UsageError(
             f"{type(formatter).__name__} did not render the response field; pass --field NAME=VALUE"
         )
     info = tokenizer_info(tokenizer)
@@ -210,7 +247,7 @@ def chat(
         The conversation's messages.
     """
     if not loaded.formatter.chat:
-        raise QloraKitError(
+        raise UsageError(
             f"--chat needs a run trained with a chat formatter (chatml, chat_template); "
             f"this one used {getattr(loaded.formatter.options, 'kind', type(loaded.formatter).__name__)!r}"
         )

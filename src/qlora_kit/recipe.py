@@ -104,12 +104,15 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
     from qlora_kit.rundir import open_run_dir
     from qlora_kit.training import Trainer
     from qlora_kit.training.resume import check_resume_data
+    from qlora_kit.training.tracking import check_trackers
 
     started = time.perf_counter()
     cfg = load_config(cfg, overrides)
     with open_run_dir(cfg, overwrite=overwrite) as run_dir:  # checked and locked before anything is written
         out = run_dir.path
         loader = ModelLoader(cfg.model, cfg.quant)
+        loader.check(max_length=cfg.data.max_length)  # device, kernels, source, position limit: no weights read
+        check_trackers(cfg.train.trackers)
         tokenizer = loader.load_tokenizer()
         formatter = build_formatter(cfg.data.formatter, tokenizer)
         data = build_datasets(  # before the model: bad data fails fast, and its report is written first

@@ -214,6 +214,7 @@ def test_bitsandbytes_without_a_backend_for_the_device(tiny_llama_dir, monkeypat
 
 def test_bf16_on_a_gpu_without_bf16(tiny_llama_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
     loader = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(), "cuda")

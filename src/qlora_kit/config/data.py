@@ -87,3 +87,12 @@ class DataConfig(StrictModel):
     """Batch examples of similar length together (less padding), shuffled by group."""
     skip_bad_rows: bool = False
     """Skip rows with missing or non-string fields (counted in the data report) instead of failing."""
+
+    @model_validator(mode="after")
+    def _packing_has_no_padding(self) -> DataConfig:
+        if self.packing and self.padding == "max_length":
+            raise ValueError(
+                "`packing: true` and `padding: max_length` contradict each other (packed batches have no "
+                "padding); set data.packing: false for seed-parity padding, or data.padding: longest"
+            )
+        return self

@@ -3,11 +3,13 @@ padding or packing efficiency of each batching strategy (so the gain of the fast
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qlora_kit.files import atomic_write_bytes, atomic_write_text
 from qlora_kit.formatting.tokens import IGNORE_INDEX
 
 REPORT_FILES = ("data_report.json", "data_report.txt", "data_lengths.png")
@@ -124,13 +126,18 @@ class DataReport:
         return render_text(self)
 
     def write(self, output_dir: str | Path) -> list[Path]:
-        """Write data_report.json, data_report.txt and the length histogram data_lengths.png."""
+        """Write data_report.json, data_report.txt and the length histogram data_lengths.png.
+
+        Each file is written atomically (rendered in memory first).
+
+        Raises:
+            StorageError: a file cannot be written (names it); no empty or partial file is left.
+        """
         out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         paths = [out / name for name in REPORT_FILES]
-        paths[0].write_text(self.to_json() + "\n", encoding="utf-8")
-        paths[1].write_text(self.to_text(), encoding="utf-8")
-        _plot_lengths(self, paths[2])
+        atomic_write_text(paths[0], self.to_json() + "\n")
+        atomic_write_text(paths[1], self.to_text())
+        atomic_write_bytes(paths[2], _plot_lengths(self))
         return paths
 
 
@@ -149,13 +156,14 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
     }
 
 
-def _plot_lengths(report: DataReport, path: Path) -> None:
-    import matplotlib
+def _plot_lengths(report: DataReport) -> bytes:
+    """The token-length histogram as PNG bytes (matplotlib's Agg backend: no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.hist(report.lengths or [0], bins=40, color="#4C72B0")
     ax.axvline(report.max_length, color="#C44E52", linestyle="--", label=f"max_length {report.max_length}")
     ax.set_xlabel("tokens per example")
@@ -163,8 +171,9 @@ def _plot_lengths(report: DataReport, path: Path) -> None:
     ax.set_title(f"Token lengths ({report.rows_kept} training examples, {report.formatter})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def show_labels(input_ids: list[int], labels: list[int], tokenizer: Any) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qlora_kit.config import SourceConfig
-from qlora_kit.errors import DataError
+from qlora_kit.errors import DataError, first_line
 
 _DATASETS_FORMATS = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}
 _JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
@@ -68,6 +68,8 @@ def _load_path(source: SourceConfig) -> Rows:
         builder = _DATASETS_FORMATS.get(suffix) if path.is_file() else None
         if path.is_file() and builder is None:
             raise DataError(f"{path}: unsupported file type {suffix!r} (use json, jsonl, csv or parquet)")
+        if builder in ("csv", "text"):
+            _read_text(path)  # `datasets` would report a bad byte without its line
         return _from_datasets(str(path), builder, source)
     if suffix in _JSON_SUFFIXES or suffix in _DATASETS_FORMATS or source.path.startswith((".", "/", "~")):
         raise DataError(f"{source.path}: file not found (data.source.path)")
@@ -83,13 +85,39 @@ def _from_datasets(path: str, builder: str | None, source: SourceConfig) -> Rows
         else:
             dataset = datasets.load_dataset(path, source.name, split=source.split)
     except Exception as exc:  # datasets raises many types (network, format, missing split)
-        raise DataError(f"{path}: cannot load with `datasets` (split {source.split!r}): {exc}") from exc
+        raise DataError(
+            f"{path}: cannot load with `datasets` (split {source.split!r}): {_root_cause(exc)}"
+        ) from exc
     rows = dataset.to_list()
     return Rows(path, rows, [f"{path} row {i}" for i in range(len(rows))])
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause (`datasets` wraps the real error in a generic one)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is named by line and byte offset (a BOM is dropped)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the data file: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(
+            f"{path}: not valid UTF-8 at line {line}, byte {column} of the line (file offset {exc.start}: "
+            f"{data[exc.start : exc.end]!r}); save the file as UTF-8"
+        ) from None
+
+
 def _read_json(path: Path) -> Rows:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         whole = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -62,11 +62,9 @@ def export_run(
     Returns:
         The :class:`~qlora_kit.export.ExportResult`.
     """
-    from peft import PeftModel
 
     from qlora_kit.config.io import load_run_config
-    from qlora_kit.generation import require_intact_export
-    from qlora_kit.model.loading import ModelLoader
+    from qlora_kit.generation import load_adapter_model, require_intact_export
     from qlora_kit.rundir import RunDir, RunLock
 
     output_dir = Path(output_dir)
@@ -80,8 +78,7 @@ def export_run(
     with RunDir(output_dir, RunLock(output_dir).acquire(), resuming=False) as run_dir:
         source = trained_adapter_dir(output_dir)
         require_intact_export(source)
-        base, tokenizer = ModelLoader(cfg.model, cfg.quant, device=device).load()
-        model = PeftModel.from_pretrained(base, source)
+        model, tokenizer = load_adapter_model(source, cfg, device)
         rows = held_out_rows(cfg, tokenizer) if cfg.export.kind == "merged" else None
         result = cfg.export.build().export(model, tokenizer, output_dir, cfg, verify_rows=rows)
         run_dir.finish(cfg)

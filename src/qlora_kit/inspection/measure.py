@@ -32,19 +32,12 @@ def inspect_model(cfg: Any, device: str | torch.device | None = None) -> Inspect
     The original is loaded on the CPU in its stored dtype (as the seed's ``from_pretrained(model_id)``
     did); the quantized one through :class:`~qlora_kit.model.loading.ModelLoader` on ``device``.
     """
-    from transformers import AutoModelForCausalLM
-
     from qlora_kit.model.adapters import AdapterBuilder
     from qlora_kit.model.loading import ModelLoader
 
     loader = ModelLoader(cfg.model, cfg.quant, device)
-    original = AutoModelForCausalLM.from_pretrained(
-        loader.source(),
-        dtype="auto",
-        trust_remote_code=cfg.model.trust_remote_code,
-        revision=cfg.model.revision,
-        cache_dir=cfg.model.cache_dir,
-    )
+    loader.check()  # a missing model, a hub that cannot be reached: one line, before any loading
+    original = loader.load_original()
     builder = AdapterBuilder(cfg.adapter)
     builder.lora_config(original)  # a bad target fails here, before the quantized load
     quantized = loader.load_model()

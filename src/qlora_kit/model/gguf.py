@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from qlora_kit.errors import ModelLoadError
+from qlora_kit.errors import ModelLoadError, storage_error
 
 
 def default_cache_dir() -> Path:
@@ -61,6 +61,7 @@ def dequantize_gguf(path: str | Path, cache_dir: str | Path | None = None) -> Pa
     Raises:
         ModelLoadError: the file is missing, corrupt, or its architecture is not supported by
             transformers' GGUF loader.
+        StorageError: the cache cannot be written (names the cache entry).
     """
     path = Path(path).expanduser().resolve()
     validate_gguf(path)
@@ -68,17 +69,21 @@ def dequantize_gguf(path: str | Path, cache_dir: str | Path | None = None) -> Pa
     target = root / "gguf" / cache_key(path)
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
         _convert(path, tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process converted the same file meanwhile: keep theirs
             if not (target / "config.json").is_file():
                 raise
+    except OSError as exc:  # reading errors became ModelLoadError in _convert: this is the cache
+        raise storage_error(exc, target, "caching the dequantized GGUF model (model.cache_dir) in") from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -11,8 +11,15 @@ from typing import Any
 import torch
 
 from qlora_kit.compat import modules_kept_unquantized
-from qlora_kit.errors import ModelLoadError
+from qlora_kit.errors import ModelLoadError, UsageError, first_line
+from qlora_kit.model.checks import (
+    check_attn_implementation,
+    check_finite_weights,
+    check_max_length,
+    validate_checkpoint_dir,
+)
 from qlora_kit.model.gguf import dequantize_gguf
+from qlora_kit.model.hub import check_hub_id, is_hub_id
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 
 logger = logging.getLogger(__name__)
@@ -21,10 +28,17 @@ PAD_TOKEN = "<|pad|>"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a ``torch.device``; None means ``cuda:0`` when CUDA is available, else ``cpu``."""
+    """``device`` as a ``torch.device``; None means ``cuda:0`` when CUDA is available, else ``cpu``.
+
+    Raises:
+        UsageError: ``device`` is not a device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+    """
     if device is None:
         return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device {device!r}: not a device; use cpu, cuda, cuda:1 or mps") from None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", 0)
     return device
@@ -70,13 +84,37 @@ class ModelLoader:
             self._source = self._resolve_source()
         return self._source
 
+    def check(self, max_length: int | None = None) -> None:
+        """Everything that can be checked before a weight is read, so a run fails in seconds: the
+        device, compute dtype, bitsandbytes, attention kernel, the source (a model directory, or a hub
+        id that is cached or downloadable now) and, given ``max_length`` (`data.max_length`), the
+        model's position limit from its config.json.
+
+        Raises:
+            ModelLoadError: the model cannot be loaded here (the message names the field).
+            ConfigError: ``max_length`` is beyond the model's position embeddings.
+        """
+        self._check_environment()
+        source = self.source()
+        if max_length is not None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(
+                source, trust_remote_code=self.model_cfg.trust_remote_code, **self._hub_kwargs()
+            )
+            check_max_length(
+                config, max_length, self.model_cfg.name_or_path, self.model_cfg.trust_remote_code
+            )
+
     def load_model(self) -> Any:
-        """The model alone, quantized per the `quant` section and placed on the device."""
+        """The model alone, quantized per the `quant` section and placed on the device.
+
+        Raises:
+            ModelLoadError: see :meth:`check`; also unreadable files and NaN/inf weights (named).
+        """
         from transformers import AutoModelForCausalLM
 
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ModelLoadError(f"device {self.device} was asked for, but CUDA is not available here")
-        self.quantization.check(self.device)
+        self._check_environment()
         source = self.source()
         kwargs: dict[str, Any] = dict(
             dtype=self.quantization.compute_dtype,
@@ -90,23 +128,40 @@ class ModelLoader:
         try:
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except OSError as exc:  # transformers' way of saying "not found / not downloadable / unreadable"
-            raise ModelLoadError(f"model.name_or_path: cannot load {source!r}: {exc}") from exc
+            raise ModelLoadError(f"model.name_or_path: cannot load {source!r}: {first_line(exc)}") from exc
         model = self.quantization.after_load(model)
+        check_finite_weights(model, source)
         keep_4bit_weights_trainable(model)
+        return model
+
+    def load_original(self) -> Any:
+        """The model as stored: not quantized, in its stored dtype, on the CPU (for comparisons)."""
+        from transformers import AutoModelForCausalLM
+
+        source = self.source()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype="auto", trust_remote_code=self.model_cfg.trust_remote_code, **self._hub_kwargs()
+            )
+        except OSError as exc:
+            raise ModelLoadError(f"model.name_or_path: cannot load {source!r}: {first_line(exc)}") from exc
+        check_finite_weights(model, source)
         return model
 
     def load_tokenizer(self) -> Any:
         """The tokenizer with the `model.pad_token` policy and `model.model_max_length` applied."""
         from transformers import AutoTokenizer
 
-        name = self.model_cfg.tokenizer or self.source()
+        field = "model.tokenizer" if self.model_cfg.tokenizer else "model.name_or_path"
+        name = self._resolve_tokenizer() if self.model_cfg.tokenizer else self.source()
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 name, trust_remote_code=self.model_cfg.trust_remote_code, **self._hub_kwargs()
             )
         except (OSError, ValueError) as exc:
-            field = "model.tokenizer" if self.model_cfg.tokenizer else "model.name_or_path"
-            raise ModelLoadError(f"{field}: cannot load a tokenizer from {name!r}: {exc}") from exc
+            raise ModelLoadError(
+                f"{field}: cannot load a tokenizer from {name!r}: {first_line(exc)}"
+            ) from exc
         if self.model_cfg.model_max_length:
             tokenizer.model_max_length = self.model_cfg.model_max_length
         apply_pad_policy(tokenizer, self.model_cfg.pad_token)
@@ -117,6 +172,18 @@ class ModelLoader:
     def _hub_kwargs(self) -> dict[str, Any]:
         return {"revision": self.model_cfg.revision, "cache_dir": self.model_cfg.cache_dir}
 
+    def _check_environment(self) -> None:
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {self.device} was asked for, but CUDA is not available here")
+        if self.device.type == "cuda" and self.device.index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"device {self.device} was asked for, but this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+        self.quantization.check(self.device)
+        check_attn_implementation(
+            self.model_cfg.attn_implementation, self.device, self.quant_cfg.compute_dtype
+        )
+
     def _resolve_source(self) -> str:
         name = self.model_cfg.name_or_path
         path = Path(name).expanduser()
@@ -126,9 +193,25 @@ class ModelLoader:
         if path.is_dir():
             validate_checkpoint_dir(path)
             return str(path)
-        if path.exists() or _looks_like_path(name):
+        if path.exists() or not is_hub_id(name):
             raise ModelLoadError(f"model.name_or_path: no model directory at {name!r}")
-        return name  # a hub id
+        check_hub_id(name, "model.name_or_path", **self._hub_kwargs())
+        return name
+
+    def _resolve_tokenizer(self) -> str:
+        name = self.model_cfg.tokenizer
+        if Path(name).expanduser().is_dir():
+            return name
+        if not is_hub_id(name):
+            raise ModelLoadError(f"model.tokenizer: no tokenizer directory at {name!r}")
+        check_hub_id(
+            name,
+            "model.tokenizer",
+            filename="tokenizer_config.json",
+            require_file=False,
+            **self._hub_kwargs(),
+        )
+        return name
 
     def unquantized_modules(self, extra: list[str]) -> list[str] | None:
         """The modules a quantization kind keeps in 16 bits: transformers' defaults (the output head)
@@ -149,30 +232,6 @@ class ModelLoader:
         config = AutoConfig.from_pretrained(self.source(), trust_remote_code=trust, **self._hub_kwargs())
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
-
-
-def _looks_like_path(name: str) -> bool:
-    # A hub id is "name" or "org/name"; anything else with separators or a leading ./ ~ / is a path.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def validate_checkpoint_dir(path: Path) -> None:
-    """Check a local model directory before transformers reads it: a config, and every safetensors
-    file's header and size (a truncated or corrupt file is named here, not deep in a stack trace).
-
-    Raises:
-        ModelLoadError: naming the directory or the damaged file.
-    """
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"model.name_or_path: {path} has no config.json (not a model directory)")
-    from safetensors import safe_open
-
-    for file in sorted(path.glob("*.safetensors")):
-        try:
-            with safe_open(file, framework="pt") as handle:
-                handle.keys()
-        except Exception as exc:  # SafetensorError is not exported under a stable name
-            raise ModelLoadError(f"model.name_or_path: {file} is corrupt or truncated ({exc})") from exc
 
 
 def apply_pad_policy(tokenizer: Any, policy: str) -> None:

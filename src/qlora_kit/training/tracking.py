@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from qlora_kit.errors import ConfigError, storage_error
+from qlora_kit.files import atomic_write_bytes, atomic_write_text, writing
+
+logger = logging.getLogger(__name__)
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
+
+
+def check_trackers(names: Iterable[str]) -> None:
+    """Fail before training when a tracker of `train.trackers` is not installed.
+
+    Accelerate only warns and drops a tracker whose package is missing, so a run would train for
+    hours without logging where it was asked to. Call this before loading the model.
+
+    Raises:
+        ConfigError: at ``train.trackers``, with the install command.
+    """
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    missing = [name for name in names if name in available and not available[name]()]
+    if missing:
+        install = " ".join(f"pip install 'qlora_kit[{name}]'" for name in missing)
+        raise ConfigError(
+            [("train.trackers", f"{', '.join(missing)} not installed: {install}, or leave it out")]
+        )
 
 
 class MetricsLogger:
@@ -55,7 +83,7 @@ class MetricsLogger:
         """Append ``record`` to the history, ``metrics.jsonl`` and the trackers."""
         self.history.append(record)
         if self.main:
-            with self.path.open("a") as f:
+            with writing(self.path), self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self.accelerator.trackers:
@@ -84,18 +112,44 @@ def truncate_jsonl(path: Path, step: int) -> list[dict[str, Any]]:
     """Keep the records of ``path`` up to ``step`` and return them.
 
     A resumed run rewrites the steps after its checkpoint (and a fresh run, from step 0, all of
-    them), so the interrupted run's copies are dropped instead of appearing twice.
+    them), so the interrupted run's copies are dropped instead of appearing twice. A line that is not
+    a JSON record with a ``step`` (a writer killed mid-line leaves a torn last line) is dropped with a
+    warning naming the file and line.
     """
     if not path.exists():
         return []
-    kept = [json.loads(line) for line in path.read_text().splitlines() if line]
-    kept = [record for record in kept if record["step"] <= step]
-    path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise storage_error(exc, path, "reading") from exc
+    kept = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        record = _record(line)
+        if record is None:
+            logger.warning("%s line %d: not a complete JSON record (a torn write?); dropped", path, number)
+        elif record["step"] <= step:
+            kept.append(record)
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
     return kept
 
 
+def _record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("step"), (int, float))
+    return record if ok else None
+
+
 def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Train (and eval) loss against step, as a PNG (matplotlib's Agg backend: no display needed)."""
+    """Train (and eval) loss against step, as a PNG (matplotlib's Agg backend: no display needed).
+
+    The image is rendered in memory and written atomically: a full disk raises StorageError naming
+    ``path`` and never leaves an empty or partial PNG.
+    """
     train = [(r["step"], r["loss"]) for r in history if _finite(r.get("loss"))]
     evals = [(r["step"], r["eval_loss"]) for r in history if _finite(r.get("eval_loss"))]
     if not train and not evals:
@@ -115,8 +169,9 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _finite(value: Any) -> bool:
