@@ -17,8 +17,8 @@ from qlora_kit import load_config
 from qlora_kit.config.io import write_run_config
 from qlora_kit.data import build_datasets, build_formatter, make_collator
 from qlora_kit.export import build_exporter
+from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.quickstart import smollm2_gguf
 from qlora_kit.quickstart.task import make_rows, write_jsonl

@@ -28,7 +28,7 @@ _EXPORTS = {
     "PromptFormatter": "qlora_kit.formatting",
     "Segment": "qlora_kit.formatting",
     "ModelLoader": "qlora_kit.model.loading",
-    "prepare_for_training": "qlora_kit.model.loading",
+    "prepare_for_training": "qlora_kit.model.prepare",
     "AdapterBuilder": "qlora_kit.model.adapters",
     "Quantization": "qlora_kit.model.quant",
     "Callback": "qlora_kit.training",

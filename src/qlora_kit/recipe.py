@@ -100,7 +100,7 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
     from qlora_kit.config.io import load_config, write_run_config
     from qlora_kit.data import build_datasets, build_formatter, length_grouped_batches, make_collator
     from qlora_kit.export import ExportResult
-    from qlora_kit.model.loading import ModelLoader, prepare_for_training
+    from qlora_kit.model import ModelLoader, prepare_for_training
     from qlora_kit.rundir import open_run_dir
     from qlora_kit.training import Trainer
     from qlora_kit.training.resume import check_resume_data
@@ -111,7 +111,9 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
     with open_run_dir(cfg, overwrite=overwrite) as run_dir:  # checked and locked before anything is written
         out = run_dir.path
         loader = ModelLoader(cfg.model, cfg.quant)
-        loader.check(max_length=cfg.data.max_length)  # device, kernels, source, position limit: no weights read
+        loader.check(
+            max_length=cfg.data.max_length
+        )  # device, kernels, source, position limit: no weights read
         check_trackers(cfg.train.trackers)
         tokenizer = loader.load_tokenizer()
         formatter = build_formatter(cfg.data.formatter, tokenizer)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-NEEDS_IO = "needs config/io.py: the message of a YAML/decoding error is not one line yet"
-
 CASES = [
     # id, argv, fragments of the message
     ("unknown-key-typo", ["validate", "{base}", "train.epohcs=3"], ["train", "did you mean 'epochs'"]),
@@ -14,6 +12,11 @@ CASES = [
     ("wrong-type", ["validate", "{base}", "train.epochs=abc"], ["train.epochs", "valid number"]),
     ("out-of-range", ["validate", "{base}", "adapter.r=0"], ["adapter.r", "greater than 0"]),
     ("nan-lr", ["validate", "{base}", "train.optimizer.lr=.nan"], ["train.optimizer.lr"]),
+    ("infinite-lr", ["validate", "{base}", "train.optimizer.lr=.inf"], ["train.optimizer.lr", "finite"]),
+    ("eval-every-without-eval-data", ["validate", "{base}", "train.eval_every=1"], ["train.eval_every", "data.eval"]),
+    ("bad-yaml-syntax", ["validate", "{bad_yaml}"], ["bad.yaml", "line 2", "expected ','"]),
+    ("config-not-utf8", ["validate", "{latin1_yaml}"], ["latin1.yaml", "UTF-8", "line 1"]),
+    ("override-value-bad-yaml", ["validate", "{base}", "train.optimizer.lr=[1"], ["train.optimizer.lr", "not valid YAML"]),
     ("config-not-found", ["validate", "{root}/nope.yaml"], ["nope.yaml", "config file not found"]),
     ("config-is-a-directory", ["validate", "{empty}"], ["empty_dir", "config file not found"]),
     ("config-top-level-list", ["validate", "{list_yaml}"], ["list.yaml", "top level must be a mapping"]),
@@ -29,26 +32,8 @@ CASES = [
     ("literal-choice", ["validate", "{base}", "data.truncation=chop"], ["data.truncation", "'truncate'"]),
 ]  # fmt: skip
 
-XFAIL = [
-    ("bad-yaml-syntax", ["validate", "{bad_yaml}"], ["bad.yaml", "line 1"], NEEDS_IO),
-    ("config-not-utf8", ["validate", "{latin1_yaml}"], ["latin1.yaml", "UTF-8", "line 1"], NEEDS_IO),
-    ("override-value-bad-yaml", ["validate", "{base}", "train.optimizer.lr=[1"], ["train.optimizer.lr"], NEEDS_IO),
-    ("infinite-lr", ["validate", "{base}", "train.optimizer.lr=.inf"], ["train.optimizer.lr", "finite"],
-     "needs config rework: lr (and other floats) must refuse inf"),
-    ("eval-every-without-eval-data", ["validate", "{base}", "train.eval_every=1"], ["train.eval_every", "data.eval"],
-     "needs config rework: eval_every without data.eval is accepted and ignored"),
-]  # fmt: skip
 
 
 @pytest.mark.parametrize(("argv", "expect"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_config_case(expect_error, argv, expect):
-    expect_error(argv, expect)
-
-
-@pytest.mark.parametrize(
-    ("argv", "expect"),
-    [pytest.param(*c[1:3], marks=pytest.mark.xfail(strict=False, reason=c[3])) for c in XFAIL],
-    ids=[c[0] for c in XFAIL],
-)
-def test_config_case_pending(expect_error, argv, expect):
     expect_error(argv, expect)

@@ -11,8 +11,8 @@ from qlora_kit.config.io import load_config
 from qlora_kit.export import build_exporter
 from qlora_kit.export.verify import compare_logits, logits_of
 from qlora_kit.generation import generate, load_exported
+from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.testing import perturb_lora
 
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from qlora_kit.config import ModelConfig, TrainConfig
 from qlora_kit.data.collate import PackedCollator, PaddedCollator
+from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.testing import make_tiny_llama, perturb_lora
 from qlora_kit.training import Trainer

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from qlora_kit.config import ModelConfig
+from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.testing import make_tiny_llama
 from qlora_kit.training.offload import disable_offloaded_checkpointing, enable_offloaded_checkpointing

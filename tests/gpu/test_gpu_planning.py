@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from qlora_kit.config import RunConfig
+from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.planning import Settings, plan_run
 from qlora_kit.testing import make_tiny_llama
 from qlora_kit.training.loss import causal_lm_loss

@@ -7,8 +7,8 @@ import torch
 
 from qlora_kit.config import ModelConfig, RunConfig
 from qlora_kit.inspection import inspect_model
+from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.testing import make_alpaca_rows, make_distilgpt2_shape
 

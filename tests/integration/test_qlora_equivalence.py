@@ -24,8 +24,8 @@ from bitsandbytes.functional import dequantize_4bit, has_avx512bf16
 from bitsandbytes.nn import Linear4bit
 
 from qlora_kit.config import ModelConfig
+from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.model.quant import Bnb4bit, NoQuant, keep_4bit_weights_trainable
 from qlora_kit.testing import make_alpaca_rows, make_tiny_llama
 

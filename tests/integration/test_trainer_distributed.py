@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     import os, random, sys, torch
     from qlora_kit.model.adapters import AdapterBuilder
     from qlora_kit.config import ModelConfig, TrainConfig
-    from qlora_kit.model.loading import ModelLoader, prepare_for_training
+    from qlora_kit.model import ModelLoader, prepare_for_training
     from qlora_kit.model.quant import Bnb4bit
     from qlora_kit.training import Callback, Trainer
 

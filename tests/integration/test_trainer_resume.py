@@ -12,8 +12,8 @@ import torch
 import qlora_kit.training.checkpoint as checkpoint_module
 from qlora_kit.config import ModelConfig, TrainConfig
 from qlora_kit.errors import TrainingError
+from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.model.quant import Bnb4bit
 from qlora_kit.testing import adapter_tensors, checkpoint_tensors
 from qlora_kit.training import Callback, Trainer

@@ -72,8 +72,8 @@ def _run_cfg(model_dir, out, export, quant=None):
 @pytest.fixture
 def adapted(tiny_llama_dir, tmp_path):
     """A 4-bit tiny Llama with a LoRA adapter whose B matrices are non-zero (as after training)."""
+    from qlora_kit.model import ModelLoader, prepare_for_training
     from qlora_kit.model.adapters import AdapterBuilder
-    from qlora_kit.model.loading import ModelLoader, prepare_for_training
 
     def build(export, quant=None):
         cfg = _run_cfg(tiny_llama_dir, tmp_path / "run", export, quant)

@@ -9,9 +9,9 @@ from bitsandbytes.nn import Linear4bit
 from qlora_kit.cli import main
 from qlora_kit.config import ModelConfig
 from qlora_kit.errors import ModelLoadError, QloraKitError
+from qlora_kit.model import ModelLoader, prepare_for_training, resolve_device
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.gguf import dequantize_gguf
-from qlora_kit.model.loading import ModelLoader, prepare_for_training, resolve_device
 from qlora_kit.model.quant import Bnb4bit, NoQuant
 from qlora_kit.testing import make_distilgpt2_shape, make_tiny_gguf
 

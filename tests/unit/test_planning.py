@@ -10,8 +10,8 @@ from peft.helpers import disable_input_dtype_casting
 from transformers import LlamaConfig
 
 from qlora_kit.config import ModelConfig, RunConfig
+from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.loading import ModelLoader, prepare_for_training
 from qlora_kit.model.quant import Bnb4bit, NoQuant
 from qlora_kit.planning import Settings, choose_settings, estimate_memory, model_shape, plan_run
 from qlora_kit.planning.memory import (

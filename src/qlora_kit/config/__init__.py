@@ -9,7 +9,7 @@ kinds work exactly like built-ins.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from qlora_kit.config.data import DataConfig, EvalSplitConfig, FormatterSpec, SourceConfig, SubsetConfig
 from qlora_kit.config.model import ModelConfig
@@ -48,3 +48,12 @@ class RunConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportSpec = exporters.default("adapter")
     """What is written after training: a registered exporter."""
+
+    @model_validator(mode="after")
+    def _evaluation_has_data(self) -> RunConfig:
+        if self.train.eval_every is not None and self.data.eval is None:
+            raise ValueError(
+                "train.eval_every is set but there is no eval data: set data.eval (a fraction or a source), "
+                "or train.eval_every: null"
+            )
+        return self

@@ -26,18 +26,35 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError([("", f"config file not found: {path}")], source=str(path))
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([("", f"not valid UTF-8 at line {line} (byte {raw[exc.start:exc.start + 1]!r}); "
+                           "save the file as UTF-8")], str(path)) from None  # fmt: skip
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(
-            [("", f"not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}")], str(path)
+            [("", f"not valid {path.suffix.lstrip('.') or 'YAML'}: {_one_line(exc)}")], str(path)
         ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([("", f"top level must be a mapping, got {type(data).__name__}")], str(path))
     return data
+
+
+def _one_line(exc: Exception) -> str:
+    """A parser error as one line with its line and column (YAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    return " ".join(str(exc).split())
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -64,7 +81,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError([(key.strip(), f"value {raw!r} is not valid YAML: {exc}")], "overrides") from None
+        raise ConfigError(
+            [(key.strip(), f"value {raw!r} is not valid YAML ({_one_line(exc)})")], "overrides"
+        ) from None
     return key.strip().split("."), value
 
 

@@ -21,10 +21,10 @@ from qlora_kit.model.checks import (
 from qlora_kit.model.gguf import dequantize_gguf
 from qlora_kit.model.hub import check_hub_id, is_hub_id
 from qlora_kit.model.quant import keep_4bit_weights_trainable
+from qlora_kit.model.tokens import apply_pad_policy, fit_embeddings_to_tokenizer
 
 logger = logging.getLogger(__name__)
 
-PAD_TOKEN = "<|pad|>"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -232,99 +232,3 @@ class ModelLoader:
         config = AutoConfig.from_pretrained(self.source(), trust_remote_code=trust, **self._hub_kwargs())
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
-
-
-def apply_pad_policy(tokenizer: Any, policy: str) -> None:
-    """Give ``tokenizer`` a pad token per `model.pad_token` when it has none.
-
-    `add` adds ``<|pad|>`` (the model then needs :func:`fit_embeddings_to_tokenizer`), `eos`/`unk`
-    reuse that token (safe here: labels come from the formatter's segments, never from pad ids), and
-    `keep` requires the tokenizer to have one.
-
-    Raises:
-        ModelLoadError: `keep` without a pad token, or `eos`/`unk` when that token does not exist.
-    """
-    if tokenizer.pad_token is not None:
-        return
-    if policy == "add":
-        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    elif policy in ("eos", "unk"):
-        token = getattr(tokenizer, f"{policy}_token")
-        if token is None:
-            raise ModelLoadError(f"model.pad_token={policy}: the tokenizer has no {policy} token; use `add`")
-        tokenizer.pad_token = token
-    else:
-        raise ModelLoadError(
-            "model.pad_token=keep: the tokenizer has no pad token; use `add`, `eos` or `unk`"
-        )
-
-
-def fit_embeddings_to_tokenizer(model: Any, tokenizer: Any) -> bool:
-    """Grow the input embeddings (and a tied or untied output head) when the tokenizer has more
-    tokens than the embedding matrix has rows; set the model's pad id. Returns whether it resized.
-
-    Only the missing rows are added (no rounding up), each set to the mean of the existing rows:
-    deterministic, so every load of the same base (training, export, generation) gets the same
-    matrix; transformers' own mean resizing samples them at random. In a 4-bit model the embeddings
-    and output head are never quantized, so this works there too, and tied weights stay tied. The
-    new row stays frozen unless the embeddings are in `adapter.modules_to_save`; that is harmless for
-    a pad token, which is masked out of attention and labels. The base's shape has changed, though:
-    an adapter trained on it loads only on a base resized the same way (as ModelLoader does).
-    """
-    rows = model.get_input_embeddings().weight.shape[0]
-    resized = len(tokenizer) > rows
-    if resized:
-        logger.info("resizing token embeddings %d -> %d for added tokens", rows, len(tokenizer))
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        matrices = {
-            id(m.weight): m.weight
-            for m in (model.get_input_embeddings(), model.get_output_embeddings())
-            if m is not None
-        }
-        with torch.no_grad():
-            for weight in matrices.values():
-                weight[rows:] = weight[:rows].float().mean(dim=0).to(weight.dtype)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return resized
-
-
-def prepare_for_training(model: Any, grad_checkpointing: bool) -> Any:
-    """k-bit training preparation without peft's fp32 upcasting.
-
-    What ``peft.prepare_model_for_kbit_training`` does, minus casting every non-quantized parameter
-    (embeddings, norms, output head) to fp32: freeze the base, disable the KV cache, and set
-    activation checkpointing per ``grad_checkpointing`` (:func:`set_grad_checkpointing`).
-    """
-    for param in model.parameters():
-        param.requires_grad_(False)
-    model.config.use_cache = False
-    set_grad_checkpointing(model, grad_checkpointing)
-    return model
-
-
-def set_grad_checkpointing(model: Any, enabled: bool) -> None:
-    """Turn activation checkpointing of the decoder layers on or off (also on a PEFT-wrapped model).
-
-    Non-reentrant checkpointing recomputes with the same RNG state (LoRA dropout masks repeat) and needs
-    no input that requires grad, so the frozen embeddings' output is left without one (peft's
-    ``enable_input_require_grads`` would make autograd compute a gradient nobody uses, and keep the first
-    layer's input alive). transformers 5 renamed ``gradient_checkpointing_*`` to
-    ``activation_checkpointing_*``; both names are accepted.
-    """
-    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
-    if enabled and hasattr(model, f"{prefix}_checkpointing_enable"):
-        kwargs = {f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
-        getattr(model, f"{prefix}_checkpointing_enable")(**kwargs)
-        disable_input_require_grads(model)  # transformers turns it on with checkpointing
-    elif not enabled and hasattr(model, f"{prefix}_checkpointing_disable"):
-        getattr(model, f"{prefix}_checkpointing_disable")()
-
-
-def disable_input_require_grads(model: Any) -> None:
-    """Remove the hooks that make the embeddings' output require grad (transformers' public
-    ``disable_input_require_grads``; a no-op when none is registered)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if hasattr(base, "disable_input_require_grads"):
-        base.disable_input_require_grads()

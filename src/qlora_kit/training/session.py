@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from qlora_kit.errors import DataError
-from qlora_kit.model.loading import set_grad_checkpointing
+from qlora_kit.model.prepare import set_grad_checkpointing
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.planning.live import check_first_step, choose_memory_settings
 from qlora_kit.training.accelerator import flat_config, make_accelerator

@@ -1,0 +1,129 @@
+"""The argument parser of every sub-command."""
+
+from __future__ import annotations
+
+import argparse
+
+from qlora_kit.cli import commands as cmd
+from qlora_kit.cli.args import Parser, name_value, non_negative_float, positive_int
+
+
+def _with_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML or JSON run config")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optimizer.lr=1e-4")
+
+
+def _trust_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import the plugins and run the model code that the run's run_config.yaml asks for",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = Parser(prog="qlora-kit", description="QLoRA fine-tuning toolkit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="print the resolved config, or every error with its path")
+    _with_config(p)
+    p.set_defaults(func=cmd.cmd_validate)
+
+    p = sub.add_parser("schema", help="print the config's JSON schema, or every registered kind")
+    p.add_argument("--kinds", action="store_true", help="list the registered kinds of every component")
+    p.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE", help="import a plugin module first"
+    )
+    p.set_defaults(func=cmd.cmd_schema)
+
+    p = sub.add_parser("inspect", help="quantization and parameter report for the config's model")
+    _with_config(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd.cmd_inspect)
+
+    p = sub.add_parser("data", help="load, format and tokenize the config's data; print the data report")
+    _with_config(p)
+    p.add_argument(
+        "--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of failing"
+    )
+    p.add_argument(
+        "--output", metavar="DIR", help="also write data_report.json/.txt and data_lengths.png here"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd.cmd_data)
+
+    p = sub.add_parser("train", help="run the whole pipeline: load, data report, adapt, train, export")
+    _with_config(p)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in output_dir (its run files only)"
+    )
+    p.set_defaults(func=cmd.cmd_train)
+
+    p = sub.add_parser("export", help="export a finished run again (adapter, or a verified merged model)")
+    p.add_argument("output_dir", help="the run's output_dir (holds run_config.yaml)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="dotted overrides of the export section, e.g. export.dtype=float16 (before any --option)",
+    )
+    p.add_argument("--kind", choices=["adapter", "merged"], help="shortcut for export.kind=...")
+    p.add_argument(
+        "--merge-base", choices=["original", "dequantized"], help="shortcut for export.merge_base=..."
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
+    _trust_code(p)
+    p.set_defaults(func=cmd.cmd_export)
+
+    p = sub.add_parser("generate", help="generate from an exported run in its training prompt format")
+    p.add_argument("output_dir", help="a run's output_dir, or its adapter/ or merged/ directory")
+    p.add_argument(
+        "--prompt", action="append", default=[], help="the instruction / user message (repeatable)"
+    )
+    p.add_argument("--input", help="the Alpaca `input` (context) field")
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        type=name_value,
+        metavar="NAME=VALUE",
+        help="another field of a custom formatter",
+    )
+    p.add_argument(
+        "--chat", action="store_true", help="a conversation on stdin (chatml / chat_template runs)"
+    )
+    p.add_argument(
+        "--use", choices=["adapter", "merged"], help="which export of a run dir (default: merged if present)"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
+    _trust_code(p)
+    p.set_defaults(func=cmd.cmd_generate)
+
+    p = sub.add_parser(
+        "verify", help="check a run, export or checkpoint dir against its manifest; load its model"
+    )
+    p.add_argument("dir", help="a run's output_dir, its adapter/ or merged/, or a checkpoint")
+    p.add_argument("--no-load", action="store_true", help="only check files, do not load the model")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
+    _trust_code(p)
+    p.set_defaults(func=cmd.cmd_verify)
+
+    p = sub.add_parser(
+        "quickstart", help="fine-tune SmolLM2-135M offline on a generated task; before/after report"
+    )
+    p.add_argument("--output-dir", default="runs/quickstart")
+    p.add_argument(
+        "--steps", type=positive_int, help="optimizer steps (default: the quickstart's full length)"
+    )
+    p.add_argument("--train-rows", type=positive_int, help="generated training rows")
+    p.add_argument("--eval-rows", type=positive_int, help="held-out rows scored before and after")
+    p.add_argument("--export", choices=["adapter", "merged"], default="merged")
+    p.set_defaults(func=cmd.cmd_quickstart)
+    for command in sub.choices.values():  # `--debug` also after the sub-command, where users type it
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+    return parser
