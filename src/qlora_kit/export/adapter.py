@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from qlora_kit.errors import QloraKitError
+from qlora_kit.export.card import write_model_card
 from qlora_kit.export.files import generation_config_for, write_run_files
+from qlora_kit.export.provenance import record_provenance
 from qlora_kit.files import atomic_dir
 
 ADAPTER_DIR = "adapter"
@@ -25,7 +27,9 @@ def require_peft_model(model: Any) -> None:
 def save_adapter(model: Any, tokenizer: Any, target: str | Path, run_cfg: Any) -> Path:
     """Write ``target`` atomically: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's own
     format: ``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM`` load it), the tokenizer, a
-    ``generation_config.json`` whose EOS and pad ids are the training tokenizer's, and the run config.
+    ``generation_config.json`` whose EOS and pad ids are the training tokenizer's, the run config, the base
+    model's original source and the quantization it was trained on (``qlora_kit.json``,
+    ``quantization_config.json``), and a model card (``README.md``) built from the run's output dir.
 
     PEFT also saves the embedding matrices when the tokenizer grew (an added pad token), so the
     adapter loads onto a base resized the same way.
@@ -40,4 +44,8 @@ def save_adapter(model: Any, tokenizer: Any, target: str | Path, run_cfg: Any) -
         tokenizer.save_pretrained(tmp)
         generation_config_for(model, tokenizer, run_cfg.data.formatter.kind).save_pretrained(tmp)
         write_run_files(tmp, run_cfg)
+        record_provenance(tmp, "adapter", run_cfg, model=model)
+        write_model_card(
+            tmp, "adapter", run_cfg, run_dir=target.parent, tokenizer=tokenizer, path=target.resolve()
+        )
     return target
