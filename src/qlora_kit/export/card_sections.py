@@ -11,6 +11,7 @@ import yaml
 
 from qlora_kit.export.card_data import prompt_template
 
+_EXAMPLE_CHARS = 3000  # a card shows the start of a long first example
 LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
 _HYPERPARAMETERS = (
     ("LoRA rank r / alpha / dropout", ("adapter.r", "adapter.alpha", "adapter.dropout")),
@@ -44,6 +45,7 @@ def _fmt(value: Any) -> str:
 
 
 def front_matter(kind: str, source: dict[str, Any]) -> str:
+    """The YAML header the Hugging Face hub reads (base_model only when it is a hub id)."""
     repo = source.get("repo_id")
     tags = ["qlora_kit", "qlora", "lora", "text-generation"] + (["gguf"] if kind == "gguf" else [])
     if repo and kind == "adapter":
@@ -60,6 +62,7 @@ def _base_name(source: dict[str, Any]) -> str:
 def intro(
     kind: str, config: dict[str, Any], source: dict[str, Any], quant: dict[str, Any] | None, merge: Any
 ) -> str:
+    """Title and what the export is; for an adapter, that it must be loaded on the base as trained."""
     name = _base_name(source)
     trained_on = _trained_on(config, quant)
     if kind == "adapter":
@@ -72,7 +75,7 @@ def intro(
             text += (
                 " `../merged/` holds the 16-bit alternative; the merge verification below says how close it is.\n"
                 if merge is not None
-                else " A merged 16-bit model is made with `qlora-kit export OUTPUT_DIR export.kind=merged`.\n"
+                else " A merged 16-bit model is made with `qlora-kit export OUTPUT_DIR --kind merged`.\n"
             )
         return text
     if kind == "merged":
@@ -95,13 +98,15 @@ def _trained_on(config: dict[str, Any], quant: dict[str, Any] | None) -> str:
 
 
 def base_section(source: dict[str, Any], config: dict[str, Any], quant: dict[str, Any] | None) -> str:
+    """Where the base model came from and how it was quantized for training."""
     from qlora_kit.model.source import describe_source_text
 
     lines = ["## Base model and source", "", f"- Source: {describe_source_text(source)}"]
     if source["kind"] == "gguf":
         lines.append(
             "- The GGUF file was dequantized by qlora_kit (`qlora_kit.model.gguf.dequantize_gguf`) into a "
-            "plain model, then quantized for training as below."
+            "plain model, then quantized for training as below. `adapter_config.json` names the GGUF file, "
+            "which `AutoPeftModelForCausalLM` cannot load a base from: use the code under *How to load*."
         )
         origin = ", ".join(f"{k}: {v}" for k, v in (source.get("metadata") or {}).items())
         if origin:
@@ -120,6 +125,7 @@ def base_section(source: dict[str, Any], config: dict[str, Any], quant: dict[str
 
 
 def data_section(config: dict[str, Any], data: dict[str, Any] | None, run_cfg: Any, tokenizer: Any) -> str:
+    """The data source, row and token counts (from the data report), the formatter and its template."""
     src = config_value(config, "data.source") or {}
     origin = src.get("path") or src.get("rows")
     if src.get("path"):
@@ -150,15 +156,30 @@ def data_section(config: dict[str, Any], data: dict[str, Any] | None, run_cfg: A
         ]
     templates = prompt_template(run_cfg.data.formatter, tokenizer)
     if templates or (data and data.get("example")):
-        lines += ["", "### Prompt format", "", "Text inside `[MASKED]...[/MASKED]` is prompt (no loss); the rest "
-                  "is trained, followed by the EOS token."]  # fmt: skip
+        trained = (
+            "every token was trained (`train_on_inputs`)"
+            if config_value(config, "data.train_on_inputs")
+            else "it had no loss; the rest was trained, with the EOS token after it"
+        )
+        lines += [
+            "",
+            "### Prompt format",
+            "",
+            f"Text inside `[MASKED]...[/MASKED]` is the prompt: {trained}.",
+        ]
         lines += [f"\n```text\n{t}\n```" for t in templates]
         if data and data.get("example"):
-            lines += ["", "First training example:", f"\n```text\n{data['example']}\n```"]
+            example = (
+                data["example"]
+                if len(data["example"]) <= _EXAMPLE_CHARS
+                else data["example"][:_EXAMPLE_CHARS] + "…"
+            )
+            lines += ["", "First training example:", f"\n```text\n{example}\n```"]
     return "\n".join(lines) + "\n"
 
 
 def training_section(config: dict[str, Any], train: dict[str, Any] | None) -> str:
+    """Key hyper-parameters (from the config) and the final numbers (from the train summary)."""
     lines = ["## Training", "", "| setting | value |", "|---|---|"]
     for label, keys in _HYPERPARAMETERS:
         lines.append(f"| {label} | {' / '.join(_fmt(config_value(config, k)) for k in keys)} |")
@@ -179,6 +200,7 @@ def training_section(config: dict[str, Any], train: dict[str, Any] | None) -> st
 
 
 def merge_section(report: dict[str, Any], kind: str) -> str:
+    """The merge report: verdict and the error of each merge base."""
     lines = [
         "## Merge verification",
         "",
@@ -200,6 +222,7 @@ def merge_section(report: dict[str, Any], kind: str) -> str:
 
 
 def gguf_section(report: dict[str, Any]) -> str:
+    """The GGUF verification report: logits and tokenizer against the merged model."""
     logits, tok = report.get("logits") or {}, report.get("tokenizer") or {}
     return "\n".join([
         "## GGUF verification",
@@ -217,6 +240,7 @@ def gguf_section(report: dict[str, Any]) -> str:
 
 
 def load_notes(kind: str, path: str | Path) -> str:
+    """What to know beside the load code."""
     if kind == "gguf":
         return f"\nWith llama.cpp: `llama-cli -m {path}` (use the chat template stored in the file with `-cnv`).\n"
     if kind == "adapter":
@@ -228,6 +252,7 @@ def load_notes(kind: str, path: str | Path) -> str:
 
 
 def versions_section(versions: dict[str, str] | None) -> str:
+    """Python and package versions as a table."""
     if not versions:
         return "## Library and package versions\n\nNot recorded.\n"
     rows = "\n".join(f"| {name} | {version} |" for name, version in versions.items())

@@ -88,7 +88,9 @@ def record_provenance(
     (when the base was quantized), and point ``adapter_config.json``'s ``base_model_name_or_path`` at the
     original base (the hub id when known, else the original path) instead of qlora_kit's GGUF cache.
 
-    Call it inside the ``atomic_dir`` the export is written in, after PEFT's ``save_pretrained``.
+    Call it inside the ``atomic_dir`` the export is written in, after PEFT's ``save_pretrained``. (A `.gguf`
+    path there is no base ``AutoPeftModelForCausalLM`` can load, but the cache dir it replaces exists on
+    this machine only; the README's load code handles both.)
 
     Args:
         directory: The export directory (adapter, merged or gguf).
