@@ -90,6 +90,9 @@ def intro(
 
 def _trained_on(config: dict[str, Any], quant: dict[str, Any] | None) -> str:
     if quant is None:
+        kind = config_value(config, "quant.kind")
+        if kind not in (None, "none"):  # a plugin kind that is not bitsandbytes
+            return f"a base quantized by the `{kind}` quantization kind (see the run configuration)"
         return f"a {config_value(config, 'quant.compute_dtype')} (not quantized) base"
     if quant.get("load_in_8bit"):
         return "an 8-bit (LLM.int8) quantized base"
@@ -115,7 +118,7 @@ def base_section(source: dict[str, Any], config: dict[str, Any], quant: dict[str
         lines.append(f"- Tokenizer: `{source['tokenizer']}`")
     lines.append(f"- Pad-token policy: `{config_value(config, 'model.pad_token')}`")
     if quant is None:
-        lines.append(f"- Trained on the unquantized base in {config_value(config, 'quant.compute_dtype')}.")
+        lines.append(f"- Trained on {_trained_on(config, None)}.")
     else:
         settings = ", ".join(f"`{k}={v}`" for k, v in quant.items())
         lines.append(

@@ -29,23 +29,36 @@ _BNB_8BIT_FIELDS = ("load_in_8bit", "llm_int8_threshold", "llm_int8_skip_modules
 
 
 def quantization_settings(quant_cfg: Any, model: Any = None) -> dict[str, Any] | None:
-    """The ``transformers.BitsAndBytesConfig`` keyword arguments of the `quant` section, as JSON values
-    (``BitsAndBytesConfig(**settings)`` rebuilds it); None for ``kind: none``.
+    """The ``transformers.BitsAndBytesConfig`` keyword arguments the base was loaded with, as JSON values
+    (``BitsAndBytesConfig(**settings)`` rebuilds it); None when the base was not quantized by bitsandbytes.
 
-    ``llm_int8_skip_modules`` is taken from ``model``'s own quantization config when given: the loader
-    resolves `quant.skip_modules` into the full list (output head included) there.
+    Read from ``model``'s own quantization config when given: that is what the loader really used (the
+    `quant` kind's settings, with `quant.skip_modules` resolved into the full list, output head included).
+    Without a model (an export written before ``qlora_kit.json`` existed) they are derived from the
+    built-in `quant` kinds' fields.
     """
-    from qlora_kit.model.quant import build_bnb_config
-
-    config = build_bnb_config(quant_cfg)
-    if config is None:
-        return None
-    values = config.to_dict()
     loaded = _loaded_quantization_config(model)
-    if loaded is not None:
-        values["llm_int8_skip_modules"] = loaded.llm_int8_skip_modules
-    names = _BNB_8BIT_FIELDS if quant_cfg.kind == "bnb_8bit" else _BNB_4BIT_FIELDS
-    return {name: values[name] for name in names}
+    if loaded is not None and hasattr(loaded, "to_dict"):
+        values = loaded.to_dict()
+        if values.get("load_in_4bit") or values.get("load_in_8bit"):
+            names = _BNB_4BIT_FIELDS if values.get("load_in_4bit") else _BNB_8BIT_FIELDS
+            return {name: values.get(name) for name in names}
+        return None
+    if model is not None:  # loaded without bitsandbytes
+        return None
+    skip = list(getattr(quant_cfg, "skip_modules", None) or []) or None
+    if quant_cfg.kind == "bnb_4bit":
+        return dict(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant_cfg.quant_type,
+            bnb_4bit_use_double_quant=quant_cfg.double_quant,
+            bnb_4bit_compute_dtype=quant_cfg.compute_dtype,
+            bnb_4bit_quant_storage=quant_cfg.quant_storage,
+            llm_int8_skip_modules=skip,
+        )
+    if quant_cfg.kind == "bnb_8bit":
+        return dict(load_in_8bit=True, llm_int8_threshold=quant_cfg.threshold, llm_int8_skip_modules=skip)
+    return None
 
 
 def _loaded_quantization_config(model: Any) -> Any:
