@@ -25,11 +25,11 @@ def llama_cpp_report(path: Path, model, tokenizer, texts: list[str]) -> dict:
     """Tokens and logits of llama.cpp on ``path`` against ``model``/``tokenizer`` (transformers, float32)."""
     from llama_cpp import Llama
 
-    from qlora_kit.export.gguf_verify import _TOKENIZER_PROBE
+    from qlora_kit.export.gguf_verify import TOKENIZER_PROBE
     from qlora_kit.export.verify import compare_logits, logits_of
 
     llm = Llama(model_path=str(path), logits_all=True, n_ctx=512, n_threads=1, verbose=False)
-    probes = [*texts, _TOKENIZER_PROBE]
+    probes = [*texts, TOKENIZER_PROBE]
     same_tokens = [
         llm.tokenize(t.encode(), add_bos=False, special=True)
         == tokenizer(t, add_special_tokens=False)["input_ids"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 # A text that tells pre-tokenizers apart (digits, punctuation runs, spaces, newlines, non-ASCII).
-_TOKENIZER_PROBE = "Numbers 12345 and 3.14159!!  Two  spaces,\ttab\n\nnew lines; café, naïve, 東京 🙂 don't"
+TOKENIZER_PROBE = "Numbers 12345 and 3.14159!!  Two  spaces,\ttab\n\nnew lines; café, naïve, 東京 🙂 don't"
 
 
 def verify_gguf(
@@ -83,7 +83,7 @@ def verify_gguf(
 def _compare_tokenizers(reference: Any, loaded: Any, inputs: list[list[int]]) -> dict[str, Any]:
     """Whether ``loaded`` encodes the verification texts (and a probe text) as ``reference`` does, with and
     without special tokens, and has the same EOS, BOS and chat template."""
-    texts = [reference.decode(ids) for ids in inputs] + [_TOKENIZER_PROBE]
+    texts = [reference.decode(ids) for ids in inputs] + [TOKENIZER_PROBE]
     mismatched = sum(
         reference(text, add_special_tokens=special)["input_ids"]
         != loaded(text, add_special_tokens=special)["input_ids"]
