@@ -48,6 +48,11 @@ class CheckpointError(TrainingError):
     """A checkpoint or exported adapter is incomplete or corrupt (names the file and how to recover)."""
 
 
+class ExportError(QloraKitError):
+    """A model cannot be exported in the asked format (e.g. an architecture or tokenizer GGUF export
+    does not support); names what is unsupported and what is."""
+
+
 class OutputDirError(QloraKitError):
     """The output directory cannot hold this run: not a directory, not writable, locked by another
     process, or holding a different run."""

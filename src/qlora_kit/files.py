@@ -86,6 +86,32 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 
 @contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary file path beside ``target`` for a writer that wants a path (too large to hold in
+    memory as bytes, e.g. a GGUF file); on success it is fsynced and renamed over ``target``, on failure
+    removed. An OSError becomes a :class:`~qlora_kit.errors.StorageError` naming ``target``."""
+    target = Path(target)
+    tmp: str | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE & ~_umask())
+        os.replace(tmp, target)
+        tmp = None
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise storage_error(exc, target) from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``target`` that replaces ``target`` on success.
 

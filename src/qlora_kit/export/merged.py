@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from qlora_kit.export.adapter import save_adapter
+from qlora_kit.export.card import write_model_card
 from qlora_kit.export.files import generation_config_for, model_device, write_run_files
+from qlora_kit.export.provenance import record_provenance
 from qlora_kit.export.verify import compare_logits, logits_of, verification_inputs
 from qlora_kit.files import atomic_dir
 from qlora_kit.rundir.manifest import write_manifest
@@ -114,7 +116,15 @@ def merge_and_verify(
         generation_config_for(model, tokenizer, run_cfg).save_pretrained(tmp)
         write_run_files(tmp, run_cfg)
         (tmp / MERGE_REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        write_manifest(tmp, export="merged")
+        record_provenance(tmp, "merged", run_cfg, model=model)
+        write_model_card(tmp, "merged", run_cfg, merge_report=report, run_dir=output_dir, tokenizer=tokenizer,
+                         path=target.resolve())  # fmt: skip
+        write_manifest(tmp, export="merged")  # last: it lists every file above
+    # The adapter's card names merged/ as its 16-bit alternative, with these numbers; its manifest follows.
+    write_model_card(
+        adapter_dir, "adapter", run_cfg, merge_report=report, run_dir=output_dir, tokenizer=tokenizer
+    )
+    write_manifest(adapter_dir, export="adapter")
     if not report["passed"]:
         warnings.warn(report["message"], MergeVerificationWarning, stacklevel=2)
     return adapter_dir, target, report

@@ -1,0 +1,163 @@
+"""Where a base model came from, recorded so that someone elsewhere can get the same base.
+
+``ModelLoader`` loads from a hub id, a local directory or a `.gguf` file; a GGUF file is dequantized into
+a local cache directory first (:mod:`qlora_kit.model.gguf`), and that cache path is what transformers and
+PEFT then remember as the model's ``name_or_path``. :func:`describe_source` records the original instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+# A directory inside the Hugging Face cache: .../models--org--name/snapshots/<commit>
+_HF_CACHE_SNAPSHOT = re.compile(r"models--(?P<repo>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})/?$")
+# GGUF metadata keys that name what the file was converted from (llama.cpp's converter writes them).
+_GGUF_ORIGIN_KEYS = (
+    "general.name",
+    "general.organization",
+    "general.basename",
+    "general.finetune",
+    "general.size_label",
+    "general.license",
+    "general.source.url",
+    "general.source.huggingface.repository",
+    "general.base_model.0.repo_url",
+)
+
+
+def describe_source(model_cfg: Any) -> dict[str, Any]:
+    """What a user elsewhere needs to get the base model the run loaded (``model_cfg``: the `model` section).
+
+    Returns one of:
+
+    - ``{"kind": "hub", "repo_id", "revision", "commit"}``: ``commit`` when the files are in the local
+      hub cache (else None);
+    - ``{"kind": "local_dir", "path"}``: the absolute path, plus ``repo_id``/``commit`` when the directory
+      is a snapshot inside the Hugging Face cache;
+    - ``{"kind": "gguf", "path", "file", "sha256", "size", "file_type", "metadata", "repo_id"}``: the
+      absolute path of the `.gguf` file, its SHA-256 and size in bytes, its quantization type (e.g.
+      ``Q4_1``), the metadata naming its origin, and the hub repository it says it was converted from
+      (None when it does not say).
+
+    Every kind also has ``name_or_path`` (as configured) and ``tokenizer`` (`model.tokenizer`, or None).
+    """
+    name = model_cfg.name_or_path
+    path = Path(name).expanduser()
+    common = {"name_or_path": name, "tokenizer": model_cfg.tokenizer}
+    if name.endswith(".gguf"):
+        return {"kind": "gguf", **_describe_gguf(path.resolve()), **common}
+    if path.is_dir():
+        described = {"kind": "local_dir", "path": str(path.resolve())}
+        match = _HF_CACHE_SNAPSHOT.search(path.resolve().as_posix())
+        if match:
+            described.update(repo_id=match["repo"].replace("--", "/", 1), commit=match["commit"])
+        return {**described, **common}
+    commit = _cached_commit(name, model_cfg.revision, model_cfg.cache_dir)
+    return {"kind": "hub", "repo_id": name, "revision": model_cfg.revision, "commit": commit, **common}
+
+
+def portable_base_name(source: dict[str, Any]) -> str:
+    """The name to put in ``adapter_config.json``'s ``base_model_name_or_path``: the hub id when one is
+    known (a hub source, a hub-cache snapshot, or a GGUF file naming its hub repository), else the
+    absolute path of the original directory or `.gguf` file (never qlora_kit's conversion cache)."""
+    return source.get("repo_id") or source["path"]
+
+
+def describe_source_text(source: dict[str, Any]) -> str:
+    """One line naming the source, for a model card."""
+    if source["kind"] == "hub":
+        revision = source.get("commit") or source.get("revision")
+        return f"Hugging Face hub `{source['repo_id']}`" + (f" at revision `{revision}`" if revision else "")
+    if source["kind"] == "local_dir":
+        extra = (
+            f" (hub snapshot of `{source['repo_id']}` at `{source['commit']}`)"
+            if source.get("repo_id")
+            else ""
+        )
+        return f"local directory `{source['path']}`{extra}"
+    kind = f"{source['file_type']} " if source.get("file_type") else ""
+    text = f"{kind}GGUF file `{source['path']}` ({source['size']:,} bytes, sha256 `{source['sha256']}`)"
+    return text + (f", converted from `{source['repo_id']}`" if source.get("repo_id") else "")
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks; cached per (path, size, mtime), since an export may ask
+    for the same multi-GB file more than once."""
+    stat = Path(path).stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _describe_gguf(path: Path) -> dict[str, Any]:
+    described: dict[str, Any] = {"path": str(path), "file": path.name}
+    if not path.is_file():  # e.g. `qlora-kit export` of a run whose GGUF file has moved since
+        return {**described, "sha256": None, "size": None, "file_type": None, "metadata": {}, "repo_id": None}
+    metadata = gguf_origin_metadata(path)
+    return {
+        **described,
+        "sha256": sha256_file(path),
+        "size": path.stat().st_size,
+        "file_type": metadata.pop("file_type", None),
+        "metadata": metadata,
+        "repo_id": _hub_repo(metadata),
+    }
+
+
+def gguf_origin_metadata(path: str | Path) -> dict[str, Any]:
+    """The GGUF metadata naming where the file came from (name, organization, source repository, ...)
+    and its quantization type as ``file_type`` (``Q4_1``, ``F16``, ...). Unreadable files give ``{}``."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception:  # a damaged file is ModelLoader's to report; here it only lacks a description
+        return {}
+    found = {}
+    for key in (*_GGUF_ORIGIN_KEYS, "general.file_type"):
+        field = reader.get_field(key)
+        if field is not None:
+            found[key.removeprefix("general.")] = field.contents()
+    if "file_type" in found:
+        try:
+            found["file_type"] = gguf.LlamaFileType(found["file_type"]).name.removeprefix("MOSTLY_")
+        except ValueError:
+            found["file_type"] = str(found["file_type"])
+    return found
+
+
+def _hub_repo(metadata: dict[str, Any]) -> str | None:
+    """The hub repository a GGUF file says it was converted from, when it says so."""
+    repo = metadata.get("source.huggingface.repository")
+    if repo:
+        return str(repo)
+    for key in ("source.url", "base_model.0.repo_url"):
+        match = re.match(r"https://huggingface\.co/([^/]+/[^/]+?)/?$", str(metadata.get(key) or ""))
+        if match:
+            return match[1]
+    return None
+
+
+def _cached_commit(repo_id: str, revision: str | None, cache_dir: str | None) -> str | None:
+    """The commit of ``repo_id`` at ``revision`` in the local hub cache (what was loaded), if it is there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir, revision=revision)
+    except Exception:  # an invalid repo id or revision: nothing to record
+        return None
+    match = re.search(r"/snapshots/([0-9a-f]{40})/", str(found)) if isinstance(found, str) else None
+    return match[1] if match else None
