@@ -41,7 +41,6 @@ CASES = [
 ]  # fmt: skip
 
 
-
 @pytest.fixture(scope="module")
 def exported(world, tokenizer):
     """A run dir holding an adapter export of the tiny Llama (no training), and a copy whose adapter

@@ -33,7 +33,6 @@ CASES = [
 ]  # fmt: skip
 
 
-
 @pytest.mark.parametrize(("argv", "expect"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_config_case(expect_error, argv, expect):
     expect_error(argv, expect)

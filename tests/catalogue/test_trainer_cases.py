@@ -86,7 +86,6 @@ def test_a_torn_metrics_line_is_dropped_on_resume(world, trained_run, run_cli, l
 # --------------------------------------------------------------------------- need the trainer
 
 
-
 def test_output_dir_is_a_file(world, expect_error):
     expect_error(_train(world, world.paths["file"]), ["output_dir", "a_file.txt", "not a directory"])
 
@@ -119,8 +118,15 @@ def test_infinite_learning_rate(world, expect_error):
 
 def test_huge_learning_rate(world, expect_error):
     expect_error(
-        _train(world, world.root / "runs" / "lr-1e4", "train.optimizer.lr=1e4", "train.max_steps=12",
-               "quant.kind=bnb_4bit", "quant.compute_dtype=float32", "adapter.target_modules=all-linear"),
+        _train(
+            world,
+            world.root / "runs" / "lr-1e4",
+            "train.optimizer.lr=1e4",
+            "train.max_steps=12",
+            "quant.kind=bnb_4bit",
+            "quant.compute_dtype=float32",
+            "adapter.target_modules=all-linear",
+        ),
         ["gradients have been exactly zero", "train.optimizer.lr"],
     )
 

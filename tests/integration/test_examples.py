@@ -66,7 +66,7 @@ def test_seed_config_is_the_seed_recipe(in_repo):
         42,
         "alpaca_reference",
     )
-    assert (d.train_on_inputs, d.max_length, d.padding, d.packing) == (True, 1024, "max_length", False)
+    assert (d.train_on_inputs, d.max_length, d.padding, d.packing) == (True, 1024, "max_length", "auto")
     t = cfg.train
     assert (t.epochs, t.micro_batch_size, t.grad_accum, t.grad_checkpointing, t.max_grad_norm) == (
         3,

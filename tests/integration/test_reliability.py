@@ -279,5 +279,7 @@ def test_two_processes_from_the_command_line_match_one(tmp_path, tiny_llama_dir)
     assert expected.keys() == got.keys()
     for name, value in expected.items():
         assert (got[name] - value).abs().max().item() <= 1e-4, name  # bit-identical when measured
-    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [1, 2, 3, 4]  # logged once, by the main process

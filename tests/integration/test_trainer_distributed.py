@@ -54,7 +54,8 @@ SCRIPT = textwrap.dedent(
     def config(grad_accum, resume=False):
         return TrainConfig(max_steps=4, micro_batch_size=1, grad_accum=grad_accum, grad_checkpointing=False,
                            save_every=2, optimizer={"kind": "adamw_8bit", "lr": 1e-2}, max_grad_norm=0.5,
-                           resume="auto" if resume else None)
+                           resume="auto" if resume else None,
+                           micro_batch_tokens=None)  # one row per pass on both sides: the same sums
 
     if __name__ == "__main__":
         model_dir, out, crash_at, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "resume"

@@ -82,5 +82,7 @@ def test_no_import_cycles():
 
 
 def test_modules_stay_small():
-    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    long = {
+        name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}, f"split these by component: {long}"

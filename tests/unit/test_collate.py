@@ -57,7 +57,9 @@ def test_make_collator_follows_the_config(tokenizer):
     padded = make_collator(cfg(padding="max_length", max_length=64), tokenizer)
     assert isinstance(padded, PaddedCollator) and padded.max_length == 64
     assert padded.pad_token_id == tokenizer.eos_token_id  # the test tokenizer has no pad token
-    assert make_collator(cfg(), tokenizer).max_length is None
+    assert make_collator(cfg(packing=False), tokenizer).max_length is None
+    assert isinstance(make_collator(cfg(), tokenizer), PackedCollator)  # packing: auto with sdpa
+    assert isinstance(make_collator(cfg(), tokenizer, attn_implementation="paged|sdpa"), PaddedCollator)
     assert isinstance(make_collator(cfg(packing=True), tokenizer), PackedCollator)
     assert make_collator(cfg(packing=True), tokenizer, attn_implementation="flash_attention_2").flash_kwargs
 

@@ -38,8 +38,8 @@ def test_gguf_sourced_adapter_names_the_gguf_file_and_its_code_loads_the_trained
     tmp_path, tokenizer, monkeypatch
 ):
     from qlora_kit.export.adapter import save_adapter
+    from qlora_kit.model import ModelLoader, prepare_for_training
     from qlora_kit.model.adapters import AdapterBuilder
-    from qlora_kit.model.loading import ModelLoader, prepare_for_training
 
     gguf_file = tmp_path / "tiny.gguf"
     make_tiny_gguf(gguf_file, tokenizer)

@@ -81,8 +81,10 @@ class DataConfig(StrictModel):
     """What happens to longer examples: cut the response, drop the row, or fail."""
     padding: Literal["longest", "max_length"] = "longest"
     """Pad each batch to its longest row (multiple of 8) or always to `max_length` (seed parity)."""
-    packing: bool = False
-    """Padding-free batches: a micro-batch's examples concatenated in one row, positions restarting."""
+    packing: bool | Literal["auto"] = "auto"
+    """Padding-free batches: a pass's examples concatenated in one row, positions restarting, no attention
+    across examples. `auto`: packed when `padding` is `longest` and the model's attention keeps packed
+    examples apart (sdpa, eager, flex, flash); padded otherwise. Same loss either way."""
     group_by_length: bool = False
     """Batch examples of similar length together (less padding), shuffled by group."""
     skip_bad_rows: bool = False
@@ -90,7 +92,7 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _packing_has_no_padding(self) -> DataConfig:
-        if self.packing and self.padding == "max_length":
+        if self.packing is True and self.padding == "max_length":
             raise ValueError(
                 "`packing: true` and `padding: max_length` contradict each other (packed batches have no "
                 "padding); set data.packing: false for seed-parity padding, or data.padding: longest"

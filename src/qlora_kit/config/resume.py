@@ -7,8 +7,8 @@ on resume, for example to lower the learning rate after a non-finite loss, or to
 - ``train.optimizer.lr`` and ``train.optimizer.weight_decay`` (the schedule's peak is the new value);
 - ``train.epochs`` and ``train.max_steps`` (the schedule is recomputed for the new total number of
   steps, so a linear or cosine decay stretches from the step the run resumes at);
-- ``train.max_grad_norm``; ``train.loss``, ``train.grad_checkpointing`` and ``train.activation_offload``
-  (the same numbers, computed another way);
+- ``train.max_grad_norm``; ``train.loss``, ``train.grad_checkpointing``, ``train.activation_offload``,
+  ``train.micro_batch_tokens`` and ``data.packing`` (the same steps and numbers, computed another way);
 - evaluation, checkpoint and logging cadence: ``train.eval_every``, ``train.eval_batch_size``,
   ``train.save_every``, ``train.keep_last``, ``train.log_every``, ``train.generation_prompts``,
   ``train.trackers``, ``train.callbacks``, ``train.resume``;
@@ -29,6 +29,8 @@ RESUMABLE_CHANGES = (
     "train.max_grad_norm",
     "train.loss",
     "train.grad_checkpointing",
+    "train.micro_batch_tokens",
+    "data.packing",
     "train.activation_offload",
     "train.eval_every",
     "train.eval_batch_size",

@@ -33,6 +33,11 @@ class TrainConfig(StrictModel):
     """Total optimizer steps; overrides `epochs`."""
     micro_batch_size: int = Field(default=4, gt=0)
     """Rows per forward pass."""
+    micro_batch_tokens: int | Literal["auto"] | None = "auto"
+    """Token budget of one forward pass. A step's rows (micro_batch_size x grad_accum) are laid out in as few
+    passes as fit it (packed without padding where the attention allows: `data.packing`); the step and its
+    token-normalised loss stay the same. `auto`: what fits the device's memory, one pass per step where it
+    can; null: micro_batch_size rows per pass (the reference recipe's layout)."""
     grad_accum: int = Field(default=1, gt=0)
     """Micro-batches per optimizer step; the loss is normalised by the supervised tokens of the window."""
     grad_checkpointing: bool | Literal["auto"] = "auto"

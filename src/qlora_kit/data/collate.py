@@ -45,11 +45,20 @@ class PaddedCollator:
     pad_to_multiple_of: int | None = 8
     max_length: int | None = None
 
+    def tokens(self, lengths: Sequence[int]) -> int:
+        """Positions a batch of rows of these ``lengths`` computes (padding included)."""
+        return len(lengths) * self._width(max(lengths))
+
+    def _width(self, longest: int) -> int:
+        if self.max_length is not None:
+            return max(self.max_length, longest)
+        if self.pad_to_multiple_of:
+            return -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return longest
+
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(r["input_ids"]) for r in rows)
-        width = max(self.max_length or 0, longest)
-        if self.max_length is None and self.pad_to_multiple_of:
-            width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        width = self._width(longest)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -74,6 +83,10 @@ class PackedCollator:
     """
 
     flash_kwargs: bool = False
+
+    def tokens(self, lengths: Sequence[int]) -> int:
+        """Positions a packed batch of rows of these ``lengths`` computes: their sum (no padding)."""
+        return sum(lengths)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         lengths = [len(r["input_ids"]) for r in rows]
@@ -106,8 +119,11 @@ def make_collator(data_cfg: Any, tokenizer: Any, *, attn_implementation: str | N
         attn_implementation: The model's ``config._attn_implementation``. Packing with one that
             cannot keep examples apart falls back to padding, with a warning.
     """
-    if data_cfg.packing:
-        if attn_implementation is None or attn_implementation in PACKING_ATTENTION:
+    supported = attn_implementation is None or attn_implementation in PACKING_ATTENTION
+    if data_cfg.packing == "auto" and data_cfg.padding == "longest" and supported:
+        return PackedCollator(flash_kwargs=str(attn_implementation).startswith("flash_attention"))
+    if data_cfg.packing is True:
+        if supported:
             return PackedCollator(flash_kwargs=str(attn_implementation).startswith("flash_attention"))
         warnings.warn(
             f"data.packing: attention implementation {attn_implementation!r} cannot keep packed examples "

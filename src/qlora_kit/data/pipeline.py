@@ -90,7 +90,9 @@ def _split(rows: Rows, cfg: DataConfig) -> tuple[Rows, Rows | None]:
 
 def batching_name(cfg: DataConfig) -> str:
     """The configured batching strategy, as named in the report."""
-    return "packing" if cfg.packing else f"padding: {cfg.padding}"
+    if cfg.packing is True or (cfg.packing == "auto" and cfg.padding == "longest"):
+        return "packing"  # `auto` falls back to padding for attention that cannot isolate examples
+    return f"padding: {cfg.padding}"
 
 
 def _report(

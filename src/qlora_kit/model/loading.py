@@ -26,7 +26,6 @@ from qlora_kit.model.tokens import apply_pad_policy, fit_embeddings_to_tokenizer
 logger = logging.getLogger(__name__)
 
 
-
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` as a ``torch.device``; None means ``cuda:0`` when CUDA is available, else ``cpu``.
 
@@ -63,7 +62,7 @@ class ModelLoader:
         from qlora_kit.registry import quantization
 
         self.model_cfg = model_cfg
-        self.quant_cfg = quantization.validate(quant_cfg)
+        self.quant_cfg = quantization.validate(quant_cfg, default_kind="bnb_4bit")
         self.quantization = self.quant_cfg.build()
         self.device = resolve_device(device)
         self._source: str | None = None

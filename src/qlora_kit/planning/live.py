@@ -1,6 +1,6 @@
 """The memory plan of a loaded model: what the Trainer's `auto` checkpointing and offload decide from.
 
-:func:`choose_memory_settings` reads the model's shape, quantization and adapter from the live model
+:func:`choose_layout` reads the model's shape, quantization and adapter from the live model
 (no config files), estimates the peak of the largest micro-batch under each setting the train config
 allows, and takes the fastest that fits the device with a margin. The first step's measured peak is
 then compared with the estimate (:func:`check_first_step`).
@@ -25,12 +25,19 @@ MARGIN = 0.10
 """Share of device memory kept free when deciding that a setting fits."""
 
 
+MIN_PASS_TOKENS = 4096
+"""A pass this big keeps a GPU busy: below it, recomputing (checkpointing) beats more, smaller passes."""
+
+
 @dataclass(frozen=True)
 class MemoryDecision:
-    """Checkpointing and offload for a run, with the estimate they were chosen by (None when fixed)."""
+    """How a run lays out its steps: checkpointing, offload and the token budget of one forward pass, with
+    the estimate they were chosen by (None when nothing was left to choose)."""
 
     grad_checkpointing: bool
     activation_offload: bool
+    budget: int | None = None
+    """Tokens of one forward pass (None: ``micro_batch_size`` rows per pass)."""
     estimate: MemoryEstimate | None = None
     capacity: int | None = None
 
@@ -38,33 +45,87 @@ class MemoryDecision:
         """One line for the log."""
         onoff = lambda b: "on" if b else "off"  # noqa: E731
         text = f"checkpointing {onoff(self.grad_checkpointing)}, activation offload {onoff(self.activation_offload)}"
+        text += (
+            f", {self.budget} tokens per forward pass" if self.budget else ", micro_batch_size rows per pass"
+        )
         if self.estimate is not None and self.capacity:
             gib = 2**30
             text += f" (planned peak {self.estimate.needed / gib:.2f} GiB of {self.capacity / gib:.1f} GiB)"
         return text
 
 
-def choose_memory_settings(train_cfg: Any, model: Any, tokens: int, device: torch.device) -> MemoryDecision:
-    """Resolve `auto` in ``train.grad_checkpointing`` / ``train.activation_offload`` for ``model`` when its
-    largest micro-batch holds ``tokens`` tokens on ``device``."""
-    checkpointing, offload = train_cfg.grad_checkpointing, train_cfg.activation_offload
+def choose_layout(
+    train_cfg: Any, model: Any, device: torch.device, *, step_tokens: int, row_tokens: int, pass_tokens: int
+) -> MemoryDecision:
+    """Resolve `auto` in ``train.micro_batch_tokens``, ``train.grad_checkpointing`` and
+    ``train.activation_offload`` for ``model`` on ``device``.
+
+    Args:
+        step_tokens: the collated tokens of the largest step's rows in one pass (per process).
+        row_tokens: the longest single row (no pass can be smaller).
+        pass_tokens: the largest pass of ``micro_batch_size`` rows (the layout without a budget).
+
+    The fastest choice that fits the device with a margin wins: no checkpointing with one pass per step;
+    else no checkpointing with passes of at least :data:`MIN_PASS_TOKENS`; else checkpointing (then offload)
+    with the largest passes that fit. On a CPU (host memory) a step is one pass, without checkpointing.
+    """
+    checkpointing, offload, budget = (
+        train_cfg.grad_checkpointing,
+        train_cfg.activation_offload,
+        train_cfg.micro_batch_tokens,
+    )
     if device.type != "cuda":
         offload = False if offload == "auto" else offload  # nothing to offload to: it is all host memory
-    if "auto" not in (checkpointing, offload):
-        return MemoryDecision(bool(checkpointing), bool(offload))
+    wanted = {None: pass_tokens, "auto": step_tokens}.get(budget, budget)
+    if "auto" not in (checkpointing, offload) and budget != "auto":
+        return MemoryDecision(bool(checkpointing), bool(offload), None if budget is None else wanted)
     capacity = _capacity(device)
-    shape, quant, adapter, dtype_bytes = _live_inputs(model, train_cfg)
-    loss = getattr(train_cfg.loss, "kind", "standard")
-    loss = "chunked" if loss == "auto" else loss
-    estimate = None
+    estimate_at, loss = _estimator(train_cfg, model)
+    floor = max(row_tokens, min(wanted, MIN_PASS_TOKENS))
+    last = None
     for ckpt, off in ((False, False), (True, False), (True, True)):
         if checkpointing not in ("auto", ckpt) or offload not in ("auto", off):
             continue
-        estimate = estimate_memory(shape, quant, adapter, Settings(ckpt, off, loss), tokens, dtype_bytes)
-        if estimate.needed <= (1 - MARGIN) * capacity:
-            return MemoryDecision(ckpt, off, estimate, capacity)
-    return MemoryDecision(checkpointing is not False, offload is True or (offload == "auto" and
-                          device.type == "cuda"), estimate, capacity)  # fmt: skip
+        settings = Settings(ckpt, off, loss)
+        fits = _largest_that_fits(lambda t, s=settings: estimate_at(s, t), capacity, wanted)
+        last = (ckpt, off, settings)
+        if fits >= (floor if budget == "auto" else wanted):  # an explicit budget must fit whole
+            tokens = min(wanted, fits) if budget == "auto" else wanted
+            return MemoryDecision(
+                ckpt, off, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
+            )
+    ckpt, off, settings = last if last else (True, device.type == "cuda", Settings(True, False, loss))
+    tokens = max(row_tokens, _largest_that_fits(lambda t: estimate_at(settings, t), capacity, wanted))
+    return MemoryDecision(
+        ckpt, off, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
+    )
+
+
+def _estimator(train_cfg: Any, model: Any) -> tuple[Any, str]:
+    shape, quant, adapter, dtype_bytes = _live_inputs(model, train_cfg)
+    loss = getattr(train_cfg.loss, "kind", "standard")
+    loss = "chunked" if loss == "auto" else loss
+
+    def estimate_at(settings: Settings, tokens: int) -> MemoryEstimate:
+        return estimate_memory(shape, quant, adapter, settings, tokens, dtype_bytes)
+
+    return estimate_at, loss
+
+
+def _largest_that_fits(estimate_at: Any, capacity: int, most: int) -> int:
+    """The largest token count up to ``most`` whose estimate fits with the margin (0 if none): bisection,
+    since memory grows with tokens."""
+
+    def fits(tokens: int) -> bool:
+        return estimate_at(tokens).needed <= (1 - MARGIN) * capacity
+
+    if fits(most):
+        return most
+    lo, hi = 0, most
+    while hi - lo > 64:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def check_first_step(decision: MemoryDecision, device: torch.device) -> bool:

@@ -1,8 +1,14 @@
-"""Data order: micro-batches of row indices, reproducible from ``(seed, epoch)``, grouped into windows.
+"""Data order: windows of row indices (one optimizer step each), reproducible from ``(seed, epoch)``.
 
 The order is a pure function of the seed and the epoch (no iterator state), so a resumed run rebuilds
 the epoch's order and skips the windows already consumed: it sees exactly the batches an
 uninterrupted run would have seen.
+
+An optimizer step is defined by rows: ``micro_batch_size x grad_accum`` rows (times the processes), as
+the reference recipe defines it. How a step's rows are laid out into forward passes is a separate
+choice: ``micro_batch_size`` rows per pass (``train.micro_batch_tokens: null``), or as few passes as fit
+a token budget (:func:`token_budget_windows`). The token-normalised loss of a step does not depend on
+the layout; only the number of kernel launches and the padding do.
 """
 
 from __future__ import annotations
@@ -53,6 +59,55 @@ def epoch_batches(
 def windows(micro_batches: list[list[int]], grad_accum: int) -> list[list[list[int]]]:
     """Consecutive groups of ``grad_accum`` micro-batches: one optimizer step each (the last may be short)."""
     return [micro_batches[i : i + grad_accum] for i in range(0, len(micro_batches), grad_accum)]
+
+
+def token_budget_windows(
+    lengths: Sequence[int],
+    micro_batch_size: int,
+    grad_accum: int,
+    seed: int,
+    epoch: int,
+    budget: int,
+    pass_tokens: Callable[[list[int]], int],
+    planner: BatchPlanner | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[list[list[int]]]:
+    """This process's windows of ``epoch``, each step's rows laid out into as few passes as fit ``budget``.
+
+    The epoch's row order is that of :func:`epoch_batches` (the same permutation, or the planner's
+    order flattened); every window holds the next ``rows_per_step x world_size`` rows, each process takes
+    every ``world_size``-th of them (``rows_per_step = micro_batch_size x grad_accum``), and packs its share
+    into passes (first fit, longest rows first)
+    whose ``pass_tokens`` (the collated size of those rows) stay within ``budget``. A row longer than
+    the budget gets a pass of its own.
+    """
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = [
+        i for batch in (planner or shuffled_batches)(lengths, micro_batch_size, generator) for i in batch
+    ]
+    step_rows = micro_batch_size * grad_accum * world_size
+    usable = len(order) - len(order) % world_size
+    plan = []
+    for start in range(0, usable, step_rows):
+        mine = order[start : min(start + step_rows, usable)][rank::world_size]
+        plan.append(pack_rows(mine, lengths, budget, pass_tokens))
+    return plan
+
+
+def pack_rows(
+    rows: list[int], lengths: Sequence[int], budget: int, pass_tokens: Callable[[list[int]], int]
+) -> list[list[int]]:
+    """``rows`` in passes of at most ``budget`` collated tokens: first fit, longest first (deterministic)."""
+    passes: list[list[int]] = []
+    for row in sorted(rows, key=lambda i: (-lengths[i], i)):
+        for group in passes:
+            if pass_tokens([lengths[i] for i in (*group, row)]) <= budget:
+                group.append(row)
+                break
+        else:
+            passes.append([row])
+    return passes
 
 
 def row_lengths(rows: Any) -> list[int]:

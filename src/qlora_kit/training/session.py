@@ -21,9 +21,9 @@ import torch
 from qlora_kit.errors import DataError
 from qlora_kit.model.prepare import set_grad_checkpointing
 from qlora_kit.model.quant import keep_4bit_weights_trainable
-from qlora_kit.planning.live import check_first_step, choose_memory_settings
+from qlora_kit.planning.live import MemoryDecision, check_first_step, choose_layout
 from qlora_kit.training.accelerator import flat_config, make_accelerator
-from qlora_kit.training.batches import Window, epoch_batches, row_lengths, windows
+from qlora_kit.training.batches import Window, epoch_batches, row_lengths, token_budget_windows, windows
 from qlora_kit.training.checkpoint import CheckpointManager, read_state_file
 from qlora_kit.training.evaluation import GENERATIONS_FILE
 from qlora_kit.training.offload import enable_offloaded_checkpointing
@@ -67,7 +67,13 @@ class TrainingSession:
         self.batch_planner = batch_planner
         self.accelerator, self.owns_accelerator = make_accelerator(cfg, model, accelerator, self.output_dir)
         acc = self.accelerator
-        self._lengths = row_lengths(rows) if batch_planner else range(len(rows))
+        self._lengths = row_lengths(rows)
+        self._pass_tokens = getattr(collate_fn, "tokens", None) or (
+            lambda lengths: len(lengths) * max(lengths)
+        )
+        self._memory_checked = False
+        self.memory = self._choose_layout(model)  # checkpointing, offload, tokens per pass
+        logger.info("memory: %s", self.memory.describe())
         steps_per_epoch = len(self.windows(0))
         if steps_per_epoch == 0:
             raise DataError(f"{len(rows)} training rows make no batch for {acc.num_processes} processes")
@@ -125,9 +131,6 @@ class TrainingSession:
         set_seed(cfg.seed)  # dropout; a resumed run then restores the checkpoint's generator states
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(acc.device)
-        self._memory_checked = False
-        self.memory = choose_memory_settings(cfg, model, self._largest_micro_batch(), acc.device)
-        logger.info("memory: %s", self.memory.describe())
         set_grad_checkpointing(model, self.memory.grad_checkpointing)
         self._offload = enable_offloaded_checkpointing(model) if self.memory.activation_offload else None
         keep_4bit_weights_trainable(model)
@@ -135,12 +138,20 @@ class TrainingSession:
         optimizer = cfg.optimizer.build().create(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
 
-    def _largest_micro_batch(self) -> int:
-        """Tokens of the biggest forward pass of the first epoch (what the memory plan is made for)."""
-        lengths = self._lengths if not isinstance(self._lengths, range) else row_lengths(self.rows)
-        micro = [m for window in self.windows(0) for m in window]
-        biggest = max(micro, key=lambda m: (max(lengths[i] for i in m) * len(m), sum(lengths[i] for i in m)))
-        return int(self.collate_fn([self.rows[i] for i in biggest])["input_ids"].numel())
+    def _choose_layout(self, model: Any) -> MemoryDecision:
+        """Resolve `auto` layout settings from the first epoch's sizes: the largest step in one pass, the
+        longest row, and the largest pass of ``micro_batch_size`` rows."""
+        acc, lengths, tokens = self.accelerator, self._lengths, self._pass_tokens
+        whole_steps = token_budget_windows(lengths, self.cfg.micro_batch_size, self.cfg.grad_accum, self.cfg.seed,
+                                           0, 2**62, tokens, self.batch_planner, acc.process_index,
+                                           acc.num_processes)  # fmt: skip
+        micro = epoch_batches(lengths, self.cfg.micro_batch_size, self.cfg.seed, 0, self.batch_planner)
+        return choose_layout(
+            self.cfg, model, acc.device,
+            step_tokens=max(tokens([lengths[i] for i in w[0]]) for w in whole_steps),
+            row_tokens=tokens([max(lengths)]),
+            pass_tokens=max(tokens([lengths[i] for i in m]) for m in micro),
+        )  # fmt: skip
 
     def check_memory(self) -> None:
         """After this session's first step (once): check its measured peak against the plan, and turn
@@ -196,10 +207,16 @@ class TrainingSession:
         return self.accelerator.device
 
     def windows(self, epoch: int) -> list[list[list[int]]]:
-        """This process's accumulation windows (lists of micro-batches of row indices) of ``epoch``."""
-        micro = epoch_batches(self._lengths, self.cfg.micro_batch_size, self.cfg.seed, epoch, self.batch_planner,
-                              self.accelerator.process_index, self.accelerator.num_processes)  # fmt: skip
-        return windows(micro, self.cfg.grad_accum)
+        """This process's windows of ``epoch``: one per optimizer step, each a list of forward passes (row
+        indices), laid out by the token budget when there is one (:mod:`~qlora_kit.training.batches`)."""
+        acc, cfg = self.accelerator, self.cfg
+        if self.memory.budget is not None:
+            return token_budget_windows(self._lengths, cfg.micro_batch_size, cfg.grad_accum, cfg.seed, epoch,
+                                        self.memory.budget, self._pass_tokens, self.batch_planner,
+                                        acc.process_index, acc.num_processes)  # fmt: skip
+        micro = epoch_batches(self._lengths, cfg.micro_batch_size, cfg.seed, epoch, self.batch_planner,
+                              acc.process_index, acc.num_processes)  # fmt: skip
+        return windows(micro, cfg.grad_accum)
 
     def collate(self, micro_batches: list[list[int]]) -> Window:
         """A window's micro-batches collated and on the device."""

@@ -1,0 +1,92 @@
+"""Token-budget batching: a step's rows laid out in as few packed passes as fit a budget give the same
+losses and gradients as the reference layout (micro_batch_size padded rows per pass, accumulated).
+
+Tolerance: fp32 on CPU, dropout 0 (the two layouts would draw different dropout masks); only the
+summation order differs, so losses agree to 1e-5 relative and adapter weights after 3 steps to 1e-5.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qlora_kit.config import ModelConfig, TrainConfig
+from qlora_kit.data import PackedCollator, PaddedCollator
+from qlora_kit.formatting import build_formatter
+from qlora_kit.model import AdapterBuilder, ModelLoader, prepare_for_training
+from qlora_kit.testing import make_alpaca_rows
+from qlora_kit.training import Trainer
+from qlora_kit.training.batches import epoch_batches, pack_rows, token_budget_windows, windows
+
+
+@pytest.fixture(scope="module")
+def rows(tokenizer):
+    formatter = build_formatter("alpaca")
+    encoded = [formatter.encode(r, tokenizer, max_length=256) for r in make_alpaca_rows(24, seed=11)]
+    return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+
+
+def model(tiny_llama_dir):
+    loaded = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), {"compute_dtype": "float32"}, "cpu")
+    base = prepare_for_training(loaded.load_model(), grad_checkpointing=False)
+    torch.manual_seed(0)
+    return AdapterBuilder({"r": 4, "alpha": 8, "dropout": 0.0}).apply(base)
+
+
+def fit(tiny_llama_dir, tmp_path, rows, collate, **train):
+    cfg = TrainConfig(max_steps=3, micro_batch_size=2, grad_accum=3, log_every=1, loss="standard",
+                      grad_checkpointing=False, optimizer={"lr": 1e-3}, **train)  # fmt: skip
+    trained = model(tiny_llama_dir)
+    result = Trainer(cfg, output_dir=tmp_path, collate_fn=collate).fit(trained, rows)
+    weights = {n: p.detach().clone() for n, p in trained.named_parameters() if p.requires_grad}
+    return [r["loss"] for r in result.history if "loss" in r], weights
+
+
+def test_budget_layout_trains_like_the_reference_layout(tiny_llama_dir, tmp_path, rows):
+    reference, ref_weights = fit(
+        tiny_llama_dir, tmp_path / "ref", rows, PaddedCollator(0), micro_batch_tokens=None
+    )
+    packed, weights = fit(tiny_llama_dir, tmp_path / "packed", rows, PackedCollator(), micro_batch_tokens=160)
+    one_pass, one_weights = fit(
+        tiny_llama_dir, tmp_path / "one", rows, PackedCollator(), micro_batch_tokens="auto"
+    )
+    assert packed == pytest.approx(reference, rel=1e-5) and one_pass == pytest.approx(reference, rel=1e-5)
+    worst = max((got[name] - value).abs().max().item() for got in (weights, one_weights)
+                for name, value in ref_weights.items())  # fmt: skip
+    assert worst < 1e-5, worst
+
+
+def test_each_step_keeps_its_rows_whatever_the_layout(rows):
+    lengths = [len(r["input_ids"]) for r in rows]
+    tokens = PackedCollator().tokens
+    for world in (1, 2):
+        old = [
+            sorted(
+                i
+                for rank in range(world)
+                for micro in windows(epoch_batches(lengths, 2, 5, 1, None, rank, world), 3)[s]
+                for i in micro
+            )  # fmt: skip
+            for s in range(len(windows(epoch_batches(lengths, 2, 5, 1, None, 0, world), 3)))
+        ]
+        new = [
+            sorted(
+                i
+                for rank in range(world)
+                for p in token_budget_windows(lengths, 2, 3, 5, 1, 100, tokens, None, rank, world)[s]
+                for i in p
+            )  # fmt: skip
+            for s in range(len(old))
+        ]
+        assert new == old
+
+
+def test_pack_rows_fills_passes_within_the_budget():
+    lengths = [90, 10, 60, 40, 30, 120, 5]
+    passes = pack_rows(list(range(7)), lengths, 130, PackedCollator().tokens)
+    assert sorted(i for p in passes for i in p) == list(range(7))  # each row once
+    assert all(sum(lengths[i] for i in p) <= 130 for p in passes if len(p) > 1)
+    assert passes[0] == [5, 1]  # longest first, then first fit
+    assert pack_rows(list(range(7)), lengths, 130, PackedCollator().tokens) == passes  # deterministic
+    padded = pack_rows(list(range(7)), lengths, 130, PaddedCollator(0, pad_to_multiple_of=8).tokens)
+    assert all(len(p) * -(-max(lengths[i] for i in p) // 8) * 8 <= 130 for p in padded if len(p) > 1)
