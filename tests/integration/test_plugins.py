@@ -27,6 +27,7 @@ COMMANDS = {
     "validate": f"PYTHONPATH=examples qlora-kit validate {CONFIG}",
     "inspect": f"PYTHONPATH=examples qlora-kit inspect {CONFIG}",
     "train": f"PYTHONPATH=examples qlora-kit train {CONFIG}",
+    "generate": 'PYTHONPATH=examples qlora-kit generate runs/plugins --trust-code --prompt "Who wrote Moby-Dick?"',
     "pytest": "python -m pytest examples/test_my_plugins.py",
 }
 """Every command docs/plugins.md shows; each test below runs one (with the tiny model's overrides)."""
@@ -93,6 +94,12 @@ def test_the_custom_exporter_published_the_adapter(plugin_run):
     assert summary["quant"] == "mixed_4_8" and summary["run"] == str(tmp / "run")
     assert summary["weights_sha256"] == file_sha256(tmp / "run" / "adapter" / "adapter_model.safetensors")
     assert verify_manifest(published, strict=True) == []
+
+
+def test_generate_loads_the_run_with_its_plugins(plugin_run):
+    tmp, _ = plugin_run
+    done = sh(COMMANDS["generate"].replace("runs/plugins", str(tmp / "run")), "--max-new-tokens", "4")
+    assert done.returncode == 0, done.stderr[-3000:]  # the plugins imported, the mixed_4_8 base loaded
 
 
 def test_the_mixed_quantization_makes_4_and_8_bit_layers(tiny_llama_dir):
