@@ -1,11 +1,15 @@
-"""Shared fixtures: a tokenizer and tiny models built in code, and the `gpu` marker's auto-skip."""
+"""The project's own test settings. The fixtures (tiny models, tokenizer, GGUF file, `gpu_device`) and
+the `gpu` marker's auto-skip come from qlora_kit's pytest plugin, the one users get
+(:mod:`qlora_kit.testing.plugin`); only what is particular to this test suite is here."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from qlora_kit.testing import make_tiny_llama, make_tokenizer
+# Where qlora_kit is installed with its entry point pytest has loaded the plugin already (under this same
+# name, so this line is then a no-op); in a checkout that is only on PYTHONPATH, this loads it.
+pytest_plugins = ["qlora_kit.testing.plugin"]
 
 
 def pytest_configure(config):
@@ -14,30 +18,7 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(scope="session")
-def tokenizer():
-    """A byte-level BPE tokenizer made in code (no pad token, eos = bos, like GPT-2)."""
-    return make_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, tokenizer):
-    """A 2-layer random Llama saved with its tokenizer, as a local model directory."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(path, tokenizer)
-    return path
-
-
-@pytest.fixture
-def gpu_device():
-    """`cuda:0` for `gpu`-marked tests (they are skipped where CUDA is missing)."""
-    return torch.device("cuda", 0)
+def tokenizer(qlora_tokenizer):
+    """The plugin's ``qlora_tokenizer`` under the name this suite's tests use."""
+    return qlora_tokenizer
