@@ -115,3 +115,11 @@ def reset_stale_accelerate_state(cpu: bool, mixed_precision: str) -> None:
         stale = stale or AcceleratorState().mixed_precision != mixed_precision
     if stale:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def fsdp_launched() -> bool:
+    """True under ``accelerate launch`` with an FSDP config, read before any Accelerator exists
+    (accelerate 1.x's launcher sets ``ACCELERATE_USE_FSDP``)."""
+    import os
+
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")

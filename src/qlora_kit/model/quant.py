@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from qlora_kit.compat import linear4bit_modules, undo_cpu_weight_packing
+from qlora_kit.compat import fsdp_launched, linear4bit_modules, undo_cpu_weight_packing
 from qlora_kit.errors import ConfigError, ModelLoadError
 from qlora_kit.registry import quantization
 from qlora_kit.strict import DType, StrictModel
@@ -85,8 +85,9 @@ class Bnb4bit(Quantization):
         """NormalFloat4 (best for normally distributed weights) or plain FP4."""
         double_quant: bool = True
         """Quantize the per-block absmax constants too (saves ~0.4 bits per parameter)."""
-        quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
-        """Container dtype of the packed 4-bit weights (use the compute dtype for FSDP)."""
+        quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = "auto"
+        """Container dtype of the packed 4-bit weights. `auto`: uint8, or the compute dtype under FSDP
+        (which can only shard floating-point tensors)."""
         skip_modules: list[str] = Field(default_factory=list)
         """Module names kept in 16 bits besides the output head (which is never quantized)."""
 
@@ -102,10 +103,16 @@ class Bnb4bit(Quantization):
                 bnb_4bit_quant_type=cfg.quant_type,
                 bnb_4bit_use_double_quant=cfg.double_quant,
                 bnb_4bit_compute_dtype=self.compute_dtype,
-                bnb_4bit_quant_storage=torch_dtype(cfg.quant_storage),
+                bnb_4bit_quant_storage=torch_dtype(self.storage_dtype()),
                 llm_int8_skip_modules=loader.unquantized_modules(cfg.skip_modules),
             )
         }
+
+    def storage_dtype(self) -> str:
+        """The configured ``quant_storage``, with `auto` resolved for this launch."""
+        if self.config.quant_storage != "auto":
+            return self.config.quant_storage
+        return self.config.compute_dtype if fsdp_launched() else "uint8"
 
 
 @quantization.register("bnb_8bit")

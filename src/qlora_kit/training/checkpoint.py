@@ -26,6 +26,12 @@ from typing import Any
 from qlora_kit.errors import CheckpointError, storage_error
 from qlora_kit.files import fsync_tree, replace_dir
 from qlora_kit.rundir.manifest import MANIFEST, verify_manifest, write_manifest
+from qlora_kit.training.distributed import (
+    full_optimizer_state,
+    full_trainable_state,
+    is_fsdp,
+    load_full_state,
+)
 from qlora_kit.training.rng import capture as capture_rng
 from qlora_kit.training.rng import restore as restore_rng
 from qlora_kit.training.state import TrainerState
@@ -91,10 +97,12 @@ class CheckpointManager:
                 tmp.mkdir(parents=True)
             accelerator.wait_for_everyone()
             _save_rng(tmp, accelerator.process_index)
+            gathered = _gather_if_sharded(accelerator, model, optimizer)  # a collective under FSDP
             accelerator.wait_for_everyone()  # every process's RNG file is in tmp before the rename
             if main:
-                _save_trainable(accelerator.unwrap_model(model), tmp)
-                _save_optimizer_and_state(optimizer, state, extra, tmp)
+                trainable, optim_state = gathered or (None, optimizer.state_dict())
+                _save_trainable(accelerator.unwrap_model(model), tmp, trainable)
+                _save_optimizer_and_state(optim_state, state, extra, tmp)
                 write_manifest(tmp, step=state.step, run_id=state.run_id)
                 fsync_tree(tmp)
                 replace_dir(tmp, final)
@@ -114,9 +122,12 @@ class CheckpointManager:
         """
         self.require_intact(path)
         saved = read_state_file(path)
-        _load_trainable(accelerator.unwrap_model(model), path)
-        tree = saved["optimizer"]
-        optimizer.load_state_dict(join_tensors(tree, _read_tensors(path / OPTIMIZER_FILE)))
+        optim_state = join_tensors(saved["optimizer"], _read_tensors(path / OPTIMIZER_FILE))
+        if is_fsdp(accelerator):  # full tensors by parameter name, sharded as they load
+            load_full_state(model, optimizer, _read_tensors(path / EXTRA_FILE), optim_state)
+        else:
+            _load_trainable(accelerator.unwrap_model(model), path)
+            optimizer.load_state_dict(optim_state)
         _load_rng(path, accelerator.process_index)
         return saved
 
@@ -175,13 +186,23 @@ def _run_id(path: Path) -> str | None:
 # ------------------------------------------------------------------------------ file contents
 
 
-def _save_trainable(model: Any, directory: Path) -> None:
-    """The adapter in PEFT format, plus any trainable tensor PEFT's state dict does not hold."""
+def _gather_if_sharded(accelerator: Any, model: Any, optimizer: Any) -> tuple[dict, dict] | None:
+    if not is_fsdp(accelerator):
+        return None
+    return full_trainable_state(model), full_optimizer_state(model, optimizer)
+
+
+def _save_trainable(model: Any, directory: Path, gathered: dict[str, Any] | None = None) -> None:
+    """The adapter in PEFT format, plus (in ``trainable_extra.safetensors``, by parameter name) any trainable
+    tensor PEFT's state dict does not hold, or, from a sharded model, every trainable tensor (``gathered``)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    model.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
+    model.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True, state_dict=gathered)
     (directory / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # PEFT's blank card: noise here
+    if gathered is not None:
+        save_file(gathered, str(directory / EXTRA_FILE))
+        return
     saved = {t.data_ptr() for t in get_peft_model_state_dict(model).values()}
     extra = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
              if p.requires_grad and p.data_ptr() not in saved}  # fmt: skip
@@ -203,10 +224,10 @@ def _load_trainable(model: Any, path: Path) -> None:
             params[name].data.copy_(value)
 
 
-def _save_optimizer_and_state(optimizer: Any, state: TrainerState, extra: dict, directory: Path) -> None:
+def _save_optimizer_and_state(optim_state: dict, state: TrainerState, extra: dict, directory: Path) -> None:
     from safetensors.torch import save_file
 
-    tree, tensors = split_tensors(optimizer.state_dict(), "optimizer")
+    tree, tensors = split_tensors(optim_state, "optimizer")
     save_file(tensors, str(directory / OPTIMIZER_FILE))
     document = {"trainer": state.to_dict(), "optimizer": tree, **extra}
     (directory / STATE_FILE).write_text(json.dumps(document, indent=1), encoding="utf-8")

@@ -21,11 +21,19 @@ import torch
 from qlora_kit.errors import DataError
 from qlora_kit.model.prepare import set_grad_checkpointing
 from qlora_kit.model.quant import keep_4bit_weights_trainable
-from qlora_kit.planning.live import MemoryDecision, check_first_step, choose_layout
+from qlora_kit.planning.live import check_first_step
 from qlora_kit.training.accelerator import flat_config, make_accelerator
-from qlora_kit.training.batches import Window, epoch_batches, row_lengths, token_budget_windows, windows
+from qlora_kit.training.batches import Window
 from qlora_kit.training.checkpoint import CheckpointManager, read_state_file
+from qlora_kit.training.distributed import (
+    check_fsdp_settings,
+    check_sharded_forward,
+    is_fsdp,
+    probe_ids,
+    probe_logits,
+)
 from qlora_kit.training.evaluation import GENERATIONS_FILE
+from qlora_kit.training.layout import StepLayout
 from qlora_kit.training.offload import enable_offloaded_checkpointing
 from qlora_kit.training.result import TrainResult
 from qlora_kit.training.resume import adapter_fingerprint, check_resumable, data_fingerprint
@@ -67,12 +75,9 @@ class TrainingSession:
         self.batch_planner = batch_planner
         self.accelerator, self.owns_accelerator = make_accelerator(cfg, model, accelerator, self.output_dir)
         acc = self.accelerator
-        self._lengths = row_lengths(rows)
-        self._pass_tokens = getattr(collate_fn, "tokens", None) or (
-            lambda lengths: len(lengths) * max(lengths)
-        )
         self._memory_checked = False
-        self.memory = self._choose_layout(model)  # checkpointing, offload, tokens per pass
+        self.layout = StepLayout(cfg, rows, collate_fn, batch_planner, acc, model)  # passes per step
+        self.memory = self.layout.memory  # checkpointing, offload and the token budget, decided together
         logger.info("memory: %s", self.memory.describe())
         steps_per_epoch = len(self.windows(0))
         if steps_per_epoch == 0:
@@ -136,22 +141,14 @@ class TrainingSession:
         keep_4bit_weights_trainable(model)
         model.train()
         optimizer = cfg.optimizer.build().create(model)
+        if is_fsdp(acc):  # prove the sharded forward equals the unsharded one before training on it
+            check_fsdp_settings(cfg, model)
+            ids = probe_ids(model)
+            before = probe_logits(model, ids, acc)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-
-    def _choose_layout(self, model: Any) -> MemoryDecision:
-        """Resolve `auto` layout settings from the first epoch's sizes: the largest step in one pass, the
-        longest row, and the largest pass of ``micro_batch_size`` rows."""
-        acc, lengths, tokens = self.accelerator, self._lengths, self._pass_tokens
-        whole_steps = token_budget_windows(lengths, self.cfg.micro_batch_size, self.cfg.grad_accum, self.cfg.seed,
-                                           0, 2**62, tokens, self.batch_planner, acc.process_index,
-                                           acc.num_processes)  # fmt: skip
-        micro = epoch_batches(lengths, self.cfg.micro_batch_size, self.cfg.seed, 0, self.batch_planner)
-        return choose_layout(
-            self.cfg, model, acc.device,
-            step_tokens=max(tokens([lengths[i] for i in w[0]]) for w in whole_steps),
-            row_tokens=tokens([max(lengths)]),
-            pass_tokens=max(tokens([lengths[i] for i in m]) for m in micro),
-        )  # fmt: skip
+        if is_fsdp(acc):
+            logger.info("FSDP forward check: %.2g relative difference",
+                        check_sharded_forward(before, probe_logits(self.model, ids, acc)))  # fmt: skip
 
     def check_memory(self) -> None:
         """After this session's first step (once): check its measured peak against the plan, and turn
@@ -207,16 +204,8 @@ class TrainingSession:
         return self.accelerator.device
 
     def windows(self, epoch: int) -> list[list[list[int]]]:
-        """This process's windows of ``epoch``: one per optimizer step, each a list of forward passes (row
-        indices), laid out by the token budget when there is one (:mod:`~qlora_kit.training.batches`)."""
-        acc, cfg = self.accelerator, self.cfg
-        if self.memory.budget is not None:
-            return token_budget_windows(self._lengths, cfg.micro_batch_size, cfg.grad_accum, cfg.seed, epoch,
-                                        self.memory.budget, self._pass_tokens, self.batch_planner,
-                                        acc.process_index, acc.num_processes)  # fmt: skip
-        micro = epoch_batches(self._lengths, cfg.micro_batch_size, cfg.seed, epoch, self.batch_planner,
-                              acc.process_index, acc.num_processes)  # fmt: skip
-        return windows(micro, cfg.grad_accum)
+        """This process's windows of ``epoch``: one per optimizer step, each a list of forward passes."""
+        return self.layout.windows(epoch)
 
     def collate(self, micro_batches: list[list[int]]) -> Window:
         """A window's micro-batches collated and on the device."""

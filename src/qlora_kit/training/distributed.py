@@ -1,0 +1,125 @@
+"""Several GPUs through Accelerate: what FSDP2 with a 4-bit base needs, checked before training starts.
+
+DDP needs nothing beyond the Trainer's token-normalised loss (summed over processes). FSDP2 shards the
+model; with bitsandbytes 4-bit weights that only works when the packed weights are stored in a float
+dtype (``quant.quant_storage: auto`` picks the compute dtype under FSDP), and it has a known failure:
+bitsandbytes issue 1945, FSDP2 canonicalising NaN bit patterns inside the packed bytes, so some weights
+decode wrong and the forward pass is silently off. So a sharded run first proves that its forward pass
+equals the unsharded model's on a few tokens (:func:`check_sharded_forward`) and refuses to train if not.
+
+Checkpoints stay adapter-only: the trainable tensors are gathered in full (:func:`full_trainable_state`)
+and the optimizer state through ``torch.distributed.checkpoint``'s full state dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from qlora_kit.errors import ConfigError, TrainingError
+
+UNSHARDABLE_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+"""bitsandbytes optimizers keep their state in their own layout, which FSDP can neither shard nor save."""
+
+FORWARD_TOLERANCE = 1e-2
+"""Largest relative difference (max |Δ| / max |logit|) allowed between the sharded and unsharded forward
+passes of the same tokens under the same autocast: reduction order only. Wrongly decoded 4-bit weights
+(bitsandbytes issue 1945) move logits by far more."""
+
+
+def is_fsdp(accelerator: Any) -> bool:
+    """The accelerator shards the model with FSDP."""
+    return str(getattr(accelerator, "distributed_type", "")).endswith("FSDP")
+
+
+def check_fsdp_settings(train_cfg: Any, model: Any) -> None:
+    """Refuse combinations FSDP cannot run, before anything is sharded.
+
+    Raises:
+        ConfigError: a bitsandbytes optimizer, or 4-bit weights stored as integers.
+    """
+    kind = train_cfg.optimizer.kind
+    if kind in UNSHARDABLE_OPTIMIZERS:
+        raise ConfigError([("train.optimizer.kind", f"{kind} keeps its state in bitsandbytes' own layout, which "
+                            "FSDP cannot shard or save; use adamw_torch under FSDP")])  # fmt: skip
+    packed = [
+        n
+        for n, p in model.named_parameters()
+        if type(p).__name__ == "Params4bit" and not p.is_floating_point()
+    ]
+    if packed:
+        raise ConfigError([("quant.quant_storage", f"4-bit weights stored as integers ({packed[0]}, ...) cannot be "
+                            "sharded: set quant.quant_storage to auto or to the compute dtype")])  # fmt: skip
+
+
+def probe_ids(model: Any, tokens: int = 16) -> torch.Tensor:
+    """A fixed batch of token ids every process builds identically."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(1945))
+
+
+def probe_logits(model: Any, ids: torch.Tensor, accelerator: Any) -> torch.Tensor:
+    """Logits of ``ids`` in eval mode under the accelerator's autocast, as float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), accelerator.autocast():
+            return model(input_ids=ids.to(accelerator.device), use_cache=False).logits.float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def check_sharded_forward(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Refuse to train when the sharded forward differs from the unsharded one; return the difference.
+
+    Raises:
+        TrainingError: naming the difference and the likely cause.
+    """
+    scale = max(before.abs().max().item(), 1e-6)
+    difference = (after - before).abs().max().item() / scale
+    if not torch.isfinite(after).all() or difference > FORWARD_TOLERANCE:
+        raise TrainingError(
+            f"the FSDP-sharded model's logits differ from the unsharded model's by {difference:.3g} (relative; "
+            f"tolerance {FORWARD_TOLERANCE}): the sharded 4-bit weights do not decode to the same values "
+            "(bitsandbytes issue 1945). Training would silently train another model, so it stops here. Use DDP "
+            "(the model fits one GPU), or quant.quant_storage: float32"
+        )
+    return difference
+
+
+def full_trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """Every trainable tensor, gathered in full on every process (a collective: all must call it)."""
+    state = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            value = param.full_tensor() if hasattr(param, "full_tensor") else param
+            state[name] = value.detach().to("cpu", copy=True).contiguous()
+    return state
+
+
+def full_optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
+    """The optimizer state of a sharded model as a full state dict (a collective: all must call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, _inner(optimizer), options=options)
+
+
+def load_full_state(
+    model: Any, optimizer: Any, trainable: dict[str, torch.Tensor], optim: dict[str, Any]
+) -> None:
+    """Load full trainable tensors and optimizer state into a sharded model (a collective)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, trainable, options=options)
+    set_optimizer_state_dict(model, _inner(optimizer), optim, options=options)
+
+
+def _inner(optimizer: Any) -> Any:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer

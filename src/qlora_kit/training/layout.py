@@ -1,0 +1,62 @@
+"""How each epoch's rows become optimizer steps and forward passes on this process.
+
+A step is ``micro_batch_size x grad_accum`` rows (times the processes); its passes are either
+``micro_batch_size`` rows each, or as many rows as fit the token budget. The budget, checkpointing and
+activation offload are decided together from the memory plan (:func:`~qlora_kit.planning.live.choose_layout`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from qlora_kit.planning.live import MemoryDecision, choose_layout
+from qlora_kit.training.batches import epoch_batches, row_lengths, token_budget_windows, windows
+
+
+class StepLayout:
+    """The windows of every epoch for one process, and the memory decision they were laid out by.
+
+    Args:
+        cfg: The ``train`` section.
+        rows: The training rows.
+        collate_fn: Rows -> batch; its ``tokens(lengths)`` (when it has one) sizes a pass.
+        batch_planner: Orders an epoch's rows (default: shuffled).
+        accelerator: Gives this process's rank and the device.
+        model: The model the memory plan is made for.
+    """
+
+    def __init__(self, cfg: Any, rows: Sequence[Any], collate_fn: Any, batch_planner: Any, accelerator: Any,
+                 model: Any):  # fmt: skip
+        self.cfg, self.planner, self.accelerator = cfg, batch_planner, accelerator
+        self.lengths = row_lengths(rows)
+        self.pass_tokens: Callable[[list[int]], int] = getattr(collate_fn, "tokens", None) or (
+            lambda lengths: len(lengths) * max(lengths)
+        )
+        self.memory: MemoryDecision = self._choose(model)
+
+    def windows(self, epoch: int) -> list[list[list[int]]]:
+        """This process's windows of ``epoch``: one per optimizer step, each a list of forward passes (row
+        indices), laid out by the token budget when there is one (:mod:`~qlora_kit.training.batches`)."""
+        acc, cfg = self.accelerator, self.cfg
+        if self.memory.budget is not None:
+            return token_budget_windows(self.lengths, cfg.micro_batch_size, cfg.grad_accum, cfg.seed, epoch,
+                                        self.memory.budget, self.pass_tokens, self.planner,
+                                        acc.process_index, acc.num_processes)  # fmt: skip
+        micro = epoch_batches(self.lengths, cfg.micro_batch_size, cfg.seed, epoch, self.planner,
+                              acc.process_index, acc.num_processes)  # fmt: skip
+        return windows(micro, cfg.grad_accum)
+
+    def _choose(self, model: Any) -> MemoryDecision:
+        """Resolve `auto` layout settings from the first epoch's sizes: the largest step in one pass, the
+        longest row, and the largest pass of ``micro_batch_size`` rows."""
+        acc, cfg, lengths, tokens = self.accelerator, self.cfg, self.lengths, self.pass_tokens
+        whole_steps = token_budget_windows(lengths, cfg.micro_batch_size, cfg.grad_accum, cfg.seed, 0, 2**62,
+                                           tokens, self.planner, acc.process_index, acc.num_processes)  # fmt: skip
+        micro = epoch_batches(lengths, cfg.micro_batch_size, cfg.seed, 0, self.planner)
+        return choose_layout(
+            cfg, model, acc.device,
+            step_tokens=max(tokens([lengths[i] for i in w[0]]) for w in whole_steps),
+            row_tokens=tokens([max(lengths)]),
+            pass_tokens=max(tokens([lengths[i] for i in m]) for m in micro),
+        )  # fmt: skip
