@@ -292,3 +292,22 @@ def test_plan_text_and_json(llama_8b):
     assert sum(data["components_gib"].values()) == pytest.approx(data["peak_allocated_gib"], abs=0.01)
     text = plan.to_text()
     assert "quantization constants" in text and "of 80.0 GiB: fits" in text
+
+
+def test_plan_command_prints_the_table_the_verdict_and_the_settings(llama_8b, tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from qlora_kit.cli import main
+
+    path, _ = llama_8b
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name_or_path": str(path)}, "data": {"max_length": 2048},
+                                   "train": {"micro_batch_size": 2}}))  # fmt: skip
+    assert main(["plan", str(cfg), "--gpu-memory", "139.8"]) == 0
+    out = capsys.readouterr().out
+    assert "of 139.8 GiB: fits" in out and "settings: train.grad_checkpointing=false" in out
+    assert main(["plan", str(cfg), "--gpu-memory", "16", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["settings"]["grad_checkpointing"] is True  # 16 GiB needs recomputation at 4,096 tokens

@@ -47,6 +47,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from qlora_kit.planning import plan_run
+
+    plan = plan_run(_load(args), gpu_memory_gib=args.gpu_memory, seq_tokens=args.seq_tokens)
+    print(plan.to_json() if args.json else plan.to_text() + "\n" + _proposal(plan))
+    return 0
+
+
+def _proposal(plan) -> str:
+    """The settings the plan suggests, as overrides a user can paste."""
+    s = plan.settings
+    parts = [f"train.grad_checkpointing={str(s.grad_checkpointing).lower()}",
+             f"train.activation_offload={str(s.activation_offload).lower()}"]  # fmt: skip
+    if plan.max_tokens:
+        parts.append(f"train.micro_batch_tokens={plan.max_tokens}")
+    return "settings: " + " ".join(parts)
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from qlora_kit.data import build_datasets, build_formatter
     from qlora_kit.model.loading import ModelLoader

@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd.cmd_inspect)
 
+    p = sub.add_parser(
+        "plan", help="predict a training step's GPU memory by component and its speed, from config.json alone"
+    )
+    _with_config(p)
+    p.add_argument("--gpu-memory", type=float, metavar="GiB", help="judge against this much GPU memory "
+                   "(default: this machine's first GPU)")  # fmt: skip
+    p.add_argument(
+        "--seq-tokens", type=positive_int, metavar="N", help="tokens per row (default: data.max_length)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd.cmd_plan)
+
     p = sub.add_parser("data", help="load, format and tokenize the config's data; print the data report")
     _with_config(p)
     p.add_argument(
