@@ -23,7 +23,7 @@ def _cfg(model_dir, out):
         "quant": {"kind": "bnb_4bit", "compute_dtype": "bfloat16"},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
         "data": {"source": {"rows": [{"instruction": "x", "output": "y"}]}, "formatter": {"kind": "alpaca"}},
-        "export": {"kind": "merged", "dtype": "bfloat16"},
+        "export": {"kind": "merged", "dtype": "bfloat16", "compare_bases": True},
     })  # fmt: skip
 
 

@@ -56,7 +56,10 @@ def test_train_then_generate_chat_and_export_from_the_command_line(
     assert cli(["generate", str(out), "--chat", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.count("model> ") == 2
 
-    assert cli(["export", str(out), "export.dtype=bfloat16", "--kind", "merged"]) == 0
+    assert (
+        cli(["export", str(out), "export.dtype=bfloat16", "export.compare_bases=true", "--kind", "merged"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "merge verified" in printed
     report = json.loads((out / "merged" / "merge_report.json").read_text())

@@ -132,7 +132,9 @@ def test_adapter_round_trip_in_a_fresh_process_gives_identical_logits(adapted, t
 
 
 def test_merged_export_is_verified_against_both_bases(adapted, tmp_path):
-    model, tok, cfg = adapted({"kind": "merged", "dtype": "bfloat16", "max_shard_size": "200KB"})
+    model, tok, cfg = adapted(
+        {"kind": "merged", "dtype": "bfloat16", "max_shard_size": "200KB", "compare_bases": True}
+    )
     rows = [{"input_ids": ids} for ids in _ids(tok)]
     result = build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg, verify_rows=rows)
     report = json.loads((result.merged_dir / "merge_report.json").read_text())

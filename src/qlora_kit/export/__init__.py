@@ -100,7 +100,10 @@ class MergedOptions(StrictModel):
     """Largest safetensors shard."""
     merge_base: Literal["original", "dequantized"] = "dequantized"
     """Merge into the `original` 16-bit weights, or into the `dequantized` NF4 weights the adapter
-    was trained against. Both errors are reported either way."""
+    was trained against."""
+    compare_bases: bool = False
+    """Also merge into the other base and report its error beside the chosen one's (a second 16-bit
+    model built and measured: seconds to minutes, depending on the model)."""
     max_mean_kl: float = Field(default=0.05, gt=0)
     """Verification tolerance: mean per-token KL(adapter model || merged model) on held-out prompts, in
     nats. A 16-bit merge into the `dequantized` base stays well below it; a merge into the `original`

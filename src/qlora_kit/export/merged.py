@@ -88,8 +88,9 @@ def build_merged(base: str, trained: Any, run_cfg: Any, adapter_dir: Path, dtype
 def merge_and_verify(
     model: Any, tokenizer: Any, output_dir: str | Path, run_cfg: Any, cfg: Any, verify_rows: Any = None
 ) -> tuple[Path, Path, dict[str, Any]]:
-    """Save the adapter, merge it into both bases, measure each against the adapter model, and save the
-    one ``cfg.merge_base`` names (with ``merge_report.json``) atomically.
+    """Save the adapter, merge it into ``cfg.merge_base`` (and, with ``cfg.compare_bases``, into the other
+    base too, for the report), measure it against the adapter model, and save it (with
+    ``merge_report.json``) atomically.
 
     Returns:
         (adapter_dir, merged_dir, report). ``report["passed"]`` is False when the chosen base's max
@@ -100,12 +101,12 @@ def merge_and_verify(
     inputs = verification_inputs(tokenizer, verify_rows)
     reference = logits_of(model, inputs)
     errors: dict[str, dict[str, float]] = {}
-    # The other base first, then freed, so only one 16-bit copy is alive beside the trained model.
-    other = next(b for b in BASES if b != cfg.merge_base)
-    merged = build_merged(other, model, run_cfg, adapter_dir, cfg.dtype)
-    errors[other] = compare_logits(reference, logits_of(merged, inputs))
-    del merged
-    gc.collect()
+    if cfg.compare_bases:  # the other base first, then freed: one 16-bit copy beside the trained model
+        other = next(b for b in BASES if b != cfg.merge_base)
+        merged = build_merged(other, model, run_cfg, adapter_dir, cfg.dtype)
+        errors[other] = compare_logits(reference, logits_of(merged, inputs))
+        del merged
+        gc.collect()
     merged = build_merged(cfg.merge_base, model, run_cfg, adapter_dir, cfg.dtype)
     errors[cfg.merge_base] = compare_logits(reference, logits_of(merged, inputs))
     report = _report(cfg, errors, len(inputs), verify_rows is not None)
@@ -162,5 +163,5 @@ def _report(cfg: Any, errors: dict[str, dict[str, float]], prompts: int, held_ou
         "tolerance": {"max_mean_kl": cfg.max_mean_kl, "max_abs_logit_diff": cfg.max_abs_logit_diff},
         "prompts": prompts,
         "prompt_source": "held-out rows" if held_out else "built-in prompts",
-        "bases": {base: errors[base] for base in BASES},
+        "bases": {base: errors[base] for base in BASES if base in errors},
     }
