@@ -26,7 +26,6 @@ from qlora_kit.model.tokens import apply_pad_policy, fit_embeddings_to_tokenizer
 logger = logging.getLogger(__name__)
 
 
-
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``device`` as a ``torch.device``; None means ``cuda:0`` when CUDA is available, else ``cpu``.
 
