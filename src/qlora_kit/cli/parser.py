@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd.cmd_train)
 
-    p = sub.add_parser("export", help="export a finished run again (adapter, or a verified merged model)")
+    p = sub.add_parser(
+        "export", help="export a finished run again (adapter, verified merged model, or GGUF file)"
+    )
     p.add_argument("output_dir", help="the run's output_dir (holds run_config.yaml)")
     p.add_argument(
         "overrides",
