@@ -30,7 +30,7 @@ class GGUFOptions(MergedOptions):
     (8-bit blocks) is about half the size. Norms stay float32."""
     gguf_max_mean_kl: float = Field(default=0.05, gt=0)
     """GGUF verification tolerance: mean per-token KL(merged model || the GGUF file reloaded by
-    transformers) on held-out prompts, in nats. f16/bf16 files reload bit-identical; q8_0 stays far below."""
+    transformers) on held-out prompts, in nats. f16/bf16 weights reload exactly; q8_0 stays far below."""
 
 
 def gguf_dtype(cfg: Any) -> str:
