@@ -40,14 +40,15 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        finite = math.isfinite(self.temperature) and math.isfinite(self.repetition_penalty)
         problems = [
             f"{name} {value!r} {rule}"
             for name, value, ok, rule in (
-                ("temperature", self.temperature, math.isfinite(self.temperature) and self.temperature >= 0, "must be >= 0"),
+                ("temperature", self.temperature, finite and self.temperature >= 0, "must be >= 0"),
                 ("top_p", self.top_p, 0 < self.top_p <= 1, "must be in (0, 1]"),
                 ("top_k", self.top_k, self.top_k >= 0, "must be >= 0"),
-                ("repetition_penalty", self.repetition_penalty,
-                 math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "must be > 0"),
+                ("repetition_penalty", self.repetition_penalty, finite and self.repetition_penalty > 0,
+                 "must be > 0"),
             )
             if not ok
         ]  # fmt: skip

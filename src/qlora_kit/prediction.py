@@ -6,9 +6,10 @@ exact match against the rows' own answers)::
     predict_file(loaded, "questions.jsonl", "predictions.jsonl")
     print(score_file(loaded, "held_out.jsonl").to_text())
 
-A row is made into a prompt by the formatter (:meth:`~qlora_kit.formatting.PromptFormatter.prediction_example`):
-an instruction row without its response field, a conversation up to its last user turn. A row whose
-response is there too (an Alpaca ``output``, a final assistant turn) is that row's reference answer.
+A row is made into a prompt by the formatter
+(:meth:`~qlora_kit.formatting.PromptFormatter.prediction_example`): an instruction row without its response
+field, a conversation up to its last user turn. A row whose response is there too (an Alpaca ``output``, a
+final assistant turn) is that row's reference answer.
 """
 
 from __future__ import annotations
@@ -183,8 +184,9 @@ def score_file(
     max_new_tokens: int = 256,
     exact_match: bool = True,
 ) -> Scores:
-    """Loss and perplexity of the model on the answers of ``input_path``'s rows (encoded by the run's formatter
-    with its `data` settings, as its eval split was), and the share of greedy predictions equal to them.
+    """Loss and perplexity of the model on the answers of ``input_path``'s rows (encoded by the run's
+    formatter with its `data` settings, as its eval split was), and the share of greedy predictions equal
+    to them.
 
     Args:
         exact_match: Also generate an answer for each row and compare it with the reference (whitespace

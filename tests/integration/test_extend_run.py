@@ -53,3 +53,13 @@ def test_a_finished_run_continues_to_a_larger_max_steps(tmp_path, tiny_llama_dir
     assert [train[s]["lr"] for s in range(1, 5)] == pytest.approx([LR * f for f in (1, 0.75, 0.5, 0.25)])
     assert [train[s]["lr"] for s in range(5, 9)] == pytest.approx([LR * f for f in (0.5, 0.375, 0.25, 0.125)])
     assert (out / "checkpoint-8").is_dir()
+
+
+def test_the_trainer_page_lists_every_change_a_resume_allows():
+    from pathlib import Path
+
+    from qlora_kit.config.resume import RESUMABLE_CHANGES
+
+    page = (Path(__file__).parents[2] / "docs" / "components" / "trainer.md").read_text()
+    section = page.split("## Resuming and extending a run", 1)[1]
+    assert [path for path in RESUMABLE_CHANGES if f"`{path}`" not in section] == []

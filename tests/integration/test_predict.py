@@ -60,7 +60,8 @@ def test_predict_writes_every_row_with_its_prediction(run, tmp_path, capsys):
     rows[1]["conversations"] = rows[1]["conversations"][:2]  # ends with the question: no reference answer
     rows[2]["id"] = "keep-me"
     out = tmp_path / "predictions.jsonl"
-    args = ["predict", str(run / "run"), "--input", str(_jsonl(tmp_path / "in.jsonl", rows)), "--output", str(out),
+    source = _jsonl(tmp_path / "in.jsonl", rows)
+    args = ["predict", str(run / "run"), "--input", str(source), "--output", str(out),
             "--max-new-tokens", "4", "--batch-size", "1"]  # fmt: skip
     assert cli(args) == 0
     captured = capsys.readouterr()
@@ -129,7 +130,8 @@ def test_eval_scores_loss_like_training_and_exact_match(run, tmp_path, capsys):
     # exact match: two rows whose answer is the model's own greedy prediction, two that are wrong, one without
     rows = [_conversation(r) for r in make_alpaca_rows(4, seed=11)]
     out = tmp_path / "predictions.jsonl"
-    assert cli(["predict", str(run / "run"), "--input", str(_jsonl(tmp_path / "q.jsonl", rows)), "--output", str(out),
+    questions = _jsonl(tmp_path / "q.jsonl", rows)
+    assert cli(["predict", str(run / "run"), "--input", str(questions), "--output", str(out),
                 "--max-new-tokens", "6", "--batch-size", "1"]) == 0  # fmt: skip
     predictions = [json.loads(line)["prediction"] for line in out.read_text().splitlines()]
     assert all(p.strip() for p in predictions[:2]), predictions

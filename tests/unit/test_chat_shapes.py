@@ -80,8 +80,8 @@ def test_a_rows_own_system_column(tokenizer):
     assert _labels(build_formatter("sharegpt"), row, tokenizer) == _labels(
         build_formatter("sharegpt"), SHAREGPT, tokenizer
     )
-    defaulted = _labels(build_formatter({"kind": "sharegpt", "system": "Default."}), {"conversations": row["conversations"]},
-                        tokenizer)  # fmt: skip
+    with_default = build_formatter({"kind": "sharegpt", "system": "Default."})
+    defaulted = _labels(with_default, {"conversations": row["conversations"]}, tokenizer)
     assert defaulted.startswith("[MASKED]<|im_start|>system\nDefault.<|im_end|>")
 
 
@@ -181,3 +181,23 @@ def test_sharegpt_jsonl_through_the_pipeline_and_the_data_command(tmp_path, tiny
     assert f"{rows} line 13: field 'conversations[1]': from must be one of" in err and "got 'bot'" in err
     with pytest.raises(DataError, match="line 13"):
         build_datasets(data_cfg, build_formatter(data_cfg.formatter), tokenizer)
+
+
+def test_sharegpt_through_datasets_as_from_the_hub(tmp_path, tokenizer):
+    """A parquet file is read by `datasets` and converted row by row, as a hub dataset is (Arrow fills keys
+    that only some messages have, here ShareGPT's optional `weight`, with None)."""
+    import datasets
+
+    rows = [
+        json.loads(line) for line in _sharegpt_file(tmp_path / "chats.jsonl", n=6).read_text().splitlines()
+    ]
+    rows[0]["conversations"][2]["weight"] = 1.0
+    path = tmp_path / "chats.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(path)
+    from_parquet = DataConfig(source={"path": str(path)}, formatter={"kind": "sharegpt"}, max_length=128)
+    from_jsonl = from_parquet.model_copy(
+        update={"source": from_parquet.source.model_copy(update={"path": str(tmp_path / "chats.jsonl")})}
+    )
+    formatter = build_formatter(from_parquet.formatter)
+    a, b = (build_datasets(c, formatter, tokenizer).train for c in (from_parquet, from_jsonl))
+    assert a["labels"] == b["labels"] and a["input_ids"] == b["input_ids"] and len(a) == 6

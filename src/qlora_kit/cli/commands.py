@@ -71,7 +71,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _merge_exit_code(exported) -> int:
-    """3 when a merged export or its GGUF file failed verification (saved, but differs from the trained model)."""
+    """3 when a merged export or its GGUF file failed verification (saved, but differs from the trained
+    model)."""
     if exported.merge_failed:
         print(f"\n!!! {exported.failure}", file=sys.stderr)
         return 3

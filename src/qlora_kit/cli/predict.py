@@ -12,7 +12,7 @@ from qlora_kit.errors import UsageError
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """``--temperature``, ``--top-p``, ``--top-k``, ``--repetition-penalty``, ``--seed`` (greedy by default)."""
+    """``--temperature``, ``--top-p``, ``--top-k``, ``--repetition-penalty``, ``--seed`` (default: greedy)."""
     parser.add_argument(
         "--temperature", type=non_negative_float, default=0.0, help="0 = greedy (the default)"
     )
@@ -72,7 +72,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from qlora_kit.prediction import score_file
 
-    scores = score_file(_load(args), args.input, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                        exact_match=not args.no_exact_match)  # fmt: skip
+    scores = score_file(_load(args), args.input, batch_size=args.batch_size,
+                        max_new_tokens=args.max_new_tokens, exact_match=not args.no_exact_match)  # fmt: skip
     print(json.dumps(scores.to_dict(), indent=2) if args.json else scores.to_text())
     return 0

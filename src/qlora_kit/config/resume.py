@@ -9,9 +9,9 @@ on resume, for example to lower the learning rate after a non-finite loss, or to
   steps, so a linear or cosine decay stretches from the step the run resumes at);
 - ``train.max_grad_norm``; ``train.loss``, ``train.grad_checkpointing`` and ``train.activation_offload``
   (the same numbers, computed another way);
-- evaluation, checkpoint and logging cadence: ``train.eval_every``, ``train.eval_at_start``,
-  ``train.eval_batch_size``, ``train.save_every``, ``train.keep_last``, ``train.log_every``,
-  ``train.generation_prompts``, ``train.trackers``, ``train.callbacks``, ``train.resume``;
+- evaluation, checkpoint and logging cadence: ``train.eval_every``, ``train.eval_batch_size``,
+  ``train.save_every``, ``train.keep_last``, ``train.log_every``, ``train.generation_prompts``,
+  ``train.trackers``, ``train.callbacks``, ``train.resume``, ``train.eval_at_start``;
 - ``data.source.path`` and ``data.eval.source.path`` (a moved file: the rows themselves are checked by a
   hash of their tokens, so different data is refused however it is named);
 - ``export`` (what is written after training), ``output_dir``, ``plugins``, ``model.cache_dir``.
@@ -31,12 +31,12 @@ RESUMABLE_CHANGES = (
     "train.grad_checkpointing",
     "train.activation_offload",
     "train.eval_every",
-    "train.eval_at_start",
     "train.eval_batch_size",
     "train.save_every",
     "train.keep_last",
     "train.log_every",
     "train.generation_prompts",
+    "train.eval_at_start",
     "train.trackers",
     "train.callbacks",
     "train.resume",

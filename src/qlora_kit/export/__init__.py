@@ -19,18 +19,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from qlora_kit.export.adapter import ADAPTER_DIR, save_adapter
-from qlora_kit.export.gguf_export import GGUF_DIR, GGUFOptions, export_gguf
-from qlora_kit.export.merged import (
-    MERGE_REPORT,
-    MERGED_DIR,
-    MergedOptions,
-    MergeVerificationWarning,
-    merge_and_verify,
-)
+from qlora_kit.export.gguf_export import GGUF_DIR, export_gguf
+from qlora_kit.export.merged import MERGE_REPORT, MERGED_DIR, MergeVerificationWarning, merge_and_verify
 from qlora_kit.registry import exporters
+from qlora_kit.strict import StrictModel
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +106,25 @@ class AdapterExporter:
         return ExportResult(kind="adapter", adapter_dir=path)
 
 
+class MergedOptions(StrictModel):
+    """Settings of the merged export and of its verification."""
+
+    dtype: Literal["float16", "bfloat16"] = "bfloat16"
+    """dtype of the merged model (the reference recipe uses float16)."""
+    max_shard_size: str = "2GB"
+    """Largest safetensors shard."""
+    merge_base: Literal["original", "dequantized"] = "dequantized"
+    """Merge into the `original` 16-bit weights, or into the `dequantized` NF4 weights the adapter
+    was trained against. Both errors are reported either way."""
+    max_mean_kl: float = Field(default=0.05, gt=0)
+    """Verification tolerance: mean per-token KL(adapter model || merged model) on held-out prompts, in
+    nats. A 16-bit merge into the `dequantized` base stays well below it; a merge into the `original`
+    weights of a model whose NF4 rounding matters does not."""
+    max_abs_logit_diff: float | None = Field(default=None, gt=0)
+    """Optional extra tolerance on the largest absolute logit difference. Off by default: in 16-bit
+    compute a few large logits (e.g. at the first position) move by whole units from rounding alone."""
+
+
 @exporters.register("merged")
 class MergedExporter:
     """Save the adapter, then merge it into a 16-bit base saved as sharded safetensors, verified
@@ -139,6 +155,17 @@ class MergedExporter:
         )
         (logger.info if report["passed"] else logger.warning)(report["message"])
         return ExportResult("merged", adapter_dir=adapter_dir, merged_dir=merged_dir, merge_report=report)
+
+
+class GGUFOptions(MergedOptions):
+    """Settings of the merged export, its GGUF file and both verifications."""
+
+    gguf_dtype: Literal["auto", "f16", "bf16", "q8_0"] = "auto"
+    """Type of the GGUF file's weight matrices: `auto` is the merged model's `dtype` (f16 or bf16); `q8_0`
+    (8-bit blocks) is about half the size. Norms stay float32."""
+    gguf_max_mean_kl: float = Field(default=0.05, gt=0)
+    """GGUF verification tolerance: mean per-token KL(merged model || the GGUF file reloaded by
+    transformers) on held-out prompts, in nats. f16/bf16 weights reload exactly; q8_0 stays far below."""
 
 
 @exporters.register("gguf")

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from qlora_kit.export.merged import MERGE_REPORT, MergedOptions
+from qlora_kit.export.merged import MERGE_REPORT
 
 logger = logging.getLogger(__name__)
 
@@ -22,19 +20,8 @@ GGUF_DIR = "gguf"
 _GGUF_DTYPE_OF = {"float16": "f16", "bfloat16": "bf16"}
 
 
-class GGUFOptions(MergedOptions):
-    """Settings of the merged export, its GGUF file and both verifications."""
-
-    gguf_dtype: Literal["auto", "f16", "bf16", "q8_0"] = "auto"
-    """Type of the GGUF file's weight matrices: `auto` is the merged model's `dtype` (f16 or bf16); `q8_0`
-    (8-bit blocks) is about half the size. Norms stay float32."""
-    gguf_max_mean_kl: float = Field(default=0.05, gt=0)
-    """GGUF verification tolerance: mean per-token KL(merged model || the GGUF file reloaded by
-    transformers) on held-out prompts, in nats. f16/bf16 weights reload exactly; q8_0 stays far below."""
-
-
 def gguf_dtype(cfg: Any) -> str:
-    """The GGUF tensor type ``cfg`` asks for, ``auto`` resolved from the merged dtype."""
+    """The GGUF tensor type a `gguf` export section asks for, ``auto`` resolved from the merged dtype."""
     return _GGUF_DTYPE_OF[cfg.dtype] if cfg.gguf_dtype == "auto" else cfg.gguf_dtype
 
 

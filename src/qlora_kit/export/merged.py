@@ -15,10 +15,9 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
 from qlora_kit.export.adapter import save_adapter
 from qlora_kit.export.card import write_model_card
@@ -27,32 +26,12 @@ from qlora_kit.export.provenance import record_provenance
 from qlora_kit.export.verify import compare_logits, logits_of, verification_inputs
 from qlora_kit.files import atomic_dir
 from qlora_kit.rundir.manifest import write_manifest
-from qlora_kit.strict import StrictModel
 
 logger = logging.getLogger(__name__)
 
 MERGED_DIR = "merged"
 MERGE_REPORT = "merge_report.json"
 BASES = ("original", "dequantized")
-
-
-class MergedOptions(StrictModel):
-    """Settings of the merged export and of its verification."""
-
-    dtype: Literal["float16", "bfloat16"] = "bfloat16"
-    """dtype of the merged model (the reference recipe uses float16)."""
-    max_shard_size: str = "2GB"
-    """Largest safetensors shard."""
-    merge_base: Literal["original", "dequantized"] = "dequantized"
-    """Merge into the `original` 16-bit weights, or into the `dequantized` NF4 weights the adapter
-    was trained against. Both errors are reported either way."""
-    max_mean_kl: float = Field(default=0.05, gt=0)
-    """Verification tolerance: mean per-token KL(adapter model || merged model) on held-out prompts, in
-    nats. A 16-bit merge into the `dequantized` base stays well below it; a merge into the `original`
-    weights of a model whose NF4 rounding matters does not."""
-    max_abs_logit_diff: float | None = Field(default=None, gt=0)
-    """Optional extra tolerance on the largest absolute logit difference. Off by default: in 16-bit
-    compute a few large logits (e.g. at the first position) move by whole units from rounding alone."""
 
 
 class MergeVerificationWarning(UserWarning):

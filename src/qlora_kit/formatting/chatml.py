@@ -21,7 +21,7 @@ Role = Literal["system", "user", "assistant"]
 
 
 class ChatOptions(StrictModel):
-    """Options of the chat formatters: where a row keeps its conversation, and how its messages are spelled."""
+    """Options of the chat formatters: where a row keeps its conversation, how its messages are spelled."""
 
     messages_field: str = "messages"
     """Column holding the conversation: a list of messages (ShareGPT: `conversations`)."""
@@ -145,7 +145,8 @@ def check_messages(messages: Any, options: ChatOptions) -> None:
             )
         if message.get("role") not in ROLES:
             raise RowError(
-                f"{options.role_key} must be one of {known}, got {message.get('role')!r} (map it with `roles`)",
+                f"{options.role_key} must be one of {known}, got {message.get('role')!r} "
+                "(map it with `roles`)",
                 where,
             )
         content = message.get("content")
