@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,56 +33,70 @@ PREDICTION_KEY = "prediction"
 
 @dataclass
 class Prompts:
-    """The rows of an input file, made into prompts.
+    """The rows of an input file, made into prompts (:func:`read_prompts`).
 
     Attributes:
         name: The file.
         rows: The rows as read (written back with their predictions).
         origins: Where each row came from (``file line N``), for messages.
         examples: The rows as the formatter reads them (the run's column mapping applied).
-        ids: Each row's prompt, tokenized as in training.
+        prompts: Each row as a prompt: its response replaced by the formatter's response mark.
         answers: Each row's reference answer, or None.
     """
 
     name: str
     rows: list[dict[str, Any]]
     origins: list[str]
-    examples: list[dict[str, Any]]
-    ids: list[list[int]]
-    answers: list[str | None]
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    answers: list[str | None] = field(default_factory=list)
+
+    def token_ids(self, loaded: Any) -> list[list[int]]:
+        """Each prompt tokenized as in training, with the loaded run's formatter and tokenizer."""
+        from qlora_kit.generation import prompt_ids
+
+        return [prompt_ids(loaded.formatter, loaded.tokenizer, prompt) for prompt in self.prompts]
 
 
-def read_prompts(loaded: Any, path: str | Path) -> Prompts:
-    """Read a json/jsonl/csv/parquet file (or a hub dataset) and make each row a prompt.
+def read_prompts(path: str | Path, formatter: Any, columns: Mapping[str, str] | None = None) -> Prompts:
+    """Read a json/jsonl/csv/parquet file (or a hub dataset) and make each row a prompt; needs no model, so
+    a bad row fails before one is loaded.
 
-    The run's ``data.source.columns`` mapping applies to rows that have the mapped columns.
+    Args:
+        path: The rows.
+        formatter: The run's formatter (``build_formatter(run_cfg.data.formatter)``).
+        columns: The run's ``data.source.columns`` mapping, applied to rows that have the mapped columns.
 
     Raises:
-        DataError: the file cannot be read, or a row cannot be a prompt (file, line and field named).
+        DataError: the file cannot be read or is empty, or a row cannot be a prompt (file, line and field
+            named).
     """
     from qlora_kit.config import SourceConfig
     from qlora_kit.data.sources import load_source
     from qlora_kit.formatting import RowError
-    from qlora_kit.generation import prompt_ids
 
     source = load_source(SourceConfig(path=str(path)))
-    columns = loaded.run_cfg.data.source.columns
-    prompts = Prompts(source.name, source.rows, source.origins, [], [], [])
+    if not source.rows:
+        raise DataError(f"{source.name}: no rows")
+    prompts = Prompts(source.name, source.rows, source.origins)
     for row, origin in zip(source.rows, source.origins, strict=True):
-        example = {**row, **{field: row[column] for field, column in columns.items() if column in row}}
+        example = {**row, **{name: row[column] for name, column in (columns or {}).items() if column in row}}
         try:
-            prompt, answer = loaded.formatter.prediction_example(example)
+            prompt, answer = formatter.prediction_example(example)
         except RowError as exc:
             where = f"field {exc.field!r}: " if exc.field else ""
             raise DataError(
                 f"{origin}: {where}{exc} (a row needs what the run's formatter prompts with)"
             ) from None
         prompts.examples.append(example)
-        prompts.ids.append(prompt_ids(loaded.formatter, loaded.tokenizer, prompt))
+        prompts.prompts.append(prompt)
         prompts.answers.append(answer)
-    if not prompts.rows:
-        raise DataError(f"{source.name}: no rows")
     return prompts
+
+
+def _prompts_of(loaded: Any, path: str | Path) -> Prompts:
+    """:func:`read_prompts` with the loaded run's formatter and column mapping."""
+    return read_prompts(path, loaded.formatter, loaded.run_cfg.data.source.columns)
 
 
 def predict_ids(
@@ -115,18 +129,19 @@ def predict_ids(
 
 def predict_file(
     loaded: Any,
-    input_path: str | Path,
+    rows: str | Path | Prompts,
     output_path: str | Path,
     *,
     batch_size: int = 8,
     max_new_tokens: int = 256,
     sampling: Sampling | None = None,
 ) -> Path:
-    """Write every row of ``input_path`` with the model's answer under ``"prediction"`` to ``output_path``
+    """Write every row of a file with the model's answer under ``"prediction"`` to ``output_path``
     (JSON lines, written atomically: the file is complete or absent).
 
     Args:
         loaded: :func:`~qlora_kit.generation.load_exported`'s result.
+        rows: The input file, or its :func:`read_prompts` result.
         batch_size: Prompts generated together.
         max_new_tokens: Longest answer.
         sampling: Greedy by default.
@@ -136,8 +151,8 @@ def predict_file(
     """
     from qlora_kit.files import atomic_write_text
 
-    prompts = read_prompts(loaded, input_path)
-    texts = predict_ids(loaded, prompts.ids, batch_size=batch_size, max_new_tokens=max_new_tokens,
+    prompts = rows if isinstance(rows, Prompts) else _prompts_of(loaded, rows)
+    texts = predict_ids(loaded, prompts.token_ids(loaded), batch_size=batch_size, max_new_tokens=max_new_tokens,
                         sampling=sampling)  # fmt: skip
     lines = [
         json.dumps({**row, PREDICTION_KEY: text}, ensure_ascii=False) + "\n"
@@ -176,19 +191,32 @@ class Scores:
         return "\n".join(lines)
 
 
+def answered_rows(prompts: Prompts) -> list[int]:
+    """Indices of the rows that have a reference answer.
+
+    Raises:
+        DataError: none has.
+    """
+    answered = [i for i, answer in enumerate(prompts.answers) if answer is not None]
+    if not answered:
+        raise DataError(f"{prompts.name}: no row has a reference answer to score (e.g. `output`, or a final "
+                        "assistant turn); `qlora-kit predict` writes predictions without one")  # fmt: skip
+    return answered
+
+
 def score_file(
     loaded: Any,
-    input_path: str | Path,
+    rows: str | Path | Prompts,
     *,
     batch_size: int = 8,
     max_new_tokens: int = 256,
     exact_match: bool = True,
 ) -> Scores:
-    """Loss and perplexity of the model on the answers of ``input_path``'s rows (encoded by the run's
-    formatter with its `data` settings, as its eval split was), and the share of greedy predictions equal
-    to them.
+    """Loss and perplexity of the model on the answers of a file's rows (encoded by the run's formatter with
+    its `data` settings, as its eval split was), and the share of greedy predictions equal to them.
 
     Args:
+        rows: The input file, or its :func:`read_prompts` result.
         exact_match: Also generate an answer for each row and compare it with the reference (whitespace
             at the ends and runs of whitespace do not count).
 
@@ -201,14 +229,13 @@ def score_file(
     from qlora_kit.formatting.tokens import pad_token_id
     from qlora_kit.training.evaluation import evaluate
 
-    prompts = read_prompts(loaded, input_path)
-    answered = [i for i, answer in enumerate(prompts.answers) if answer is not None]
-    if not answered:
-        raise DataError(f"{prompts.name}: no row has a reference answer to score (e.g. `output`, or a final "
-                        "assistant turn); `qlora-kit predict` writes predictions without one")  # fmt: skip
-    rows = Rows(prompts.name, [prompts.examples[i] for i in answered], [prompts.origins[i] for i in answered])
+    prompts = rows if isinstance(rows, Prompts) else _prompts_of(loaded, rows)
+    answered = answered_rows(prompts)
+    scored = Rows(
+        prompts.name, [prompts.examples[i] for i in answered], [prompts.origins[i] for i in answered]
+    )
     data_cfg = loaded.run_cfg.data.model_copy(update={"skip_bad_rows": False})
-    encoded = encode_rows(rows, loaded.formatter, loaded.tokenizer, data_cfg)
+    encoded = encode_rows(scored, loaded.formatter, loaded.tokenizer, data_cfg)
     batch = [
         {"input_ids": i, "labels": labels}
         for i, labels in zip(encoded.input_ids, encoded.labels, strict=True)
@@ -217,7 +244,8 @@ def score_file(
     metrics = evaluate(loaded.model, batch, collate, batch_size)
     scores = Scores(prompts.name, len(prompts.rows), len(answered), **metrics)
     if exact_match:
-        texts = predict_ids(loaded, [prompts.ids[i] for i in answered], batch_size=batch_size,
+        ids = prompts.token_ids(loaded)
+        texts = predict_ids(loaded, [ids[i] for i in answered], batch_size=batch_size,
                             max_new_tokens=max_new_tokens, what="eval")  # fmt: skip
         hits = sum(_same(text, prompts.answers[i]) for text, i in zip(texts, answered, strict=True))
         scores.exact_matches, scores.exact_match = hits, hits / len(answered)

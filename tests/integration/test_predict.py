@@ -103,7 +103,11 @@ def test_sampling_is_reproducible_with_a_seed(run, tmp_path, capsys):
         Sampling(temperature=1.0, top_p=1.5)
 
 
-def test_a_row_without_the_prompt_field_is_named_and_nothing_is_written(run, tmp_path, capsys):
+def test_a_row_without_the_prompt_field_is_named_and_nothing_is_written(run, tmp_path, capsys, monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the rows were checked")
+
+    monkeypatch.setattr("qlora_kit.generation.load_exported", no_model)
     rows = [_conversation(r) for r in make_alpaca_rows(3)]
     rows[2] = {"question": "Where is the prompt?"}
     out = tmp_path / "predictions.jsonl"
@@ -117,7 +121,7 @@ def test_a_row_without_the_prompt_field_is_named_and_nothing_is_written(run, tmp
     assert f"--input {tmp_path / 'none.jsonl'}: no such file" in capsys.readouterr().err
 
 
-def test_eval_scores_loss_like_training_and_exact_match(run, tmp_path, capsys):
+def test_eval_scores_loss_like_training_and_exact_match(run, tmp_path, capsys, monkeypatch):
     # the run's own eval file: the same rows, encoding and model as the trainer's last evaluation
     assert (
         cli(["eval", str(run / "run"), "--input", str(run / "eval.jsonl"), "--json", "--no-exact-match"]) == 0
@@ -150,5 +154,6 @@ def test_eval_scores_loss_like_training_and_exact_match(run, tmp_path, capsys):
     scores = score_file(load_exported(run / "run"), source, max_new_tokens=6, batch_size=1)
     assert (scores.exact_matches, scores.answered) == (2, 4) and scores.eval_tokens > 0
 
+    monkeypatch.setattr("qlora_kit.generation.load_exported", None)  # rows without answers fail first
     assert cli(["eval", str(run / "run"), "--input", str(_jsonl(tmp_path / "none.jsonl", [asked]))]) == 2
     assert "no row has a reference answer" in capsys.readouterr().err

@@ -49,30 +49,45 @@ def add_file_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
-    from qlora_kit.generation import load_exported
+def _prompts(args: argparse.Namespace):
+    """The input rows as prompts, read with the run's formatter before any model is loaded."""
+    from qlora_kit.config.io import RUN_CONFIG_FILE, load_run_config
+    from qlora_kit.formatting import build_formatter
+    from qlora_kit.generation import resolve_export_dir
+    from qlora_kit.prediction import read_prompts
 
     if not Path(args.input).is_file():
         raise UsageError(f"qlora-kit {args.command}: --input {args.input}: no such file")
+    path, _ = resolve_export_dir(args.output_dir, args.use)
+    run_cfg = load_run_config(path / RUN_CONFIG_FILE, allow_code=args.trust_code)
+    return read_prompts(args.input, build_formatter(run_cfg.data.formatter), run_cfg.data.source.columns)
+
+
+def _load(args: argparse.Namespace):
+    from qlora_kit.generation import load_exported
+
     return load_exported(args.output_dir, prefer=args.use, device=args.device, allow_code=args.trust_code)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from qlora_kit.prediction import predict_file
 
-    sampling = sampling_from_args(args)  # a bad combination fails before the model loads
+    sampling = sampling_from_args(args)  # a bad combination, a bad row: before the model loads
     if Path(args.output).is_dir():
         raise UsageError(f"qlora-kit predict: --output {args.output} is a directory; name a file")
-    path = predict_file(_load(args), args.input, args.output, batch_size=args.batch_size,
+    prompts = _prompts(args)
+    path = predict_file(_load(args), prompts, args.output, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, sampling=sampling)  # fmt: skip
     print(f"predictions: {path}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from qlora_kit.prediction import score_file
+    from qlora_kit.prediction import answered_rows, score_file
 
-    scores = score_file(_load(args), args.input, batch_size=args.batch_size,
+    prompts = _prompts(args)
+    answered_rows(prompts)  # rows without answers fail before the model loads
+    scores = score_file(_load(args), prompts, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, exact_match=not args.no_exact_match)  # fmt: skip
     print(json.dumps(scores.to_dict(), indent=2) if args.json else scores.to_text())
     return 0
