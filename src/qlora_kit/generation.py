@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from qlora_kit.config.io import RUN_CONFIG_FILE
+from qlora_kit.decoding import Sampling, complete
 from qlora_kit.errors import CheckpointError, ModelLoadError, QloraKitError, UsageError, first_line
 from qlora_kit.formatting.base import RESPONSE_MARK
 
@@ -189,45 +188,14 @@ def generate(
     history: Sequence[Mapping[str, str]] = (),
     fields: Mapping[str, str] | None = None,
     max_new_tokens: int = 256,
-    temperature: float = 0.0,
+    sampling: Sampling | None = None,
 ) -> str:
-    """The model's reply to ``prompt`` (greedy when ``temperature`` is 0), without the stop token."""
+    """The model's reply to ``prompt`` (greedy unless ``sampling`` says otherwise), without the stop token."""
     example = loaded.formatter.prompt_example(prompt, input=input, history=history, fields=fields)
     ids = prompt_ids(loaded.formatter, loaded.tokenizer, example)
     stops = loaded.formatter.stop_token_ids(loaded.tokenizer)
     return complete(loaded.model, loaded.tokenizer, [ids], stops,
-                    max_new_tokens=max_new_tokens, temperature=temperature)[0]  # fmt: skip
-
-
-def complete(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[int]],
-    stops: Sequence[int],
-    *,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-) -> list[str]:
-    """Completions of already tokenized prompts, batched with left padding, each cut at its first stop
-    token (``stops``: the formatter's :meth:`~qlora_kit.formatting.PromptFormatter.stop_token_ids`)."""
-    from qlora_kit.formatting.tokens import pad_token_id
-    from qlora_kit.training.evaluation import inference_mode
-
-    stops = list(stops)
-    pad = pad_token_id(tokenizer)
-    width = max(len(p) for p in prompts)
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    with inference_mode(model):
-        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             eos_token_id=stops, pad_token_id=pad, use_cache=True, **sampling)  # fmt: skip
-    texts = []
-    for row in out[:, width:].tolist():
-        cut = next((i for i, tok in enumerate(row) if tok in stops), len(row))
-        texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
-    return texts
+                    max_new_tokens=max_new_tokens, sampling=sampling)[0]  # fmt: skip
 
 
 def chat(
@@ -237,7 +205,7 @@ def chat(
     read: Any = input,
     write: Any = print,
     max_new_tokens: int = 256,
-    temperature: float = 0.0,
+    sampling: Sampling | None = None,
 ) -> list[dict[str, str]]:
     """Turn-by-turn conversation: each user line is answered with the whole conversation as context.
 
@@ -261,9 +229,7 @@ def chat(
                 break
         if not prompt.strip():
             break
-        reply = generate(
-            loaded, prompt, history=history, max_new_tokens=max_new_tokens, temperature=temperature
-        )
+        reply = generate(loaded, prompt, history=history, max_new_tokens=max_new_tokens, sampling=sampling)
         write(f"model> {reply}")
         history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
         prompt = None

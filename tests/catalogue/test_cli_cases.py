@@ -32,7 +32,7 @@ CASES = [
     ("export-not-a-run", ["export", "{empty}"], ["empty_dir", "no run_config.yaml"]),
     ("override-after-an-option", ["export", "{adapter_run}", "--kind", "merged", "export.dtype=float16"],
      ["unrecognized arguments: export.dtype=float16", "before any --option"]),
-    ("export-kind-choice", ["export", "{adapter_run}", "--kind", "gguf"], ["--kind", "invalid choice: 'gguf'"]),
+    ("export-kind-choice", ["export", "{adapter_run}", "--kind", "onnx"], ["--kind", "invalid choice: 'onnx'"]),
     ("export-kind-none", ["export", "{adapter_run}", "export.kind=none"], ["export.kind is `none`"]),
     ("export-bad-override", ["export", "{adapter_run}", "export.kind=merged", "export.dtype=float8"], ["export.dtype"]),
     ("quickstart-zero-steps", ["quickstart", "--steps", "0"], ["--steps", "'0' is not a positive whole number"]),

@@ -89,11 +89,13 @@ def test_overfits_a_few_rows_and_only_adapters_change(tiny_llama_dir, tokenizer,
     # outputs: metrics, curve, generations, the last K checkpoints (adapter-only weights)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records == result.history
-    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= records[0].keys()
-    assert [r["step"] for r in records if "eval_loss" in r] == [6, 12, 18, 24]
+    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s"} <= records[1].keys()
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 6, 12, 18, 24]  # step 0: the untrained baseline
+    assert records[0] == evals[0] and evals[0]["eval_loss"] > evals[-1]["eval_loss"] + 0.6
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
     generations = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
-    assert [g["step"] for g in generations] == [6, 12, 18, 24]
+    assert [g["step"] for g in generations] == [0, 6, 12, 18, 24]
     assert [p.rsplit("-", 1)[1] for p in result.checkpoints] == ["16", "24"]
     saved = checkpoint_tensors(result.checkpoints[-1])
     assert saved.keys() == adapter_tensors(model).keys()
@@ -266,9 +268,10 @@ def test_early_stopping_after_patience_evaluations_without_improvement(tiny_llam
     result = Trainer(cfg, output_dir=tmp_path, callbacks=[_FlatEval()]).fit(
         qlora_model(tiny_llama_dir), rows, rows
     )
-    # eval 1 sets the best, evals 2 and 3 do not improve on it: stop after step 3, with a checkpoint
-    assert result.steps == 3 and result.stopped_early
-    assert result.checkpoints[-1].endswith("checkpoint-3")
+    # the baseline eval at step 0 sets the best, evals 1 and 2 do not improve on it: stop after step 2,
+    # with a checkpoint
+    assert result.steps == 2 and result.stopped_early
+    assert result.checkpoints[-1].endswith("checkpoint-2")
 
 
 class _ListTracker(GeneralTracker):

@@ -89,9 +89,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _merge_exit_code(exported) -> int:
-    """3 when a merged export failed verification (the model was saved, but differs from the trained one)."""
+    """3 when a merged export or its GGUF file failed verification (saved, but differs from the trained
+    model)."""
     if exported.merge_failed:
-        print(f"\n!!! {exported.merge_report['message']}", file=sys.stderr)
+        print(f"\n!!! {exported.failure}", file=sys.stderr)
         return 3
     return 0
 
@@ -121,12 +122,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from qlora_kit.cli.predict import sampling_from_args
     from qlora_kit.generation import chat, generate, load_exported
 
     if not args.prompt and not args.chat:
         raise UsageError("qlora-kit generate: give --prompt TEXT (repeatable) or --chat")
+    options = {"max_new_tokens": args.max_new_tokens, "sampling": sampling_from_args(args)}
     loaded = load_exported(args.output_dir, prefer=args.use, device=args.device, allow_code=args.trust_code)
-    options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.chat:
         chat(loaded, args.prompt[0] if args.prompt else None, **options)
         return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from qlora_kit.cli import commands as cmd
-from qlora_kit.cli.args import Parser, name_value, non_negative_float, positive_int
+from qlora_kit.cli import predict
+from qlora_kit.cli.args import Parser, name_value, positive_int
 
 
 def _with_config(parser: argparse.ArgumentParser) -> None:
@@ -73,14 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd.cmd_train)
 
-    p = sub.add_parser("export", help="export a finished run again (adapter, or a verified merged model)")
+    p = sub.add_parser(
+        "export", help="export a finished run again (adapter, verified merged model, or GGUF file)"
+    )
     p.add_argument("output_dir", help="the run's output_dir (holds run_config.yaml)")
     p.add_argument(
         "overrides",
         nargs="*",
         help="dotted overrides of the export section, e.g. export.dtype=float16 (before any --option)",
     )
-    p.add_argument("--kind", choices=["adapter", "merged"], help="shortcut for export.kind=...")
+    p.add_argument("--kind", choices=["adapter", "merged", "gguf"], help="shortcut for export.kind=...")
     p.add_argument(
         "--merge-base", choices=["original", "dequantized"], help="shortcut for export.merge_base=..."
     )
@@ -109,10 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--use", choices=["adapter", "merged"], help="which export of a run dir (default: merged if present)"
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=256)
-    p.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    predict.add_sampling_options(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:0 when available)")
     _trust_code(p)
     p.set_defaults(func=cmd.cmd_generate)
+
+    p = sub.add_parser(
+        "predict", help="answer every row of a file with an exported run; write rows + predictions"
+    )
+    predict.add_file_options(p)
+    p.add_argument(
+        "--output", required=True, metavar="FILE", help="JSON lines: each input row + `prediction`"
+    )
+    predict.add_sampling_options(p)
+    p.set_defaults(func=predict.cmd_predict)
+
+    p = sub.add_parser(
+        "eval", help="loss, perplexity and exact match of an exported run on rows with answers"
+    )
+    predict.add_file_options(p)
+    p.add_argument("--no-exact-match", action="store_true", help="only loss and perplexity (no generation)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=predict.cmd_eval)
 
     p = sub.add_parser(
         "verify", help="check a run, export or checkpoint dir against its manifest; load its model"

@@ -1,4 +1,5 @@
-"""Reading, overriding, validating and writing :class:`~qlora_kit.config.RunConfig`."""
+"""Reading, overriding, validating and writing :class:`~qlora_kit.config.RunConfig` (files are parsed, and
+their ``base:`` chains resolved, in :mod:`qlora_kit.config.reading`)."""
 
 from __future__ import annotations
 
@@ -13,48 +14,19 @@ import yaml
 from pydantic import ValidationError
 
 from qlora_kit.config import RunConfig
+from qlora_kit.config.reading import (
+    component_defaults,
+    current_kind,
+    one_line,
+    read_config_chain,
+    read_config_file,
+)
 from qlora_kit.errors import ConfigError
 from qlora_kit.files import atomic_write_json, atomic_write_text
 from qlora_kit.registry import import_plugins
 
 RUN_CONFIG_FILE = "run_config.yaml"
 """The fully resolved config a run (and each of its exports) is saved with."""
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML or JSON config file into a dict, naming the file (and line) on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([("", f"config file not found: {path}")], source=str(path))
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError([("", f"not valid UTF-8 at line {line} (byte {raw[exc.start:exc.start + 1]!r}); "
-                           "save the file as UTF-8")], str(path)) from None  # fmt: skip
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            [("", f"not valid {path.suffix.lstrip('.') or 'YAML'}: {_one_line(exc)}")], str(path)
-        ) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([("", f"top level must be a mapping, got {type(data).__name__}")], str(path))
-    return data
-
-
-def _one_line(exc: Exception) -> str:
-    """A parser error as one line with its line and column (YAML's own message spans several)."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    if mark is not None:
-        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    if isinstance(exc, json.JSONDecodeError):
-        return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
-    return " ".join(str(exc).split())
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -68,7 +40,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
     parsed = [_parse_override(item) for item in overrides]
     for parts, value in sorted(parsed, key=lambda pv: pv[0][-1] != "kind"):  # stable: kinds first
         node = _section(result, parts)
-        if parts[-1] == "kind" and isinstance(value, str) and value != _current_kind(node, parts[:-1]):
+        if parts[-1] == "kind" and isinstance(value, str) and value != current_kind(node, parts[:-1]):
             node.clear()
         node[parts[-1]] = value
     return result
@@ -82,7 +54,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(
-            [(key.strip(), f"value {raw!r} is not valid YAML ({_one_line(exc)})")], "overrides"
+            [(key.strip(), f"value {raw!r} is not valid YAML ({one_line(exc)})")], "overrides"
         ) from None
     return key.strip().split("."), value
 
@@ -94,35 +66,12 @@ def _section(root: dict[str, Any], parts: list[str]) -> dict[str, Any]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        elif isinstance(child, str) and part in _component_defaults(parts[: parts.index(part)]):
+        elif isinstance(child, str) and part in component_defaults(parts[: parts.index(part)]):
             child = node[part] = {"kind": child}  # `train.loss: chunked` written as a bare kind name
         if not isinstance(child, dict):
             raise ConfigError([(".".join(parts), f"{part!r} is not a section")], "overrides")
         node = child
     return node
-
-
-def _current_kind(node: dict[str, Any], path: list[str]) -> str | None:
-    """The kind a section has now: its `kind`, or its field's default kind when it names none."""
-    if "kind" in node:
-        return node["kind"]
-    return _component_defaults(path[:-1]).get(path[-1]) if path else None
-
-
-def _component_defaults(path: list[str]) -> dict[str, str | None]:
-    """For the config model at ``path``: its component fields and their default kinds."""
-    model: Any = RunConfig
-    for part in path:
-        field = getattr(model, "model_fields", {}).get(part)
-        model = field.annotation if field is not None else None
-    fields = getattr(model, "model_fields", {}) if isinstance(model, type) else {}
-    defaults: dict[str, str | None] = {}
-    for name, field in fields.items():
-        if field.default_factory is not None:
-            value = field.default_factory()
-            if isinstance(getattr(value, "kind", None), str):
-                defaults[name] = value.kind
-    return defaults
 
 
 def _child(node: Any, key: Any) -> Any:
@@ -172,6 +121,9 @@ def load_config(
 ) -> RunConfig:
     """Load a :class:`RunConfig` from a YAML/JSON file, a dict or a RunConfig, applying dotted overrides.
 
+    A file's ``base:`` chain is resolved first (:mod:`qlora_kit.config.reading`); the overrides apply on
+    top of the merged config.
+
     Example:
         >>> cfg = load_config({"train": {"epochs": 3}}, overrides=["train.optimizer.lr=1e-4"])
     """
@@ -181,7 +133,7 @@ def load_config(
     elif isinstance(path_or_dict, Mapping):
         data = path_or_dict
     else:
-        data, source = read_config_file(path_or_dict), str(path_or_dict)
+        data, source = read_config_chain(path_or_dict), str(path_or_dict)
     overrides = list(overrides)
     if overrides:
         data = apply_overrides(data, overrides)

@@ -11,7 +11,7 @@ on resume, for example to lower the learning rate after a non-finite loss, or to
   ``train.micro_batch_tokens`` and ``data.packing`` (the same steps and numbers, computed another way);
 - evaluation, checkpoint and logging cadence: ``train.eval_every``, ``train.eval_batch_size``,
   ``train.save_every``, ``train.keep_last``, ``train.log_every``, ``train.generation_prompts``,
-  ``train.trackers``, ``train.callbacks``, ``train.resume``;
+  ``train.trackers``, ``train.callbacks``, ``train.resume``, ``train.eval_at_start``;
 - ``data.source.path`` and ``data.eval.source.path`` (a moved file: the rows themselves are checked by a
   hash of their tokens, so different data is refused however it is named);
 - ``export`` (what is written after training), ``output_dir``, ``plugins``, ``model.cache_dir``.
@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = (
     "train.keep_last",
     "train.log_every",
     "train.generation_prompts",
+    "train.eval_at_start",
     "train.trackers",
     "train.callbacks",
     "train.resume",

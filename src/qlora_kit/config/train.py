@@ -64,6 +64,9 @@ class TrainConfig(StrictModel):
     """Optimizer steps between log lines."""
     eval_every: int | None = Field(default=None, gt=0)
     """Optimizer steps between evaluations (always one at the end when there is eval data)."""
+    eval_at_start: bool = True
+    """Evaluate once before the first step (when there is eval data), so every eval curve starts at the
+    untrained model's loss (not repeated when a run resumes)."""
     eval_batch_size: int | None = Field(default=None, gt=0)
     """Rows per evaluation forward pass (default: micro_batch_size)."""
     save_every: int | None = Field(default=None, gt=0)

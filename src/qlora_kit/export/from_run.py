@@ -1,5 +1,5 @@
 """Export a finished run again from its output dir (``qlora-kit export OUTPUT_DIR``), e.g. as a merged
-model after an adapter-only run, or into the other merge base."""
+model or a GGUF file after an adapter-only run, or into the other merge base."""
 
 from __future__ import annotations
 
@@ -74,12 +74,12 @@ def export_run(
         )
     cfg = load_run_config(output_dir / RUN_CONFIG_FILE, overrides, allow_code=allow_code)
     if cfg.export.kind == "none":
-        raise QloraKitError("export.kind is `none`; pass export.kind=adapter or export.kind=merged")
+        raise QloraKitError("export.kind is `none`; pass export.kind=adapter, merged or gguf")
     with RunDir(output_dir, RunLock(output_dir).acquire(), resuming=False) as run_dir:
         source = trained_adapter_dir(output_dir)
         require_intact_export(source)
         model, tokenizer = load_adapter_model(source, cfg, device)
-        rows = held_out_rows(cfg, tokenizer) if cfg.export.kind == "merged" else None
+        rows = held_out_rows(cfg, tokenizer) if cfg.export.kind in ("merged", "gguf") else None
         result = cfg.export.build().export(model, tokenizer, output_dir, cfg, verify_rows=rows)
         run_dir.finish(cfg)
     return result

@@ -44,15 +44,24 @@ def check_exportable(model: Any) -> None:
     """
     if hasattr(model, "peft_config"):
         raise ExportError("GGUF export needs the merged model (merge_and_unload), not a PEFT model")
-    config = model.config
-    if getattr(config, "quantization_config", None) is not None:
+    if getattr(model.config, "quantization_config", None) is not None:
         raise ExportError(
             "GGUF export needs a 16/32-bit model; this one is quantized (export the merged model)"
         )
+    check_architecture(model.config, type(model).__name__)
+
+
+def check_architecture(config: Any, class_name: str = "the model") -> None:
+    """Raise unless a model ``config`` describes an architecture the GGUF writer supports (checked before a
+    merge, so an unsupported model fails before any work is done).
+
+    Raises:
+        ExportError: another architecture, bias terms, or a RoPE scaling (each named).
+    """
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise ExportError(
             f"GGUF export supports llama-architecture models ({', '.join(SUPPORTED_MODEL_TYPES)}: Llama, "
-            f"SmolLM2, Mistral, ...); this model is {config.model_type!r} ({type(model).__name__}). "
+            f"SmolLM2, Mistral, ...); this model is {config.model_type!r} ({class_name}). "
             "Convert merged/ with llama.cpp's convert_hf_to_gguf.py instead"
         )
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):

@@ -135,6 +135,26 @@ class PromptFormatter:
         example.update(fields or {})
         return example
 
+    def prediction_example(self, row: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """A data row made into a prompt for ``qlora-kit predict``/``eval``, and its reference answer.
+
+        This default suits instruction formats: the fields :meth:`prompt_example` fills with the mark are
+        the response; the row's value there (if any) is the reference. A one-field format continues the
+        row's text (no reference). Chat formats answer the conversation's last user turn.
+
+        Raises:
+            RowError: the row cannot be a prompt (a missing or non-string prompt field, named).
+        """
+        if len(self.required_fields) == 1:
+            self.check(row)
+            name = self.required_fields[0]
+            return {**row, name: row[name] + RESPONSE_MARK}, None
+        marked = [name for name, value in self.prompt_example("").items() if value == RESPONSE_MARK]
+        example = {**row, **dict.fromkeys(marked, RESPONSE_MARK)}
+        self.check(example)
+        answer = row.get(marked[0]) if len(marked) == 1 else None
+        return example, answer if isinstance(answer, str) and answer.strip() else None
+
     # ----------------------------------------------------------------------------- training
 
     def render(self, example: dict[str, Any]) -> list[Segment]:

@@ -12,7 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from qlora_kit.formatting.base import PromptFormatter, RowError, Segment
-from qlora_kit.formatting.chatml import ChatOptions, chat_prompt_example, check_messages, messages_of
+from qlora_kit.formatting.chatml import (
+    ChatOptions,
+    chat_prediction_example,
+    chat_prompt_example,
+    check_messages,
+    messages_of,
+)
 from qlora_kit.registry import formatters
 
 
@@ -41,10 +47,14 @@ class ChatTemplateFormatter(PromptFormatter):
 
     def prompt_example(self, prompt: str, *, history: Any = (), **_: Any) -> dict[str, Any]:
         """The conversation ``history`` + a user turn with ``prompt`` + the assistant turn to generate."""
-        return chat_prompt_example(self.options.messages_field, prompt, history)
+        return chat_prompt_example(self.options, prompt, history)
+
+    def prediction_example(self, row: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """The conversation up to its last user turn, and the assistant turn after it (if any)."""
+        return chat_prediction_example(row, self.options)
 
     def check(self, example: dict[str, Any]) -> None:
-        check_messages(messages_of(example, self.options), self.options.messages_field)
+        check_messages(messages_of(example, self.options), self.options)
 
     def encode(self, example: dict[str, Any], tokenizer: Any, **kwargs: Any):  # type: ignore[override]
         if self.tokenizer is not tokenizer:

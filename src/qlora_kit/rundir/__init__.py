@@ -31,7 +31,7 @@ __all__ = ["LOCK_FILE", "MANIFEST", "RunDir", "RunLock", "open_run_dir", "verify
 
 _ARTIFACT = re.compile(
     r"^(run_config\.yaml|versions\.json|summary\.json|manifest\.json|metrics\.jsonl|generations\.jsonl|"
-    r"loss_curve\.png|data_report\.(json|txt)|data_lengths\.png|train\.log|checkpoint-\d+|adapter|merged|"
+    r"loss_curve\.png|data_report\.(json|txt)|data_lengths\.png|train\.log|checkpoint-\d+|adapter|merged|gguf|"
     r"\.checkpoint-\d+\.tmp)$"
 )
 

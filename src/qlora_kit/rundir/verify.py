@@ -38,7 +38,8 @@ def verify_directory(
     """Check ``path`` (a run's output dir, an ``adapter/`` or ``merged/`` dir, or a checkpoint) against its
     manifest(s), and with ``load`` that each export in it loads and gives finite logits."""
     path, report = Path(path), VerifyReport()
-    manifests = [path] + [path / name for name in _EXPORTS if (path / name / MANIFEST).is_file()]
+    exports = (*_EXPORTS, "gguf")  # a GGUF file is checked against its manifest, not loaded
+    manifests = [path] + [path / name for name in exports if (path / name / MANIFEST).is_file()]
     if not (path / MANIFEST).is_file():
         manifests = manifests[1:]
         report.fail(f"{path}: no {MANIFEST} (the run did not finish, or was made before manifests existed)")

@@ -112,6 +112,9 @@ class Trainer:
     def _train(self, s: TrainingSession, eval_data: Any, stop: StopRequest) -> None:
         state = s.state
         self.callbacks("on_train_begin", state)
+        # train.eval_at_start: the untrained model's eval loss is every curve's baseline (not on resume)
+        if eval_data is not None and self.cfg.eval_at_start and state.step == 0:
+            self._evaluate(s, eval_data)
         while not state.finished:
             for micro_batches in s.windows(state.epoch)[state.step_in_epoch :]:
                 self._step(s, s.collate(micro_batches))
