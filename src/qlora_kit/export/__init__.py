@@ -138,7 +138,8 @@ class MergedExporter:
         adapter_dir, merged_dir, report = merge_and_verify(
             model, tokenizer, output_dir, run_cfg, self.cfg, verify_rows
         )
-        (logger.info if report["passed"] else logger.warning)(report["message"])
+        # a passed verification is the `verify` phase's result line already (qlora_kit.phases)
+        (logger.debug if report["passed"] else logger.warning)(report["message"])
         return ExportResult("merged", adapter_dir=adapter_dir, merged_dir=merged_dir, merge_report=report)
 
 
