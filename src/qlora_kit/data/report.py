@@ -98,18 +98,26 @@ class DataReport:
     """The held-out rows were split off the source (False: they come from ``data.eval.source``)."""
 
     def headline(self) -> str:
-        """The report in one line: rows read, the split, tokens."""
-        counts = (
-            f"{self.source_rows:,} rows" if self.source_rows is not None else f"{self.rows_loaded:,} rows"
-        )
+        """The report in one line: rows read, the split, rows kept, tokens."""
+        counts = f"{self.source_rows if self.source_rows is not None else self.rows_loaded:,} rows"
         if self.subset_rows is not None:
-            counts += f", subset {self.subset_rows:,}"
-        split = f"{self.rows_kept:,} train"
-        if self.eval_rows is not None:
-            split += f", {self.eval_rows:,} eval" + ("" if self.eval_from_source else " (eval source)")
-        dropped = self.rows_skipped + sum(self.rows_dropped.values())
-        split += f", {dropped:,} dropped" if dropped else ""
+            counts += f" (subset {self.subset_rows:,})"
+        held_out = self.held_out_rows
+        split = f"{self.rows_loaded:,} train" + (f", {held_out:,} eval" if held_out is not None else "")
+        if self.rows_kept < self.rows_loaded or (held_out is not None and self.eval_rows < held_out):
+            kept = f"{self.rows_kept:,}" + (f" and {self.eval_rows:,}" if held_out is not None else "")
+            split += f"; kept {kept} (the data report says why)"
         return f"{counts} -> {split}; {self.tokens:,} tokens, {self.supervised_tokens:,} trained"
+
+    @property
+    def held_out_rows(self) -> int | None:
+        """Rows split off for evaluation before encoding (the eval source's kept rows when it has its own)."""
+        if self.eval_rows is None:
+            return None
+        selected = self.subset_rows if self.subset_rows is not None else self.source_rows
+        if not self.eval_from_source or selected is None:
+            return self.eval_rows
+        return selected - self.rows_loaded
 
     def histogram(self, bins: int = 12) -> list[tuple[int, int, int]]:
         """``(low, high, count)`` buckets of the token lengths, equal width up to the longest."""

@@ -40,10 +40,10 @@ def _rows_read(r: DataReport) -> list[str]:
     if r.subset_rows is not None:
         lines.append(f"  subset      {r.subset_rows:>9,}  (data.subset)")
     if r.eval_rows is not None:
-        selected = r.subset_rows if r.subset_rows is not None else r.source_rows
-        if r.eval_from_source and selected is not None:
-            held_out = selected - r.rows_loaded
-            lines.append(f"  held out    {held_out:>9,}  (data.eval; {r.eval_rows:,} kept for evaluation)")
+        if r.eval_from_source:
+            lines.append(
+                f"  held out    {r.held_out_rows:>9,}  (data.eval; {r.eval_rows:,} kept for evaluation)"
+            )
         else:
             lines.append(f"  eval rows   {r.eval_rows:>9,}  (kept, from data.eval.source)")
     lines.append(f"  for training{r.rows_loaded:>9,}")
