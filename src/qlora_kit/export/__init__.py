@@ -87,7 +87,7 @@ class AdapterExporter:
     ) -> ExportResult:
         """Write ``output_dir/adapter``. ``verify_rows`` is accepted for a uniform call and unused."""
         path = save_adapter(model, tokenizer, Path(output_dir) / ADAPTER_DIR, run_cfg)
-        logger.info("adapter saved to %s", path)
+        logger.debug("adapter saved to %s", path)  # the `export` phase line names it
         return ExportResult(kind="adapter", adapter_dir=path)
 
 

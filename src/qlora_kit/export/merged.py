@@ -2,7 +2,7 @@
 
 Two bases can receive the adapter, and both are always measured:
 
-- ``original``: the base reloaded in 16 bits from its source, as the seed does. The adapter was trained
+- ``original``: the base reloaded in 16 bits from its source, as the reference recipe does. The adapter was trained
   against NF4-rounded weights, so the merged model differs from the trained one by the quantization error.
 - ``dequantized``: the 4-bit weights the adapter was trained against, dequantized. The merged model then
   reproduces the trained model up to 16-bit rounding.
