@@ -229,27 +229,43 @@ def run_log(output_dir: str | Path) -> Iterator[Path]:
     """Write the run's log to ``output_dir/train.log`` while inside (call it once the directory is locked).
 
     Under the command line's :class:`Console`, the records held since the command started come first and
-    other libraries' records are included; from Python, the library's own records are logged (its
-    ``qlora_kit`` logger, whatever handlers the caller configured stay as they are). An error that ends
+    other libraries' records are included. From Python, the library's own records are logged (the
+    ``qlora_kit`` logger); where logging is not configured at all, they are also shown on stderr as the
+    command line shows them, and otherwise go wherever it is configured to send them. An error that ends
     the run is logged with its traceback before it propagates.
     """
     path = Path(output_dir) / LOG_FILE
-    handler: logging.Handler
     if _active is not None:
-        handler = _active.log
-        handler.attach(path)
+        _active.log.attach(path)
+        undo = _active.log.detach
     else:
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(_FILE_FORMAT)
-        logging.getLogger("qlora_kit").addHandler(handler)
+        undo = _log_from_python(path)
     try:
         yield path
     except BaseException:
         logging.getLogger("qlora_kit").debug("the run stopped with an error", exc_info=True)
         raise
     finally:
-        if _active is not None and handler is _active.log:
-            _active.log.detach()
-        else:
-            logging.getLogger("qlora_kit").removeHandler(handler)
-            handler.close()
+        undo()
+
+
+def _log_from_python(path: Path) -> Any:
+    """Handlers on the ``qlora_kit`` logger for a run started from Python; returns their undo."""
+    library, root = logging.getLogger("qlora_kit"), logging.getLogger()
+    file = logging.FileHandler(path, encoding="utf-8")
+    file.setFormatter(_FILE_FORMAT)
+    added: list[logging.Handler] = [file]
+    level = library.level
+    if not root.handlers and not library.handlers:  # logging never configured: show the run on stderr
+        added.append(_Terminal(verbose=False))
+        library.setLevel(logging.DEBUG if level == logging.NOTSET else level)
+    for handler in added:
+        library.addHandler(handler)
+
+    def undo() -> None:
+        for handler in added:
+            library.removeHandler(handler)
+        file.close()
+        library.setLevel(level)
+
+    return undo

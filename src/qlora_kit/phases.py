@@ -5,12 +5,14 @@ and closed with its result and wall time, so a user knows what the program is do
     data: 30 rows: 24 train, 6 eval; 3,354 tokens, 278 trained  [0.1 s]
 
 The lines are ``logging`` records of ``qlora_kit.phases`` (INFO): the command line shows them on the
-terminal and keeps them in ``train.log``; from Python they appear where logging is configured to show them.
+terminal and keeps them in ``train.log``; from Python they go where logging is configured to send them, or,
+when it is not configured at all, to stderr (as a progress bar would).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,14 +37,25 @@ class Phase:
 @contextmanager
 def phase(name: str, detail: str = "") -> Iterator[Phase]:
     """Log ``name: detail ...`` now and ``name: result  [time]`` when the block ends (or that it failed)."""
-    logger.info("%s: %s ...", name, detail or "starting")
+    say(logger, f"{name}: {detail or 'starting'} ...")
     current = Phase(name)
     try:
         yield current
     except BaseException:
-        logger.info("%s: stopped after %s", name, duration(current.seconds))
+        say(logger, f"{name}: stopped after {duration(current.seconds)}")
         raise
-    logger.info("%s: %s  [%s]", name, current.result, duration(current.seconds))
+    say(logger, f"{name}: {current.result}  [{duration(current.seconds)}]")
+
+
+def say(log: logging.Logger, message: str) -> None:
+    """``message`` as an INFO record of ``log``, or on stderr when logging is not configured at all (a
+    script that never set it up still sees what the run is doing)."""
+    if log.hasHandlers():
+        log.info(message)
+    else:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)  # above a progress bar, if one is drawn
 
 
 def duration(seconds: float) -> str:

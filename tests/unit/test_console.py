@@ -181,3 +181,30 @@ def test_a_bar_only_on_a_terminal():
 
     assert interactive(Tty()) or "ipykernel" in sys.modules
     assert not interactive(io.StringIO()) or "ipykernel" in sys.modules
+
+
+def test_run_log_from_python_without_logging_configured_shows_the_run_on_stderr(tmp_path, capsys):
+    root, library = logging.getLogger(), logging.getLogger("qlora_kit")
+    saved = (root.handlers[:], library.level)
+    root.handlers[:] = []  # as in a script that never configured logging (pytest adds its own handlers)
+    try:
+        with run_log(tmp_path) as path, phase("data", "rows.json"):
+            logging.getLogger("qlora_kit.training").debug("a detail")
+        assert library.handlers == [] and library.level == saved[1]
+    finally:
+        root.handlers[:] = saved[0]
+    err = capsys.readouterr().err
+    assert err.startswith("data: rows.json ...\ndata: done  [") and "a detail" not in err
+    assert "a detail" in path.read_text() and "data: rows.json ..." in path.read_text()
+
+
+def test_phase_lines_reach_stderr_when_logging_is_not_configured(capsys):
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = []
+    try:
+        with phase("export", "adapter"):
+            pass
+    finally:
+        root.handlers[:] = saved
+    assert capsys.readouterr().err.startswith("export: adapter ...\nexport: done  [")

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from qlora_kit.phases import duration
+from qlora_kit.phases import duration, say
 
 logger = logging.getLogger(__name__)
 
@@ -94,27 +94,26 @@ class TrainProgress:
             self.bar.set_postfix_str(self._fields(", "), refresh=False)
             self.bar.update(1)
         elif self.enabled and self.step == self.start_step + 1 and self.step % self.log_every:
-            logger.info(self.line())  # the first step, so a redirected log shows the run has started
+            say(logger, self.line())  # the first step, so a redirected log shows the run has started
 
     def logged(self, record: dict[str, Any]) -> None:
         """A train record was logged: take its learning rate and throughput, and write a plain line."""
         self.lr, self.tokens_per_s = record.get("lr"), record.get("tokens_per_s")
         self.losses = [record["loss"]]  # shown until the next step
         if self.enabled:
-            # On a terminal the bar shows it; the run's log file still gets the line.
-            (logger.debug if self.bar is not None else logger.info)(self.line())
-            if self.bar is not None:
+            if self.bar is not None:  # the bar shows it; the run's log file still gets the line
+                logger.debug(self.line())
                 self.bar.set_postfix_str(self._fields(", "), refresh=False)
+            else:
+                say(logger, self.line())
         self.losses = []
 
     def evaluated(self, record: dict[str, Any]) -> None:
         """An evaluation was logged: one line with its loss (above the bar on a terminal)."""
         if self.enabled and "eval_loss" in record:
             perplexity = record.get("eval_perplexity")
-            logger.info(
-                "eval: step %d  loss %.4f%s", record["step"], record["eval_loss"],
-                f"  perplexity {perplexity:.4g}" if perplexity is not None else "",
-            )  # fmt: skip
+            shown = f"  perplexity {perplexity:.4g}" if perplexity is not None else ""
+            say(logger, f"eval: step {record['step']}  loss {record['eval_loss']:.4f}{shown}")
 
     def line(self) -> str:
         """The progress as one plain line."""
