@@ -33,18 +33,27 @@ class Phase:
         """Wall time since the phase started."""
         return time.perf_counter() - self.started
 
+    def end(self, result: str | None = None) -> None:
+        """Log ``name: result  [time]``."""
+        say(logger, f"{self.name}: {result or self.result}  [{duration(self.seconds)}]")
+
+
+def start_phase(name: str, detail: str = "") -> Phase:
+    """Log ``name: detail ...`` and return the phase; call :meth:`Phase.end` when it is done."""
+    say(logger, f"{name}: {detail or 'starting'} ...")
+    return Phase(name)
+
 
 @contextmanager
 def phase(name: str, detail: str = "") -> Iterator[Phase]:
     """Log ``name: detail ...`` now and ``name: result  [time]`` when the block ends (or that it failed)."""
-    say(logger, f"{name}: {detail or 'starting'} ...")
-    current = Phase(name)
+    current = start_phase(name, detail)
     try:
         yield current
     except BaseException:
         say(logger, f"{name}: stopped after {duration(current.seconds)}")
         raise
-    say(logger, f"{name}: {current.result}  [{duration(current.seconds)}]")
+    current.end()
 
 
 def say(log: logging.Logger, message: str) -> None:

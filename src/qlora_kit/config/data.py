@@ -80,7 +80,7 @@ class DataConfig(StrictModel):
     truncation: Literal["truncate", "drop", "error"] = "truncate"
     """What happens to longer examples: cut the response, drop the row, or fail."""
     padding: Literal["longest", "max_length"] = "longest"
-    """Pad each batch to its longest row (multiple of 8) or always to `max_length` (reference-recipe parity)."""
+    """Pad each batch to its longest row (multiple of 8) or always to `max_length` (seed parity)."""
     packing: bool = False
     """Padding-free batches: a micro-batch's examples concatenated in one row, positions restarting."""
     group_by_length: bool = False

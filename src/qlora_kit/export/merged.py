@@ -25,7 +25,7 @@ from qlora_kit.export.files import generation_config_for, model_device, write_ru
 from qlora_kit.export.provenance import record_provenance
 from qlora_kit.export.verify import compare_logits, logits_of, verification_inputs
 from qlora_kit.files import atomic_dir
-from qlora_kit.phases import phase
+from qlora_kit.phases import start_phase
 from qlora_kit.rundir.manifest import write_manifest
 
 logger = logging.getLogger(__name__)
@@ -99,20 +99,19 @@ def merge_and_verify(
     output_dir = Path(output_dir)
     adapter_dir = save_adapter(model, tokenizer, output_dir / "adapter", run_cfg)
     inputs = verification_inputs(tokenizer, verify_rows)
-    with phase("verify", f"merging into both bases, comparing logits with the adapter model on {len(inputs)} "
-                         "prompts") as step:  # fmt: skip
-        reference = logits_of(model, inputs)
-        errors: dict[str, dict[str, float]] = {}
-        # The other base first, then freed, so only one 16-bit copy is alive beside the trained model.
-        other = next(b for b in BASES if b != cfg.merge_base)
-        merged = build_merged(other, model, run_cfg, adapter_dir, cfg.dtype)
-        errors[other] = compare_logits(reference, logits_of(merged, inputs))
-        del merged
-        gc.collect()
-        merged = build_merged(cfg.merge_base, model, run_cfg, adapter_dir, cfg.dtype)
-        errors[cfg.merge_base] = compare_logits(reference, logits_of(merged, inputs))
-        report = _report(cfg, errors, len(inputs), verify_rows is not None)
-        step.result = report["message"] if report["passed"] else "FAILED (see the warning below)"
+    verifying = start_phase("verify", f"the merged model against the adapter model, on {len(inputs)} prompts")
+    reference = logits_of(model, inputs)
+    errors: dict[str, dict[str, float]] = {}
+    # The other base first, then freed, so only one 16-bit copy is alive beside the trained model.
+    other = next(b for b in BASES if b != cfg.merge_base)
+    merged = build_merged(other, model, run_cfg, adapter_dir, cfg.dtype)
+    errors[other] = compare_logits(reference, logits_of(merged, inputs))
+    del merged
+    gc.collect()
+    merged = build_merged(cfg.merge_base, model, run_cfg, adapter_dir, cfg.dtype)
+    errors[cfg.merge_base] = compare_logits(reference, logits_of(merged, inputs))
+    report = _report(cfg, errors, len(inputs), verify_rows is not None)
+    verifying.end(report["message"] if report["passed"] else "FAILED (see the warning below)")
     target = output_dir / MERGED_DIR
     with atomic_dir(target) as tmp:
         merged.save_pretrained(tmp, max_shard_size=cfg.max_shard_size)
