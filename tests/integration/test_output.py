@@ -76,7 +76,8 @@ def test_train_shows_phases_and_plain_progress_lines_and_keeps_library_noise_in_
         r"train: step 1/4 \(25%\)  loss \d+\.\d{4}  eta \?  elapsed ", first
     )  # the loss from step 1
     assert any(line.startswith("train: step 4/4 (100%)  loss ") for line in lines)
-    assert sum(line.startswith("eval: step ") for line in lines) == 2
+    evals = {line.split("  ")[0] for line in lines if line.startswith("eval: step ")}
+    assert {"eval: step 2", "eval: step 4"} <= evals
     assert re.fullmatch(
         rf"\(\d+ warnings from other libraries in {re.escape(str(out / 'train.log'))}\)", lines[-1]
     )
