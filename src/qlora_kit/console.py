@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from qlora_kit.files import writing
 from qlora_kit.rundir.manifest import LOG_FILE
 
 _BUFFER_LIMIT = 5000  # records held before a run directory opens (a handful in practice)
@@ -95,11 +96,12 @@ class _RunLog(logging.Handler):
 
     def attach(self, path: Path) -> None:
         """Append to ``path`` from now on, the records held so far first."""
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open until detach()
-        self.path = path
-        self.file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
-        self.file.writelines(line + "\n" for line in self.buffer)
-        self.file.flush()
+        with writing(path):  # a log grows line by line: appended, not written atomically
+            self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open until detach()
+            self.path = path
+            self.file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
+            self.file.writelines(line + "\n" for line in self.buffer)
+            self.file.flush()
         self.buffer = []
 
     def detach(self) -> None:
@@ -252,7 +254,8 @@ def run_log(output_dir: str | Path) -> Iterator[Path]:
 def _log_from_python(path: Path) -> Any:
     """Handlers on the ``qlora_kit`` logger for a run started from Python; returns their undo."""
     library, root = logging.getLogger("qlora_kit"), logging.getLogger()
-    file = logging.FileHandler(path, encoding="utf-8")
+    with writing(path):
+        file = logging.FileHandler(path, encoding="utf-8")
     file.setFormatter(_FILE_FORMAT)
     added: list[logging.Handler] = [file]
     level = library.level
