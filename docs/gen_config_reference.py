@@ -32,9 +32,25 @@ Sections that choose a component (`quant`, `adapter`, `data.formatter`, `train.o
 `train.scheduler`, `train.loss`, `train.callbacks`, `export`) take a `kind` and that kind's options
 side by side; each registered kind is listed below with its options. A missing `kind` means the
 section's default kind; switching the kind on the command line (`export.kind=none`) drops the previous
-kind's options. `qlora-kit schema --kinds` lists every kind, plugins included (`--plugin MODULE`), and
-[docs/plugins.md](plugins.md) shows how to add one.
+kind's options. [Every kind](#every-kind-qlora-kit-schema---kinds), at the end of this page, is what
+`qlora-kit schema --kinds` prints: each registry (formatters, quantization kinds, adapter methods, losses,
+optimizers, schedules, exporters, callbacks) with its kinds, their one-line summaries and option names; the
+command also lists the kinds your plugins register (`--plugin MODULE`, or the config's `plugins:`).
+[docs/plugins.md](plugins.md) shows how to add one, and [docs/data-formats.md](data-formats.md) what each
+formatter reads and trains on.
 """
+
+SECTIONS = {
+    "formatters": "data.formatter",
+    "quantization": "quant",
+    "adapters": "adapter",
+    "losses": "train.loss",
+    "optimizers": "train.optimizer",
+    "schedulers": "train.scheduler",
+    "exporters": "export",
+    "callbacks": "train.callbacks",
+}
+"""The config section each registry's kinds are chosen in."""
 
 
 def model_classes(annotation: Any) -> list[type[BaseModel]]:
@@ -150,9 +166,28 @@ def kind_section(path: str, entry: Any, marker: str, level: int, lines: list[str
         lines += ["| key | type | default | description |", "|---|---|---|---|", *rows, ""]
 
 
+def every_kind(lines: list[str]) -> None:
+    """The built-in kinds of every registry, as `qlora-kit schema --kinds` lists them."""
+    from qlora_kit.registry import REGISTRIES
+
+    lines += ["## Every kind (`qlora-kit schema --kinds`)", "",
+              "The built-in kinds of every registry; `qlora-kit schema --kinds` prints the same list, plus the "
+              "kinds of the plugins it is given.", ""]  # fmt: skip
+    for name, registry in REGISTRIES.items():
+        where = f" (`{SECTIONS[name]}`)" if name in SECTIONS else ""
+        lines += [f"### {name}{where}", "", "| kind | what it is | options |", "|---|---|---|"]
+        for entry in registry.entries():
+            if not entry.component.__module__.startswith("qlora_kit."):
+                continue  # a plugin registered in this process (e.g. by a test): not a built-in
+            options = ", ".join(f"`{f}`" for f in entry.config.model_fields if f != "kind")
+            lines.append(f"| `{entry.name}` | {cell(entry.summary)} | {options} |")
+        lines.append("")
+
+
 def render() -> str:
     lines = [HEADER]
     section("", RunConfig, 2, lines)
+    every_kind(lines)
     return "\n".join(lines).rstrip() + "\n"
 
 

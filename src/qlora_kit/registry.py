@@ -47,8 +47,8 @@ class Entry:
 
     @property
     def summary(self) -> str:
-        """The first line of the component's docstring."""
-        return (inspect.getdoc(self.component) or "").split("\n", 1)[0]
+        """The first paragraph of the component's docstring, on one line (a sentence may wrap)."""
+        return " ".join((inspect.getdoc(self.component) or "").split("\n\n", 1)[0].split())
 
 
 class Registry:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from qlora_kit.cli.parser import build_parser
 from qlora_kit.errors import QloraKitError
@@ -16,35 +17,29 @@ from qlora_kit.errors import QloraKitError
 __all__ = ["build_parser", "main"]
 
 
-def _setup_logging() -> None:
-    """The library's own messages (a run resumed, a lock taken over, a schedule changed) on stderr."""
-    import logging
+_LIGHT_COMMANDS = ("validate", "schema")  # they import no model library: leave those alone (1 s to import)
 
-    class _Stderr(logging.StreamHandler):
-        """Writes to whatever ``sys.stderr`` is when a record is emitted (tests swap it)."""
 
-        @property
-        def stream(self):  # type: ignore[override]
-            return sys.stderr
+def _console(argv: Sequence[str] | None):
+    """The command's terminal and log-file routing (:class:`qlora_kit.console.Console`): the library's
+    own messages on stderr, other libraries' warnings and progress bars in the run's ``train.log`` (or,
+    with ``-v``, on stderr too)."""
+    from qlora_kit.console import Console
 
-        @stream.setter
-        def stream(self, value):  # StreamHandler.__init__ assigns it
-            pass
-
-    library = logging.getLogger("qlora_kit")
-    if not library.handlers:
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        library.addHandler(handler)
-        library.setLevel(logging.INFO)
-        library.propagate = False
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in args or "--verbose" in args
+    command = next((a for a in args if not a.startswith("-")), None)
+    return Console(verbose=verbose, libraries=command not in (None, *_LIGHT_COMMANDS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `qlora-kit` console script."""
-    parser = build_parser()
+    with _console(argv) as console:
+        return _run(build_parser(), argv, console)
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, console: Any) -> int:
     debug = False
-    _setup_logging()
     try:
         args = parser.parse_args(argv)
         debug = args.debug
@@ -53,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QloraKitError as exc:
         if debug:
             raise
+        console.say_hidden()  # before the error, which stays the last line
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -11,7 +11,26 @@ from qlora_kit.cli.args import Parser, name_value, positive_int
 
 def _with_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML or JSON run config")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.optimizer.lr=1e-4")
+    # default=[]: argparse otherwise lists an empty `nargs="*"` positional as a missing required argument
+    parser.add_argument(
+        "overrides", nargs="*", default=[], help="dotted overrides, e.g. train.optimizer.lr=1e-4"
+    )
+
+
+class _Version(argparse.Action):
+    """``--version``: the library's version and those of the packages a run depends on (read from the
+    installed metadata when asked, so other commands do not pay for it)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from qlora_kit import __version__
+        from qlora_kit.config.io import package_versions
+
+        others = ", ".join(f"{name} {v}" for name, v in package_versions().items() if name != "qlora_kit")
+        print(f"qlora-kit {__version__} ({others})")
+        parser.exit()
 
 
 def _trust_code(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +44,13 @@ def _trust_code(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     parser = Parser(prog="qlora-kit", description="QLoRA fine-tuning toolkit")
+    parser.add_argument(
+        "--version", action=_Version, help="print the versions of qlora-kit and its libraries"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also show other libraries' warnings and progress bars"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="print the resolved config, or every error with its path")
@@ -155,8 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-rows", type=positive_int, help="held-out rows scored before and after")
     p.add_argument("--export", choices=["adapter", "merged"], default="merged")
     p.set_defaults(func=cmd.cmd_quickstart)
-    for command in sub.choices.values():  # `--debug` also after the sub-command, where users type it
+    for command in sub.choices.values():  # `--debug`, `-v` also after the sub-command, where users type them
         command.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        command.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )
     return parser

@@ -37,7 +37,7 @@ class SourceConfig(StrictModel):
 
 
 class SubsetConfig(StrictModel):
-    """The seed's subset step: `shuffle(seed=seed).select(range(n))`."""
+    """The reference recipe's subset step: `shuffle(seed=seed).select(range(n))`."""
 
     n: int = Field(gt=0)
     """Rows to keep."""
@@ -68,13 +68,13 @@ class DataConfig(StrictModel):
     source: SourceConfig = Field(default_factory=lambda: SourceConfig(path="yahma/alpaca-cleaned"))
     """The training data."""
     subset: SubsetConfig | None = None
-    """Optional random subset of the source (the seed takes 1,000 rows with seed 42)."""
+    """Optional random subset of the source (the reference recipe takes 1,000 rows with seed 42)."""
     eval: EvalSplitConfig | None = None
     """Optional held-out split."""
     formatter: FormatterSpec = formatters.default("alpaca")
     """Prompt template: a registered formatter `kind` and its options (`qlora-kit schema --kinds`)."""
     train_on_inputs: bool = False
-    """Also train on prompt tokens (the seed does, since SFTTrainer trains on all text)."""
+    """Also train on prompt tokens (the reference recipe does, since SFTTrainer trains on all text)."""
     max_length: int = Field(default=1024, gt=0)
     """Longest tokenized example."""
     truncation: Literal["truncate", "drop", "error"] = "truncate"
@@ -95,6 +95,6 @@ class DataConfig(StrictModel):
         if self.packing is True and self.padding == "max_length":
             raise ValueError(
                 "`packing: true` and `padding: max_length` contradict each other (packed batches have no "
-                "padding); set data.packing: false for seed-parity padding, or data.padding: longest"
+                "padding); set data.packing: false to pad as the reference recipe does, or data.padding: longest"
             )
         return self

@@ -78,7 +78,10 @@ class TrainConfig(StrictModel):
     callbacks: list[CallbackSpec] = Field(default_factory=list)
     """Registered callbacks, e.g. `[{kind: early_stopping, patience: 3}]`."""
     generation_prompts: list[str] = Field(default_factory=list)
-    """Fixed prompts generated at every evaluation and written to the output dir."""
+    """Instructions (or user messages, for chat formats) answered greedily at every evaluation and written
+    to `generations.jsonl`. Each is formatted with the run's `data.formatter` up to where the response
+    starts and the reply stops at its stop tokens, exactly as `qlora-kit generate --prompt` does, so
+    give the bare instruction, not a formatted prompt."""
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
     """Accelerate trackers to log to besides metrics.jsonl."""
 

@@ -39,7 +39,7 @@ __all__ = ["IGNORE_INDEX", "PACKING_ATTENTION", "PackedCollator", "PaddedCollato
 @dataclass
 class PaddedCollator:
     """Right-pads a micro-batch to its longest row rounded up to ``pad_to_multiple_of``, or to
-    ``max_length`` when given (the seed's `padding: max_length`). Padding is never a label."""
+    ``max_length`` when given (the reference recipe's `padding: max_length`). Padding is never a label."""
 
     pad_token_id: int
     pad_to_multiple_of: int | None = 8

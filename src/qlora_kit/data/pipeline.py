@@ -57,8 +57,10 @@ def build_datasets(
 
     start = time.perf_counter()
     rows = load_source(data_cfg.source)
+    source_rows = len(rows.rows)
     if data_cfg.subset is not None:
         rows = rows.take(subset_indices(len(rows.rows), data_cfg.subset.n, data_cfg.subset.seed))
+    selected = len(rows.rows)
     rows, eval_rows = _split(rows, data_cfg)
     check_columns(rows, formatter.fields())
     train = encode_rows(rows, formatter, tokenizer, data_cfg)
@@ -70,6 +72,9 @@ def build_datasets(
         require_trainable(evaluation, f"{eval_rows.name} (eval)")
     report = _report(rows.name, train, evaluation, data_cfg, formatter, tokenizer, micro_batch_size)
     report.seconds = round(time.perf_counter() - start, 3)
+    # the rows read and selected, not only those left for training after the held-out split
+    report.source_rows, report.subset_rows = source_rows, selected if data_cfg.subset is not None else None
+    report.eval_from_source = data_cfg.eval is None or data_cfg.eval.source is None
     if output_dir is not None:
         report.write(output_dir)
     return DataBundle(

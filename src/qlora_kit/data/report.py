@@ -90,6 +90,34 @@ class DataReport:
     example: str
     skipped_examples: list[tuple[str, str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    source_rows: int | None = None
+    """Rows in the source (the file's rows), before the subset and the held-out split."""
+    subset_rows: int | None = None
+    """Rows selected by ``data.subset`` (None: no subset)."""
+    eval_from_source: bool = True
+    """The held-out rows were split off the source (False: they come from ``data.eval.source``)."""
+
+    def headline(self) -> str:
+        """The report in one line: rows read, the split, rows kept, tokens."""
+        counts = f"{self.source_rows if self.source_rows is not None else self.rows_loaded:,} rows"
+        if self.subset_rows is not None:
+            counts += f" (subset {self.subset_rows:,})"
+        held_out = self.held_out_rows
+        split = f"{self.rows_loaded:,} train" + (f", {held_out:,} eval" if held_out is not None else "")
+        if self.rows_kept < self.rows_loaded or (held_out is not None and self.eval_rows < held_out):
+            kept = f"{self.rows_kept:,}" + (f" and {self.eval_rows:,}" if held_out is not None else "")
+            split += f"; kept {kept} (the data report says why)"
+        return f"{counts} -> {split}; {self.tokens:,} tokens, {self.supervised_tokens:,} trained"
+
+    @property
+    def held_out_rows(self) -> int | None:
+        """Rows split off for evaluation before encoding (the eval source's kept rows when it has its own)."""
+        if self.eval_rows is None:
+            return None
+        selected = self.subset_rows if self.subset_rows is not None else self.source_rows
+        if not self.eval_from_source or selected is None:
+            return self.eval_rows
+        return selected - self.rows_loaded
 
     def histogram(self, bins: int = 12) -> list[tuple[int, int, int]]:
         """``(low, high, count)`` buckets of the token lengths, equal width up to the longest."""
@@ -158,22 +186,42 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
 
 def _plot_lengths(report: DataReport) -> bytes:
     """The token-length histogram as PNG bytes (matplotlib's Agg backend: no display needed)."""
+    buffer = io.BytesIO()
+    lengths_figure(report).savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def length_bins(lengths: list[int], most: int = 40) -> list[float]:
+    """Histogram bin edges over the lengths' own range, a whole number of tokens wide (at most ``most``
+    bins), each centred on its lengths."""
+    low, high = (min(lengths), max(lengths)) if lengths else (0, 1)
+    width = max(1, -(-(high - low + 1) // most))
+    return [low - 0.5 + i * width for i in range(-(-(high - low + 1) // width) + 1)]
+
+
+def lengths_figure(report: DataReport) -> Any:
+    """The token-length histogram. The x axis spans the lengths, not ``max_length``: a limit far beyond
+    the longest example would squeeze the bars into hairlines; it is drawn only when in range."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.hist(report.lengths or [0], bins=40, color="#4C72B0")
-    ax.axvline(report.max_length, color="#C44E52", linestyle="--", label=f"max_length {report.max_length}")
+    lengths = report.lengths or [0]
+    ax.hist(lengths, bins=length_bins(lengths), color="#4C72B0", edgecolor="white", linewidth=0.5)
+    limit = f"max_length {report.max_length}"
+    if report.max_length <= max(lengths) * 1.1:
+        ax.axvline(report.max_length, color="#C44E52", linestyle="--", label=limit)
+        ax.legend()
+    else:
+        ax.text(0.98, 0.95, f"{limit} (longest example {max(lengths)})", transform=ax.transAxes,
+                ha="right", va="top", color="#C44E52")  # fmt: skip
     ax.set_xlabel("tokens per example")
     ax.set_ylabel("examples")
     ax.set_title(f"Token lengths ({report.rows_kept} training examples, {report.formatter})")
-    ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return fig
 
 
 def show_labels(input_ids: list[int], labels: list[int], tokenizer: Any) -> str:

@@ -18,20 +18,36 @@ def render_text(r: DataReport) -> str:
         f"batching {r.batching}, micro batch {r.micro_batch_size}; prepared in {r.seconds:.2f} s",
         "",
         "rows",
-        f"  loaded      {r.rows_loaded:>9,}",
+        *_rows_read(r),
         f"  kept        {r.rows_kept:>9,}",
         f"  skipped     {r.rows_skipped:>9,}  (malformed, skip_bad_rows)",
     ]
     for reason, n in r.rows_dropped.items():
         lines.append(f"  dropped     {n:>9,}  ({reason})")
     lines.append(f"  truncated   {r.rows_truncated:>9,}  ({r.eos_lost:,} lost their EOS)")
-    if r.eval_rows is not None:
-        lines.append(f"  eval rows   {r.eval_rows:>9,}")
     for origin, field, problem in r.skipped_examples:
         lines.append(f"    skipped {origin}: {field or 'row'}: {problem}")
     lines += ["", *_supervision(r), "", *_histogram(r), "", *_efficiency(r), ""]
     lines += ["first example (untrained tokens inside [MASKED]...[/MASKED]):", r.example, ""]
     return "\n".join(lines)
+
+
+def _rows_read(r: DataReport) -> list[str]:
+    """Rows in the source, the subset, the held-out split and what is left for training."""
+    lines = []
+    if r.source_rows is not None:
+        lines.append(f"  in source   {r.source_rows:>9,}  ({r.source})")
+    if r.subset_rows is not None:
+        lines.append(f"  subset      {r.subset_rows:>9,}  (data.subset)")
+    if r.eval_rows is not None:
+        if r.eval_from_source:
+            lines.append(
+                f"  held out    {r.held_out_rows:>9,}  (data.eval; {r.eval_rows:,} kept for evaluation)"
+            )
+        else:
+            lines.append(f"  eval rows   {r.eval_rows:>9,}  (kept, from data.eval.source)")
+    lines.append(f"  for training{r.rows_loaded:>9,}")
+    return lines
 
 
 def _supervision(r: DataReport) -> list[str]:

@@ -1,6 +1,6 @@
 """Loading rows: hub datasets and csv/parquet/data directories through `datasets`, JSON and JSON
 lines parsed here (so a syntax error names its line), or rows given in memory; then column mapping,
-the seed's subset step and the held-out split."""
+the reference recipe's subset step and the held-out split."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def check_columns(rows: Rows, fields: tuple[str, ...]) -> None:
 
 
 def subset_indices(n_rows: int, n: int, seed: int) -> list[int]:
-    """The rows the seed's ``shuffle(seed=seed).select(range(n))`` keeps (computed by `datasets` itself)."""
+    """The rows the reference recipe's ``shuffle(seed=seed).select(range(n))`` keeps (computed by `datasets` itself)."""
     import datasets
 
     order = datasets.Dataset.from_dict({"i": list(range(n_rows))}).shuffle(seed=seed)

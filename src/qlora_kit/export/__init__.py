@@ -102,7 +102,7 @@ class AdapterExporter:
     ) -> ExportResult:
         """Write ``output_dir/adapter``. ``verify_rows`` is accepted for a uniform call and unused."""
         path = save_adapter(model, tokenizer, Path(output_dir) / ADAPTER_DIR, run_cfg)
-        logger.info("adapter saved to %s", path)
+        logger.debug("adapter saved to %s", path)  # the `export` phase line names it
         return ExportResult(kind="adapter", adapter_dir=path)
 
 
@@ -156,7 +156,8 @@ class MergedExporter:
         adapter_dir, merged_dir, report = merge_and_verify(
             model, tokenizer, output_dir, run_cfg, self.cfg, verify_rows
         )
-        (logger.info if report["passed"] else logger.warning)(report["message"])
+        # a passed verification is the `verify` phase's result line already (qlora_kit.phases)
+        (logger.debug if report["passed"] else logger.warning)(report["message"])
         return ExportResult("merged", adapter_dir=adapter_dir, merged_dir=merged_dir, merge_report=report)
 
 

@@ -2,7 +2,7 @@
 
 Two bases can receive the adapter, and both are always measured:
 
-- ``original``: the base reloaded in 16 bits from its source, as the seed does. The adapter was trained
+- ``original``: the base reloaded in 16 bits from its source, as the reference recipe does. The adapter was trained
   against NF4-rounded weights, so the merged model differs from the trained one by the quantization error.
 - ``dequantized``: the 4-bit weights the adapter was trained against, dequantized. The merged model then
   reproduces the trained model up to 16-bit rounding.
@@ -25,6 +25,7 @@ from qlora_kit.export.files import generation_config_for, model_device, write_ru
 from qlora_kit.export.provenance import record_provenance
 from qlora_kit.export.verify import compare_logits, logits_of, verification_inputs
 from qlora_kit.files import atomic_dir
+from qlora_kit.phases import start_phase
 from qlora_kit.rundir.manifest import write_manifest
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def merge_and_verify(
     output_dir = Path(output_dir)
     adapter_dir = save_adapter(model, tokenizer, output_dir / "adapter", run_cfg)
     inputs = verification_inputs(tokenizer, verify_rows)
+    verifying = start_phase("verify", f"the merged model against the adapter model, on {len(inputs)} prompts")
     reference = logits_of(model, inputs)
     errors: dict[str, dict[str, float]] = {}
     if cfg.compare_bases:  # the other base first, then freed: one 16-bit copy beside the trained model
@@ -110,6 +112,7 @@ def merge_and_verify(
     merged = build_merged(cfg.merge_base, model, run_cfg, adapter_dir, cfg.dtype)
     errors[cfg.merge_base] = compare_logits(reference, logits_of(merged, inputs))
     report = _report(cfg, errors, len(inputs), verify_rows is not None)
+    verifying.end(report["message"] if report["passed"] else "FAILED (see the warning below)")
     target = output_dir / MERGED_DIR
     with atomic_dir(target) as tmp:
         merged.save_pretrained(tmp, max_shard_size=cfg.max_shard_size)

@@ -1,4 +1,4 @@
-"""Inspection: the seed's section 3 (quantization and trainable-parameter analysis) for any model.
+"""Inspection: section 3 of the reference recipe (quantization and trainable-parameter analysis) for any model.
 
 :func:`inspect_model` loads what a run config describes; :func:`inspect_loaded` measures models that
 are already loaded. Everything in the report is measured; only the explanations in its notes are
@@ -29,7 +29,7 @@ _WRAPPER_PARTS = (".base_layer", ".original_module")
 def inspect_model(cfg: Any, device: str | torch.device | None = None) -> InspectionReport:
     """Load the original and the quantized model of ``cfg``, apply its adapter, and report.
 
-    The original is loaded on the CPU in its stored dtype (as the seed's ``from_pretrained(model_id)``
+    The original is loaded on the CPU in its stored dtype (as the reference recipe's ``from_pretrained(model_id)``
     did); the quantized one through :class:`~qlora_kit.model.loading.ModelLoader` on ``device``.
     """
     from qlora_kit.model.adapters import AdapterBuilder

@@ -1,4 +1,4 @@
-"""Explanations attached to an inspection report: why measured numbers differ from the seed's formula
+"""Explanations attached to an inspection report: why measured numbers differ from the reference recipe's formula
 and figures. The numbers in them are measured; only the wording is written here.
 """
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from qlora_kit.inspection.report import MIB, InspectionReport
 
-# The seed's figures (distilgpt2, transformers 4.x), quoted where a report is compared with them.
+# The reference recipe's figures (distilgpt2, transformers 4.x), quoted where a report is compared with them.
 SEED_PARAMS = 81_912_576
 SEED_FP32_ESTIMATE_MB = 308.66
 
@@ -25,7 +25,7 @@ def explain(report: InspectionReport, original: Any, base: Any) -> list[str]:
 
 
 def _mib_note() -> str:
-    return "Sizes are MiB (1024^2 bytes); the seed's 'MB' are the same unit."
+    return "Sizes are MiB (1024^2 bytes); the reference recipe's 'MB' are the same unit."
 
 
 def _packing_notes(report: InspectionReport) -> list[str]:
@@ -60,12 +60,12 @@ def _dtype_notes(report: InspectionReport) -> list[str]:
     if set(rest) <= {"bfloat16", "float16"}:
         return [
             f"Non-quantized parameters (embeddings, norms, biases, output head) are stored in {dtypes}, the "
-            "compute dtype. The seed saw float16 there (transformers 4.x defaulted 4-bit loads to float16); "
-            "both are 2 bytes, so the seed's 2-byte formula applies."
+            "compute dtype. The reference recipe saw float16 there (transformers 4.x defaulted 4-bit loads to float16); "
+            "both are 2 bytes, so the reference recipe's 2-byte formula applies."
         ]
     return [
         f"Non-quantized parameters are stored in {dtypes} (the compute dtype asked for), not the 2 bytes the "
-        "seed's formula assumes (it saw float16); the quantized footprint is larger accordingly."
+        "reference recipe's formula assumes (it saw float16); the quantized footprint is larger accordingly."
     ]
 
 
@@ -93,8 +93,8 @@ def _footprint_notes(report: InspectionReport) -> list[str]:
         )
     if report.base_params == SEED_PARAMS:
         notes.append(
-            f"The seed's fp32 estimate reads {SEED_FP32_ESTIMATE_MB} MB, but 4 B x {SEED_PARAMS:,} / 1024^2 "
-            f"= {4 * SEED_PARAMS / MIB:.2f} MiB: an arithmetic slip in the seed."
+            f"The reference recipe's fp32 estimate reads {SEED_FP32_ESTIMATE_MB} MB, but 4 B x {SEED_PARAMS:,} / 1024^2 "
+            f"= {4 * SEED_PARAMS / MIB:.2f} MiB: an arithmetic slip in the reference recipe."
         )
     return notes
 
@@ -110,13 +110,13 @@ def _gpt2_buffer_notes(report: InspectionReport, config: Any) -> list[str]:
     # scalar `attn.masked_bias`; get_memory_footprint counts buffers. transformers 5 builds masks per call.
     legacy = config.n_layer * (config.n_positions**2 + 4)
     seed = (
-        " These are the seed's 318.47 and 101.49 MB: its quantized-vs-formula gap (101.49 vs 95.49) is "
+        " These are the reference recipe's 318.47 and 101.49 MB: its quantized-vs-formula gap (101.49 vs 95.49) is "
         "these buffers."
         if report.base_params == SEED_PARAMS
         else ""
     )
     return [
-        f"Older transformers (the seed's) registered per GPT-2 block a bool causal mask `attn.bias` [1, 1, "
+        f"Older transformers (the reference recipe's) registered per GPT-2 block a bool causal mask `attn.bias` [1, 1, "
         f"{config.n_positions}, {config.n_positions}] and a float32 `attn.masked_bias`: {legacy / MIB:.2f} MiB "
         f"for {config.n_layer} blocks, counted by get_memory_footprint. transformers 5 registers none "
         f"(measured buffers: {report.buffer_bytes} bytes). With them the footprints would be "

@@ -1,4 +1,4 @@
-"""The typed inspection report (the seed's section 3) and its table / JSON renderings.
+"""The typed inspection report (section 3 of the reference recipe) and its table / JSON renderings.
 
 Built by :mod:`qlora_kit.inspection`; every number in it is measured on loaded models.
 """
@@ -87,11 +87,11 @@ class InspectionReport:
     original_footprint_bytes: int
     """``get_memory_footprint()`` of the original model."""
     original_estimate_bytes: int
-    """The seed's formula: 4 bytes x parameters (fp32)."""
+    """The reference recipe's formula: 4 bytes x parameters (fp32)."""
     quantized_footprint_bytes: int
     """``get_memory_footprint()`` of the quantized model (parameters and buffers)."""
     quantized_estimate_bytes: float
-    """The seed's formula: 0.5 B x 4-bit (1 B x 8-bit) parameters + 2 B x the rest."""
+    """The reference recipe's formula: 0.5 B x 4-bit (1 B x 8-bit) parameters + 2 B x the rest."""
     quant_constants_bytes: int
     """Quantization constants (absmax, double-quant state, code books) held outside parameters."""
     buffer_bytes: int

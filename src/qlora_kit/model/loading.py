@@ -47,7 +47,7 @@ class ModelLoader:
     """Loads the base model (quantized per ``quant_cfg``) and its tokenizer.
 
     Non-quantized parameters (embeddings, norms, biases, the output head) are loaded in the compute
-    dtype, not fp32: the seed saw them in float16 after 4-bit loading, and blanket fp32 would double
+    dtype, not fp32: the reference recipe saw them in float16 after 4-bit loading, and blanket fp32 would double
     their memory for no gain in a frozen base. Every loaded model gets
     :func:`~qlora_kit.model.quant.keep_4bit_weights_trainable`, so bitsandbytes' CPU inference repacking
     can never break training.

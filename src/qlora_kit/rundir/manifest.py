@@ -16,7 +16,8 @@ from qlora_kit.files import atomic_write_json
 
 MANIFEST = "manifest.json"
 LOCK_FILE = ".qlora_kit.lock"
-_SKIP = {MANIFEST, LOCK_FILE}
+LOG_FILE = "train.log"  # a log grows (a resumed or failed later attempt appends): never listed
+_SKIP = {MANIFEST, LOCK_FILE, LOG_FILE}
 _CHUNK = 1 << 20
 
 

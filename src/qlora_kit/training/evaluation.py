@@ -1,25 +1,24 @@
-"""Evaluation without collecting logits, and the fixed generation panel.
+"""Evaluation without collecting logits, and :func:`inference_mode`, which evaluation, the generation
+panel (:mod:`qlora_kit.training.panel`) and generation use.
 
-Both run the model in eval mode under ``no_grad`` and then restore train mode and the 4-bit guard
+They run the model in eval mode under ``no_grad`` and then restore train mode and the 4-bit guard
 (bitsandbytes' CPU inference path repacks 4-bit weights in place, which breaks LoRA gradients).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from qlora_kit.formatting.tokens import pad_token_id
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.training.loss import LossFn, causal_lm_loss, count_supervised
 
 GENERATIONS_FILE = "generations.jsonl"
+"""The generation panel's records (:func:`qlora_kit.training.panel.generate_panel`)."""
 
 
 @contextmanager
@@ -70,31 +69,3 @@ def evaluate(
         "eval_perplexity": math.exp(min(loss, 700.0)),
         "eval_tokens": int(tokens.item()),
     }
-
-
-def generate_panel(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    step: int,
-    output_dir: Path,
-    max_new_tokens: int = 64,
-) -> list[dict[str, Any]]:
-    """Greedy completions of the same ``prompts`` at each evaluation, appended to ``generations.jsonl``.
-
-    Prompts are given to the model as written (already in the training prompt format).
-    """
-    records = []
-    device = next(model.parameters()).device
-    pad_id = pad_token_id(tokenizer)
-    with inference_mode(model):
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt").to(device)
-            out = model.generate(
-                **ids, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, pad_token_id=pad_id
-            )
-            completion = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-            records.append({"step": step, "prompt": prompt, "completion": completion})
-    with (Path(output_dir) / GENERATIONS_FILE).open("a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    return records

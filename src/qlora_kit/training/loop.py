@@ -21,11 +21,12 @@ from qlora_kit.data.collate import PaddedCollator
 from qlora_kit.errors import ConfigError, InterruptedRun, TrainingError
 from qlora_kit.training.batches import BatchPlanner, Window
 from qlora_kit.training.callbacks import Callback, CallbackList
-from qlora_kit.training.evaluation import evaluate, generate_panel
+from qlora_kit.training.evaluation import evaluate
 from qlora_kit.training.guards import check_finite_loss, check_gradients_flow, oom_message
 from qlora_kit.training.interrupt import StopRequest
 from qlora_kit.training.kernels import attention_backends
 from qlora_kit.training.loss import LossFn
+from qlora_kit.training.panel import generate_panel
 from qlora_kit.training.result import TrainResult
 from qlora_kit.training.session import TrainingSession
 
@@ -47,6 +48,8 @@ class Trainer:
         loss_fn: forward + summed token cross-entropy; default: the ``train.loss`` kind's.
         batch_planner: orders one epoch's rows into micro-batches (e.g. grouped by length).
         tokenizer: needed only for ``train_cfg.generation_prompts``.
+        formatter: the run's prompt formatter: the generation prompts are formatted with it, as
+            ``qlora-kit generate`` does (without one they are given to the model as written).
         max_new_tokens: length of the generation panel's completions.
     """
 
@@ -62,6 +65,7 @@ class Trainer:
         batch_planner: BatchPlanner | None = None,
         tokenizer: Any = None,
         max_new_tokens: int = 64,
+        formatter: Any = None,
     ):
         if train_cfg.generation_prompts and tokenizer is None:
             raise ConfigError(
@@ -75,6 +79,7 @@ class Trainer:
         self.loss_fn = loss_fn
         self.batch_planner = batch_planner
         self.tokenizer = tokenizer
+        self.formatter = formatter
         self.max_new_tokens = max_new_tokens
         self.vocab_size: int | None = None
 
@@ -157,9 +162,9 @@ class Trainer:
         state.zero_grad_steps = check_gradients_flow(
             norm, loss, state.zero_grad_steps, state.step + 1, self.vocab_size, s.last_checkpoint
         )
-        self._count(s, window, n_tokens)
         s.interval_losses.append(loss)
         s.last_grad_norm, s.last_lr = norm, lr
+        self._count(s, window, n_tokens, loss)
 
     def _skip_empty_window(self, s: TrainingSession, window: Window) -> None:
         logger.warning(
@@ -172,7 +177,7 @@ class Trainer:
         self._count(s, window, 0)
         s.log.log({"step": s.state.step, "skipped": "no supervised tokens"})
 
-    def _count(self, s: TrainingSession, window: Window, n_tokens: int) -> None:
+    def _count(self, s: TrainingSession, window: Window, n_tokens: int, loss: float | None = None) -> None:
         state = s.state
         tokens = s.global_sum(window.input_tokens)
         state.step += 1
@@ -180,7 +185,7 @@ class Trainer:
         state.tokens += tokens
         state.supervised_tokens += n_tokens
         s.log.count_tokens(tokens)
-        s.log.advance()
+        s.log.advance(loss)  # the progress display shows each step's loss
 
     # --------------------------------------------------------------------- between the steps
 
@@ -216,7 +221,7 @@ class Trainer:
                            s.loss_fn, acc)  # fmt: skip
         if cfg.generation_prompts and acc.is_main_process:
             generate_panel(bare, self.tokenizer, cfg.generation_prompts, s.state.step, self.output_dir,
-                           self.max_new_tokens)  # fmt: skip
+                           self.max_new_tokens, self.formatter)  # fmt: skip
         acc.wait_for_everyone()
         s.log.exclude_time(time.perf_counter() - started)
         s.last_eval_step = s.state.step

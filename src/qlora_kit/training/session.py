@@ -190,7 +190,8 @@ class TrainingSession:
             truncate_jsonl(self.output_dir / GENERATIONS_FILE, self.state.step)
         if self.owns_accelerator and self.cfg.trackers:
             acc.init_trackers("qlora_kit", config=flat_config(self.cfg.model_dump(mode="json")))
-        self.log = MetricsLogger(acc, self.output_dir, self.state.total_steps, start_step=self.state.step)
+        self.log = MetricsLogger(acc, self.output_dir, self.state.total_steps, start_step=self.state.step,
+                                 log_every=self.cfg.log_every)  # fmt: skip
 
     def _evaluated_at(self, step: int) -> bool:
         # resuming a finished run does not evaluate it again

@@ -1,4 +1,5 @@
-"""Progress bar, ``metrics.jsonl``, the loss-curve PNG, and Accelerate trackers (tensorboard, wandb)."""
+"""``metrics.jsonl``, the loss-curve PNG, Accelerate trackers (tensorboard, wandb), and the progress
+display (:mod:`qlora_kit.training.progress`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from qlora_kit.errors import ConfigError, storage_error
 from qlora_kit.files import atomic_write_bytes, atomic_write_text, writing
+from qlora_kit.training.progress import TrainProgress
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +49,16 @@ class MetricsLogger:
     ``tokens`` and ``tokens_per_s``, eval records ``eval_loss`` and ``eval_perplexity``.
     """
 
-    def __init__(self, accelerator: Any, output_dir: Path, total_steps: int, start_step: int = 0):
-        from tqdm.auto import tqdm
-
+    def __init__(
+        self, accelerator: Any, output_dir: Path, total_steps: int, start_step: int = 0, log_every: int = 1
+    ):
         self.accelerator = accelerator
         self.main = accelerator.is_main_process
         self.path = Path(output_dir) / METRICS_FILE
         self.history: list[dict[str, Any]] = []
         if self.main:
             self._truncate_after(start_step)
-        self.bar = tqdm(
-            total=total_steps, initial=start_step, disable=not self.main, desc="train", dynamic_ncols=True
-        )
+        self.progress = TrainProgress(total_steps, start_step, log_every, enabled=self.main)
         self._window_start = time.perf_counter()
         self._window_tokens = 0
 
@@ -71,17 +71,13 @@ class MetricsLogger:
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
         record = {"step": step, **record, "tokens_per_s": round(self._window_tokens / elapsed, 1)}
         self._window_start, self._window_tokens = time.perf_counter(), 0
-        self.bar.set_postfix(
-            loss=f"{record['loss']:.4f}",
-            lr=f"{record['lr']:.2e}",
-            tok_s=f"{record['tokens_per_s']:.0f}",
-            refresh=False,
-        )
+        self.progress.logged(record)
         return self.log(record)
 
     def log(self, record: dict[str, Any]) -> dict[str, Any]:
         """Append ``record`` to the history, ``metrics.jsonl`` and the trackers."""
         self.history.append(record)
+        self.progress.evaluated(record)
         if self.main:
             with writing(self.path), self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -90,13 +86,13 @@ class MetricsLogger:
             self.accelerator.log(numbers, step=record["step"])
         return record
 
-    def advance(self) -> None:
-        """One optimizer step done."""
-        self.bar.update(1)
+    def advance(self, loss: float | None = None) -> None:
+        """One optimizer step done, with its loss (shown from the first step on)."""
+        self.progress.advance(loss)
 
     def close(self) -> None:
-        """Close the progress bar and draw the loss curve."""
-        self.bar.close()
+        """Close the progress display and draw the loss curve."""
+        self.progress.close()
         if self.main:
             plot_loss_curve(self.history, self.path.with_name(LOSS_CURVE_FILE))
 
@@ -150,6 +146,21 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
     The image is rendered in memory and written atomically: a full disk raises StorageError naming
     ``path`` and never leaves an empty or partial PNG.
     """
+    fig = loss_figure(history)
+    if fig is None:
+        return None
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+LOG_SCALE_RATIO = 20.0
+"""A loss curve whose largest value is this many times its smallest is drawn on a log scale."""
+
+
+def loss_figure(history: list[dict[str, Any]]) -> Any:
+    """The loss-curve figure (None without a finite loss). The y axis is logarithmic when the losses
+    span more than :data:`LOG_SCALE_RATIO` (a loss falling from 10 to 0.01 is a flat line otherwise)."""
     train = [(r["step"], r["loss"]) for r in history if _finite(r.get("loss"))]
     evals = [(r["step"], r["eval_loss"]) for r in history if _finite(r.get("eval_loss"))]
     if not train and not evals:
@@ -164,14 +175,16 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path) -> Path | None:
         ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
         ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
+    losses = [loss for _, loss in train + evals]
+    log_scale = min(losses) > 0 and max(losses) / min(losses) > LOG_SCALE_RATIO
+    if log_scale:
+        ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats / supervised token)")
-    ax.grid(alpha=0.3)
+    ax.set_ylabel("loss (nats / supervised token)" + (", log scale" if log_scale else ""))
+    ax.grid(alpha=0.3, which="both" if log_scale else "major")
     ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return fig
 
 
 def _finite(value: Any) -> bool:
