@@ -48,6 +48,12 @@ COVERED = {
     ".venv/bin/torchrun --nproc_per_node 2 -m qlora_kit.cli train": (
         "tests/integration/test_reliability.py::test_two_processes_from_the_command_line_match_one"
     ),
+    ".venv/bin/accelerate launch --config_file examples/accelerate/ddp.yaml": (
+        "tests/gpu/test_gpu_distributed.py::test_two_gpus_train_what_one_gpu_trains"
+    ),
+    ".venv/bin/accelerate launch --config_file examples/accelerate/fsdp2.yaml": (
+        "tests/gpu/test_gpu_distributed.py::test_two_gpus_train_what_one_gpu_trains"
+    ),
     "qlora-kit predict runs/try": "tests/integration/test_predict.py::test_predict_writes_every_row_with_its_prediction",
     "qlora-kit eval    runs/try": "tests/integration/test_predict.py::test_eval_scores_loss_like_training_and_exact_match",
 }
