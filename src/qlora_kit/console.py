@@ -31,8 +31,11 @@ _active: Console | None = None
 
 
 def _ours(record: logging.LogRecord) -> bool:
-    """A record of this library, or a warning raised by its code or the user's (not a dependency's)."""
-    return record.name.split(".")[0] == "qlora_kit" or getattr(record, "warning_from_user", False)
+    """A record of this library, or of the user's code (a plugin's own logger), or a warning raised by
+    either (not a dependency's)."""
+    if record.name.split(".")[0] == "qlora_kit" or getattr(record, "warning_from_user", False):
+        return True
+    return record.name != "py.warnings" and _user_code(record.pathname)
 
 
 class _Terminal(logging.Handler):

@@ -38,11 +38,17 @@ class Records(logging.Handler):
         self.logger.level, self.logger.propagate = self.saved
 
 
+def _library_log(name: str, level: int, message: str) -> None:
+    """A record as a library installed in site-packages logs it (its source file decides what is shown)."""
+    logger = logging.getLogger(name)
+    logger.handle(logger.makeRecord(name, level, LIBRARY_FILE, 12, message, (), None))
+
+
 def _noise():
     """A library's warning record, a library's Python warning, an error of a library, and our own lines."""
-    logging.getLogger("somelib.backend").warning("kernel not found, using the slow path")
+    _library_log("somelib.backend", logging.WARNING, "kernel not found, using the slow path")
     warnings.warn_explicit("`old_api` is deprecated", FutureWarning, LIBRARY_FILE, 12)
-    logging.getLogger("somelib").error("the library failed at something")
+    _library_log("somelib", logging.ERROR, "the library failed at something")
     logging.getLogger("qlora_kit.recipe").info("data: 30 rows")
     logging.getLogger("qlora_kit.recipe").debug("a detail for the log file")
 
@@ -208,3 +214,10 @@ def test_phase_lines_reach_stderr_when_logging_is_not_configured(capsys):
     finally:
         root.handlers[:] = saved
     assert capsys.readouterr().err.startswith("export: adapter ...\nexport: done  [")
+
+
+def test_a_plugin_modules_own_log_records_are_shown(capsys):
+    """A user's plugin logs under its own module name: its records are the user's, so they are shown."""
+    with Console(libraries=False):
+        logging.getLogger("my_plugin.loss").warning("my plugin says hello")
+    assert "my plugin says hello" in capsys.readouterr().err
