@@ -9,20 +9,23 @@ transformers 5 `warmup_ratio` is spelled `warmup_steps=0.03`. Prints one JSON li
 
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
 import time
-from pathlib import Path
 
-import torch
-from datasets import Dataset
-from peft import LoraConfig
-from seed_w1 import prepare, response_loss
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-from trl import SFTConfig, SFTTrainer
+STARTED = time.perf_counter()  # command_seconds counts the imports too, as `qlora-kit train`'s does
 
-from qlora_kit.formatting.alpaca import SEED_TEMPLATE
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig  # noqa: E402
+from seed_w1 import prepare, response_loss  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig  # noqa: E402
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+
+from qlora_kit.formatting.alpaca import SEED_TEMPLATE  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +39,9 @@ def main() -> None:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="w1-trl-"))
     work.mkdir(parents=True, exist_ok=True)
     # The same stand-in model and train / held-out split as seed_w1.py (qlora_kit's side).
+    prepared = time.perf_counter()
     model_dir, train_file, held_file = prepare(work, args.tokenizer, args.data, args.heldout)
+    prepare_seconds = time.perf_counter() - prepared  # not counted: seed_w1.py prepares outside its command
     train_rows = json.loads(train_file.read_text(encoding="utf-8"))
     heldout = json.loads(held_file.read_text(encoding="utf-8"))
 
@@ -84,10 +89,12 @@ def main() -> None:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    command_seconds = time.perf_counter() - STARTED - prepare_seconds
     tokens = out.global_step * 10 * 1024
     real = sum(sum(m) for m in data["attention_mask"]) * 3
     result = {
         "system": "seed_trl", "train_seconds": round(seconds, 2), "optimizer_steps": out.global_step,
+        "command_seconds": round(command_seconds, 1),
         "tokens_processed": tokens, "real_tokens": real,
         "heldout_response_loss": round(response_loss(trainer.model, tokenizer, heldout), 4),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
