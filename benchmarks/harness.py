@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, commit  # noqa: E402
+from bench_common import ROOT, commit  # noqa: E402
 from records import append_row, update_ratios  # noqa: E402
 from w3_probe import RESTART  # noqa: E402
 
@@ -50,7 +50,7 @@ SYSTEMS: dict[str, dict[str, Any]] = {
     "trl_seed": {"base": "trl_seed", "needs": ["trl", "datasets", "bitsandbytes"], "workloads": W1},
     "unsloth": {"base": "unsloth", "needs": ["unsloth", "bitsandbytes"], "workloads": W23, "cuda": True},
 }  # fmt: skip
-ESTIMATE = {"W1": 160, "W1-seed-exact": 150, "W2-1B": 35, "W2-8B": 75, "W3": 240}
+ESTIMATE = {"W1": 160, "W1-seed-exact": 150, "W2-1B": 35, "W2-8B": 75, "W3": 120}
 """Rough seconds per run on one H200 (load included), to skip runs that cannot fit the time budget."""
 
 
@@ -138,7 +138,9 @@ class Harness:
 
     def run_all(self) -> list[dict[str, Any]]:
         table = system_table(self.args)
-        names = self.args.systems.split(",") + [s for s in table if s.startswith("qlora_kit:")]
+        names = list(
+            dict.fromkeys(self.args.systems.split(",") + [s for s in table if s.startswith("qlora_kit:")])
+        )
         workloads = self.args.workloads.split(",")
         for workload in workloads:
             for name in names:
@@ -157,6 +159,8 @@ class Harness:
     def measure(self, workload: str, name: str, info: dict[str, Any]) -> dict[str, Any]:
         reason = unavailable(info, self.device)
         estimate = 60 if self.args.tiny else ESTIMATE[workload]
+        if workload == "W3":
+            estimate = min(estimate, self.args.w3_budget)
         if reason is None and self.left() < estimate:
             reason = f"time budget: {self.left():.0f} s left, the run needs about {estimate} s"
         if reason:
@@ -175,9 +179,6 @@ class Harness:
             "warmup": args.warmup, "steps": args.steps,
         }  # fmt: skip
         if workload in W1:
-            spec["overrides"] = (
-                [*info.get("overrides", []), *args.ours_overrides] if info["base"] == "ours" else []
-            )
             spec["w1"] = {"data": args.w1_data, "tokenizer": args.w1_tokenizer, "config": str(ROOT / wl["config"]),
                           "work_dir": f"{args.w1_work_dir}/{workload}-{name}", "max_steps": None}  # fmt: skip
             if args.tiny:  # the code path only: short rows, few held-out rows, no merged export
@@ -299,6 +300,14 @@ def _brief(row: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    known = system_table(args)
+    for flag, names, valid in (
+        ("--workloads", args.workloads, WORKLOADS),
+        ("--systems", args.systems, known),
+    ):
+        unknown = [n for n in names.split(",") if n not in valid]
+        if unknown:
+            raise SystemExit(f"{flag}: unknown {', '.join(unknown)}; known: {', '.join(valid)}")
     harness = Harness(args)
     print(f"[harness] run_id {harness.run_id}  commit {harness.commit}  device {harness.device}  "
           f"logs {harness.log_dir}  out {args.out}", flush=True)  # fmt: skip

@@ -8,7 +8,6 @@ synchronizes the device before reading the clock.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
 import tempfile
@@ -17,9 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import LORA, Clock, StepLog
-
-logger = logging.getLogger(__name__)
+from bench_common import LORA, Clock, StepLog
 
 
 def base_config(model_dir: str, optimizer: str = "paged_adamw_8bit") -> dict[str, Any]:
@@ -83,8 +80,6 @@ class OursSession:
         optimizer: ``train.optimizer.kind``.
     """
 
-    system = "qlora_kit"
-
     def __init__(
         self, model_dir: str, device: str, overrides: Sequence[str] = (), optimizer: str = "paged_adamw_8bit"
     ):
@@ -96,7 +91,6 @@ class OursSession:
         started = time.perf_counter()
         loader = ModelLoader(self.cfg.model, self.cfg.quant, device=device)
         model, self.tokenizer = loader.load()
-        self.source = loader.source()
         model = prepare_for_training(model, self.cfg.train.grad_checkpointing)
         self.model = AdapterBuilder(self.cfg.adapter).apply(model)
         self.config = self.model.config

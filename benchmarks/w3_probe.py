@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common import free_after_oom, is_oom, memory, reset_peak, token_rows
+from bench_common import free_after_oom, is_oom, memory, reset_peak, token_rows
 
 RESTART = 75
 """Exit status of a W3 worker whose CUDA context may be broken; the harness starts a fresh one."""

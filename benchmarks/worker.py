@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,7 +52,7 @@ def make_session(spec: dict[str, Any]) -> Any:
 
 def run_w2(spec: dict[str, Any], session: Any) -> dict[str, Any]:
     """Median step time after warm-up on fixed-length random rows, memory, MFU, proof of training."""
-    from common import flops_per_token, memory, mfu, reset_peak, token_rows
+    from bench_common import flops_per_token, memory, mfu, reset_peak, token_rows
 
     batch, seq, warmup, steps = spec["batch"], spec["seq"], spec["warmup"], spec["steps"]
     rows = token_rows(batch * (warmup + steps), seq, spec["row_vocab"], distinct=batch)
@@ -67,7 +68,7 @@ def run_w2(spec: dict[str, Any], session: Any) -> dict[str, Any]:
 
 def run_w3(spec: dict[str, Any], session: Any, result_file: str) -> dict[str, Any]:
     """The W3 search (w3_probe.py), resumed from the spec's bracket after a restart."""
-    from common import fake_oom_above, mfu
+    from bench_common import fake_oom_above, mfu
     from w3_probe import search, summarize
 
     w3 = spec["w3"]
@@ -94,6 +95,7 @@ def run_w1(spec: dict[str, Any]) -> dict[str, Any]:
     common = ["--tokenizer", w1["tokenizer"], "--data", w1["data"], "--work-dir", w1["work_dir"]]
     steps = ["--max-steps", str(w1["max_steps"])] if w1.get("max_steps") else []
     steps += ["--heldout", str(w1["heldout"])] if w1.get("heldout") is not None else []
+    shutil.rmtree(Path(w1["work_dir"]) / "run", ignore_errors=True)  # an earlier call's run: start afresh
     if spec["base"] == "trl_seed":
         command = [sys.executable, str(HERE / "w1_peer_trl.py"), *common, *steps]
     else:
@@ -123,7 +125,7 @@ def main() -> int:
         from peers.unsloth_peer import import_unsloth
 
         import_unsloth()  # before transformers and peft, as Unsloth requires
-    from common import versions
+    from bench_common import versions
     from w3_probe import RESTART, NeedsRestart
 
     result: dict[str, Any] = {"versions": versions(), "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from common import LORA, Clock, StepLog
+from bench_common import LORA, Clock, StepLog
 
 
 def build_optimizer(model: Any, kind: str) -> Any:
@@ -36,7 +36,9 @@ def plain_loop(
 
     log, clock = StepLog(), Clock(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    model.train()  # from_pretrained returns eval mode: without this, no checkpointing and no dropout
+    # from_pretrained returns eval mode and get_peft_model keeps it for the base: without this the decoder
+    # layers skip gradient checkpointing (only the new LoRA dropout modules are in train mode)
+    model.train()
     clock.start()
     for step in range(steps):
         ids = torch.tensor(rows[step * batch : (step + 1) * batch], device=device)
@@ -70,7 +72,6 @@ class HFLoopSession:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-        self.system = "hf_liger" if liger else "hf_loop"
         self.device = device
         started = time.perf_counter()
         if liger:

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from common import LORA
+from bench_common import LORA
 
 from peers.hf_loop import build_optimizer, plain_loop
 
@@ -38,8 +38,6 @@ class UnslothSession:
         dropout: LoRA dropout (0 keeps Unsloth's fused LoRA kernels).
         optimizer: ``paged_adamw_8bit`` or ``adamw_torch``.
     """
-
-    system = "unsloth"
 
     def __init__(self, model_dir: str, device: str, max_seq: int, dropout: float = 0.0,
                  optimizer: str = "paged_adamw_8bit"):  # fmt: skip
