@@ -55,6 +55,13 @@ def commit() -> str:
         return os.environ.get("QLORA_KIT_COMMIT", "unknown")
 
 
+def process_seconds() -> float:
+    """Seconds since this process started, imports included (Linux: ``/proc``)."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks after boot
+    return float(Path("/proc/uptime").read_text().split()[0]) - started
+
+
 def token_rows(n: int, seq: int, vocab: int, seed: int = 0, distinct: int | None = None) -> list[list[int]]:
     """``n`` rows of ``seq`` random token ids below ``vocab``: the same rows for every system.
 

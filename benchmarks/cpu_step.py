@@ -56,11 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_dir() -> str:
     """SmolLM2-135M as a safetensors directory (ModelLoader converts the GGUF once and caches it)."""
-    from qlora_kit.config import Bnb4bitQuant, ModelConfig
-    from qlora_kit.model.loading import ModelLoader
+    from qlora_kit.config.io import load_config
+    from qlora_kit.model import ModelLoader
     from qlora_kit.quickstart import smollm2_gguf
 
-    return ModelLoader(ModelConfig(name_or_path=str(smollm2_gguf())), Bnb4bitQuant(), device="cpu").source()
+    cfg = load_config({"model": {"name_or_path": str(smollm2_gguf())}})
+    return ModelLoader(cfg.model, cfg.quant, device="cpu").source()
 
 
 def session(args: argparse.Namespace, path: str):

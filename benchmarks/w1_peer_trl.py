@@ -9,23 +9,20 @@ transformers 5 `warmup_ratio` is spelled `warmup_steps=0.03`. Prints one JSON li
 
 from __future__ import annotations
 
+import argparse
+import json
+import tempfile
 import time
+from pathlib import Path
 
-STARTED = time.perf_counter()  # command_seconds counts the imports too, as `qlora-kit train`'s does
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from seed_w1 import prepare, response_loss
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from trl import SFTConfig, SFTTrainer
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from peft import LoraConfig  # noqa: E402
-from seed_w1 import prepare, response_loss  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig  # noqa: E402
-from trl import SFTConfig, SFTTrainer  # noqa: E402
-
-from qlora_kit.formatting.alpaca import SEED_TEMPLATE  # noqa: E402
+from qlora_kit.formatting.alpaca import SEED_TEMPLATE
 
 
 def main() -> None:
@@ -89,7 +86,9 @@ def main() -> None:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    command_seconds = time.perf_counter() - STARTED - prepare_seconds
+    from bench_common import process_seconds
+
+    command_seconds = process_seconds() - prepare_seconds  # from the process start: imports count too
     tokens = out.global_step * 10 * 1024
     real = sum(sum(m) for m in data["attention_mask"]) * 3
     result = {
