@@ -105,13 +105,14 @@ class OursSession:
         set_seed(self.cfg.train.seed)
         self.model = _adapter(self.cfg.adapter).apply(model)
         self.config = self.model.config
+        self.collator: str | None = None  # which one `data` resolved to (packing or padding), once trained
         self.load_seconds = time.perf_counter() - started
 
     def knobs(self) -> dict[str, Any]:
         """The resolved config (every default filled in) and the overrides this tree rejected."""
         resolved = self.cfg.model_dump(mode="json")
         resolved.pop("output_dir", None)
-        return {"config": resolved, "ignored_overrides": self.ignored}
+        return {"config": resolved, "ignored_overrides": self.ignored, "collator": self.collator}
 
     def train(self, rows: list[list[int]], batch: int, steps: int) -> StepLog:
         """``steps`` optimizer steps of ``batch`` rows each, through ``Trainer.fit``."""
@@ -122,6 +123,7 @@ class OursSession:
         train_cfg = self.cfg.train.model_copy(update={"max_steps": steps, "micro_batch_size": batch})
         collate = make_collator(self.cfg.data, self.tokenizer,
                                 attn_implementation=getattr(self.config, "_attn_implementation", None))  # fmt: skip
+        self.collator = type(collate).__name__
         out = Path(tempfile.mkdtemp(prefix="qk-bench-run-"))
         try:
             trainer = Trainer(

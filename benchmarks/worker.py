@@ -141,6 +141,7 @@ def main() -> int:
                 result.update(run_w3(spec, session, args.result))
             else:
                 result.update(run_w2(spec, session))
+            result["config"] = session.knobs()  # again: some settings resolve only when training starts
     except NeedsRestart as exc:
         previous = (
             json.loads(Path(args.result).read_text(encoding="utf-8")) if Path(args.result).exists() else {}
