@@ -36,7 +36,9 @@ def main() -> None:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="w1-trl-"))
     work.mkdir(parents=True, exist_ok=True)
     # The same stand-in model and train / held-out split as seed_w1.py (qlora_kit's side).
+    prepared = time.perf_counter()
     model_dir, train_file, held_file = prepare(work, args.tokenizer, args.data, args.heldout)
+    prepare_seconds = time.perf_counter() - prepared  # not counted: seed_w1.py prepares outside its command
     train_rows = json.loads(train_file.read_text(encoding="utf-8"))
     heldout = json.loads(held_file.read_text(encoding="utf-8"))
 
@@ -84,10 +86,14 @@ def main() -> None:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    from bench_common import process_seconds
+
+    command_seconds = process_seconds() - prepare_seconds  # from the process start: imports count too
     tokens = out.global_step * 10 * 1024
     real = sum(sum(m) for m in data["attention_mask"]) * 3
     result = {
         "system": "seed_trl", "train_seconds": round(seconds, 2), "optimizer_steps": out.global_step,
+        "command_seconds": round(command_seconds, 1),
         "tokens_processed": tokens, "real_tokens": real,
         "heldout_response_loss": round(response_loss(trainer.model, tokenizer, heldout), 4),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,

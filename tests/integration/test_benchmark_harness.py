@@ -1,0 +1,98 @@
+"""benchmarks/harness.py: the --tiny run end to end, and the ratio and W3-search rules it relies on."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from records import add_ratios  # noqa: E402
+from w3_probe import next_length  # noqa: E402
+
+FIELDS = {"run_id", "date", "commit", "workload", "system", "status", "tokens_per_s", "train_seconds",
+          "command_seconds", "peak_gib", "mfu", "heldout_loss", "max_seq", "ratio", "ratio_unsloth"}  # fmt: skip
+
+
+def _row(run_id, workload, system, **metrics):
+    return {"run_id": run_id, "workload": workload, "system": system, "status": "ok", **metrics}
+
+
+def test_ratios_use_only_rows_of_the_same_run():
+    rows = [
+        _row("a", "W2-8B", "hf_loop", tokens_per_s=100.0),
+        _row("a", "W2-8B", "unsloth", tokens_per_s=400.0),
+        _row("a", "W2-8B", "qlora_kit", tokens_per_s=300.0),
+        _row("b", "W2-8B", "hf_loop", tokens_per_s=10.0),  # another day: never a reference for run a
+        _row("a", "W1", "trl_seed", train_seconds=120.0),
+        _row("a", "W1-seed-exact", "qlora_kit", train_seconds=100.0),  # TRL's one job serves both W1s
+        _row("a", "W3", "qlora_kit", max_seq=65536),
+        _row("a", "W3", "hf_loop", status="error", max_seq=None),
+    ]
+    add_ratios(rows, "a")
+    ours, unsloth, hf = rows[2], rows[1], rows[0]
+    assert (ours["ratio"], ours["ratio_unsloth"]) == (3.0, 0.75)
+    assert (unsloth["ratio"], unsloth["ratio_unsloth"]) == (4.0, None)
+    assert hf["ratio"] is None and "ratio" not in rows[3]
+    assert rows[5]["ratio"] == 1.2  # TRL's time over ours
+    assert rows[6]["ratio"] is None  # the HF loop's W3 failed: no ratio
+
+
+def test_w3_search_doubles_then_bisects_to_the_resolution():
+    assert next_length(0, None, 8192, 4096, 1 << 20) == 8192
+    assert next_length(65536, None, 8192, 4096, 1 << 20) == 131072
+    assert next_length(65536, 131072, 8192, 4096, 1 << 20) == 98304
+    assert next_length(65536, 73728, 8192, 4096, 1 << 20) == 69632
+    assert next_length(65536, 69632, 8192, 4096, 1 << 20) is None
+    assert next_length(786432, None, 8192, 4096, 1 << 20) == 1 << 20  # capped
+    assert next_length(1 << 20, None, 8192, 4096, 1 << 20) is None
+
+
+@pytest.mark.slow
+def test_tiny_harness_run(tmp_path):
+    out = tmp_path / "results.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    command = [sys.executable, str(ROOT / "benchmarks" / "harness.py"), "--tiny", "--workloads", "W2-1B,W3",
+               "--systems", "qlora_kit,hf_loop,hf_liger,unsloth", "--out", str(out), "--warmup", "1",
+               "--steps", "3", "--shapes-dir", str(tmp_path / "shapes"), "--log-dir", str(tmp_path / "logs")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rows = {(r["workload"], r["system"]): r for r in map(json.loads, out.read_text().splitlines())}
+    assert len({r["run_id"] for r in rows.values()}) == 1
+    for row in rows.values():
+        assert set(row) >= FIELDS, FIELDS - set(row)
+    for name in ("hf_liger", "unsloth"):
+        module = "liger_kernel" if name == "hf_liger" else "unsloth"
+        if importlib.util.find_spec(module) is None:
+            assert rows[("W2-1B", name)]["status"] == "skipped"
+            assert module in rows[("W2-1B", name)]["skipped"]
+
+    ours, hf = rows[("W2-1B", "qlora_kit")], rows[("W2-1B", "hf_loop")]
+    for row in (ours, hf):
+        assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["grad_norm"] > 0
+        assert row["loss_last"] < row["loss_first"]  # the same batch, trained on: proof of training
+        assert {"torch", "transformers", "peft", "bitsandbytes"} <= set(row["versions"])
+    assert ours["config"]["config"]["adapter"]["r"] == 16 and hf["config"]["r"] == 16
+    assert ours["ratio"] == round(ours["tokens_per_s"] / hf["tokens_per_s"], 3) and hf["ratio"] is None
+
+    # tiny mode fakes running out of memory above 300 tokens, and above 448 the kind of failure after
+    # which the search goes on in a fresh process (512 is never a clean probe: it restarts the worker)
+    for system in ("qlora_kit", "hf_loop"):
+        w3 = rows[("W3", system)]
+        assert (w3["max_seq"], w3["max_seq_bound"], w3["first_oom_seq"], w3["restarts"]) == (
+            256,
+            "oom",
+            320,
+            1,
+        )
+        assert [p["seq"] for p in w3["probes"]] == [64, 128, 256, 384, 320]
+        assert [p["ok"] for p in w3["probes"]] == [True, True, True, False, False]
+    assert rows[("W3", "qlora_kit")]["ratio"] == 1.0
