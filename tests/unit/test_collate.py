@@ -8,6 +8,7 @@ import torch
 from qlora_kit.config import DataConfig, SourceConfig
 from qlora_kit.data import (
     IGNORE_INDEX,
+    AutoPackCollator,
     PackedCollator,
     PaddedCollator,
     length_grouped_batches,
@@ -58,7 +59,7 @@ def test_make_collator_follows_the_config(tokenizer):
     assert isinstance(padded, PaddedCollator) and padded.max_length == 64
     assert padded.pad_token_id == tokenizer.eos_token_id  # the test tokenizer has no pad token
     assert make_collator(cfg(packing=False), tokenizer).max_length is None
-    assert isinstance(make_collator(cfg(), tokenizer), PackedCollator)  # packing: auto with sdpa
+    assert isinstance(make_collator(cfg(), tokenizer), AutoPackCollator)  # packing: auto with sdpa
     assert isinstance(make_collator(cfg(), tokenizer, attn_implementation="paged|sdpa"), PaddedCollator)
     assert isinstance(make_collator(cfg(packing=True), tokenizer), PackedCollator)
     assert make_collator(cfg(packing=True), tokenizer, attn_implementation="flash_attention_2").flash_kwargs
@@ -93,3 +94,14 @@ def test_length_grouped_order_is_reproducible_and_changes_with_the_epoch():
 
 def test_ignore_index_is_the_loss_convention():
     assert IGNORE_INDEX == -100 == torch.nn.CrossEntropyLoss().ignore_index
+
+
+def test_auto_packing_packs_only_when_it_removes_padding():
+    auto = AutoPackCollator(PaddedCollator(0, pad_to_multiple_of=8), PackedCollator())
+    rows = lambda *lengths: [{"input_ids": [1] * n, "labels": [1] * n} for n in lengths]  # noqa: E731
+    assert "position_ids" in auto(rows(200, 30, 40))  # 600 padded positions for 270 tokens: packed
+    assert "attention_mask" in auto(rows(2048, 2048))  # equal lengths: nothing to unpad, flash stays usable
+    assert "attention_mask" in auto(rows(64))  # one row
+    assert auto.tokens([200, 30, 40]) == 270 and auto.tokens([2048, 2048]) == 4096
+    flash = AutoPackCollator(PaddedCollator(0), PackedCollator(flash_kwargs=True))
+    assert flash.packs([2048, 2048])  # variable-length kernels: packing costs nothing

@@ -83,8 +83,9 @@ class DataConfig(StrictModel):
     """Pad each batch to its longest row (multiple of 8) or always to `max_length` (seed parity)."""
     packing: bool | Literal["auto"] = "auto"
     """Padding-free batches: a pass's examples concatenated in one row, positions restarting, no attention
-    across examples. `auto`: packed when `padding` is `longest` and the model's attention keeps packed
-    examples apart (sdpa, eager, flex, flash); padded otherwise. Same loss either way."""
+    across examples. `auto` (with `padding: longest` and an attention that keeps packed examples apart):
+    each pass is packed when that removes at least 20% of its padded positions (always with flash
+    attention's variable-length kernels), padded otherwise. Same loss either way."""
     group_by_length: bool = False
     """Batch examples of similar length together (less padding), shuffled by group."""
     skip_bad_rows: bool = False

@@ -7,6 +7,7 @@
 from qlora_kit.data.collate import (
     IGNORE_INDEX,
     PACKING_ATTENTION,
+    AutoPackCollator,
     PackedCollator,
     PaddedCollator,
     make_collator,
@@ -17,6 +18,7 @@ from qlora_kit.data.sampling import length_grouped_batches, length_grouped_order
 from qlora_kit.formatting import build_formatter
 
 __all__ = [
+    "AutoPackCollator",
     "IGNORE_INDEX",
     "PACKING_ATTENTION",
     "DataBundle",

@@ -33,7 +33,14 @@ PACKING_ATTENTION = (
 )
 """Attention implementations that keep packed examples apart (None, the transformers default, is sdpa)."""
 
-__all__ = ["IGNORE_INDEX", "PACKING_ATTENTION", "PackedCollator", "PaddedCollator", "make_collator"]
+__all__ = [
+    "IGNORE_INDEX",
+    "PACKING_ATTENTION",
+    "AutoPackCollator",
+    "PackedCollator",
+    "PaddedCollator",
+    "make_collator",
+]
 
 
 @dataclass
@@ -109,6 +116,38 @@ class PackedCollator:
         return batch
 
 
+@dataclass
+class AutoPackCollator:
+    """Packs a batch when that removes enough padding, pads it otherwise (``data.packing: auto``).
+
+    Why not always pack: with SDPA or eager attention a packed row is attended with a block-diagonal mask
+    over its whole length, which costs (sum of lengths)^2 and rules out the unmasked flash kernel; rows of
+    equal length (nothing to unpad) then run slower packed than padded. Flash attention's variable-length
+    kernels have no such cost, so there every batch of several rows is packed.
+    """
+
+    padded: PaddedCollator
+    packed: PackedCollator
+    min_saving: float = 0.2
+    """Pack only when it computes at most ``1 - min_saving`` of the padded batch's positions."""
+
+    def packs(self, lengths: Sequence[int]) -> bool:
+        """Whether a batch of rows of these ``lengths`` is packed."""
+        if len(lengths) < 2:
+            return False
+        if self.packed.flash_kwargs:
+            return True
+        return self.packed.tokens(lengths) <= (1 - self.min_saving) * self.padded.tokens(lengths)
+
+    def tokens(self, lengths: Sequence[int]) -> int:
+        """Positions the batch computes, packed or padded as :meth:`packs` decides."""
+        return (self.packed if self.packs(lengths) else self.padded).tokens(lengths)
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        chosen = self.packed if self.packs([len(r["input_ids"]) for r in rows]) else self.padded
+        return chosen(rows)
+
+
 def make_collator(data_cfg: Any, tokenizer: Any, *, attn_implementation: str | None = None) -> Any:
     """The collator ``data_cfg`` asks for.
 
@@ -120,16 +159,19 @@ def make_collator(data_cfg: Any, tokenizer: Any, *, attn_implementation: str | N
             cannot keep examples apart falls back to padding, with a warning.
     """
     supported = attn_implementation is None or attn_implementation in PACKING_ATTENTION
+    flash = str(attn_implementation).startswith("flash_attention")
+    pad_id = pad_token_id(tokenizer)
     if data_cfg.packing == "auto" and data_cfg.padding == "longest" and supported:
-        return PackedCollator(flash_kwargs=str(attn_implementation).startswith("flash_attention"))
+        return AutoPackCollator(
+            PaddedCollator(pad_id, pad_to_multiple_of=8), PackedCollator(flash_kwargs=flash)
+        )
     if data_cfg.packing is True:
         if supported:
-            return PackedCollator(flash_kwargs=str(attn_implementation).startswith("flash_attention"))
+            return PackedCollator(flash_kwargs=flash)
         warnings.warn(
             f"data.packing: attention implementation {attn_implementation!r} cannot keep packed examples "
             f"apart (supported: {', '.join(PACKING_ATTENTION)}); padding each batch instead",
             stacklevel=2,
         )
-    pad_id = pad_token_id(tokenizer)
     max_length = data_cfg.max_length if data_cfg.padding == "max_length" else None
     return PaddedCollator(pad_token_id=pad_id, pad_to_multiple_of=8, max_length=max_length)
