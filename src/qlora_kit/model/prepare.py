@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def prepare_for_training(model: Any, grad_checkpointing: bool) -> Any:
+def prepare_for_training(model: Any, grad_checkpointing: bool | str) -> Any:
     """k-bit training preparation without peft's fp32 upcasting.
 
     What ``peft.prepare_model_for_kbit_training`` does, minus casting every non-quantized parameter
     (embeddings, norms, output head) to fp32: freeze the base, disable the KV cache, and set
-    activation checkpointing per ``grad_checkpointing`` (:func:`set_grad_checkpointing`).
+    activation checkpointing per ``grad_checkpointing`` (:func:`set_grad_checkpointing`; `auto` leaves
+    it off here: the Trainer decides from the memory plan).
     """
     for param in model.parameters():
         param.requires_grad_(False)
     model.config.use_cache = False
-    set_grad_checkpointing(model, grad_checkpointing)
+    set_grad_checkpointing(model, grad_checkpointing is True)
     return model
 
 
