@@ -39,7 +39,9 @@ def test_nan_weights_are_found_on_the_gpu(tmp_path, tokenizer, gpu_device):
     weights = load_file(tmp_path / "model.safetensors")
     weights["model.layers.1.mlp.down_proj.weight"][5, 5] = float("nan")
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    cfg = _config(tmp_path)
+    # A 16-bit load keeps the NaN to find. (Loaded in 4 bits on CUDA, nothing non-finite was left to find:
+    # seen on an H200 with bitsandbytes 0.50.2, 2026-11-30; the CPU path keeps it, see the catalogue.)
+    cfg = _config(tmp_path, "quant.kind=none")
     loader = ModelLoader(cfg.model, cfg.quant, gpu_device)
     with pytest.raises(ModelLoadError, match="'model.layers.1.mlp.down_proj.weight' holds NaN"):
         loader.load_model()

@@ -206,8 +206,11 @@ def outside_saved_per_token(shape: ModelShape, act_bytes: int = 2) -> int:
 
 
 def backward_transient_per_token(shape: ModelShape, act_bytes: int = 2) -> int:
-    """Gradients alive at once in a layer's MLP backward (estimate, to calibrate on the GPU)."""
-    return 3 * act_bytes * (shape.intermediate + shape.hidden)
+    """Gradients alive at once in a layer's backward beyond its saved tensors: about one MLP-wide and one
+    hidden-wide buffer. Calibrated on an H200 (2026-11-30): an 8-layer hidden-1024 Llama at 8,192 tokens
+    (tests/gpu/test_gpu_planning.py) and the 8B shape at 131,072 tokens (W3: 68.1 GiB measured, 69.0
+    planned); the first estimate, three times this, overshot both by 10-20%."""
+    return act_bytes * (shape.intermediate + shape.hidden)
 
 
 def loss_bytes(shape: ModelShape, loss: str, tokens: int, act_bytes: int = 2) -> int:
