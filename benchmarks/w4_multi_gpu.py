@@ -67,7 +67,7 @@ def main() -> int:
     parser.add_argument("--mode", choices=["single", "ddp", "fsdp"], required=True)
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--shape", default="8b")
+    parser.add_argument("--shape", default="8B", choices=["1B", "8B"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--shapes-dir", default="/tmp/qk-shapes")

@@ -94,9 +94,11 @@ def test_checkpoint_round_trip_and_resume(tiny_llama_dir, tmp_path, gpu_device):
         resumed, rows
     )
     assert result.steps == full.steps == 4
-    got = adapters(resumed)
+    got = adapter_tensors(resumed)
     for name, value in live.items():  # GPU kernels may reorder float sums: near, not bit-equal
-        torch.testing.assert_close(got[name], value, rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            got[name].float().cpu(), value.float().cpu(), rtol=1e-3, atol=1e-5, msg=name
+        )
 
 
 def test_fp16_trains_with_a_loss_scaler_that_is_checkpointed(tiny_llama_dir, tmp_path, gpu_device):

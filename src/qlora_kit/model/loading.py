@@ -5,6 +5,7 @@ the `quant` section; and the k-bit training preparation that does not upcast to 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,16 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a ``torch.device``; None means ``cuda:0`` when CUDA is available, else ``cpu``.
+    """``device`` as a ``torch.device``; None means this process's GPU when CUDA is available (``cuda:0``,
+    or ``cuda:<LOCAL_RANK>`` under a distributed launch, so each rank loads onto its own GPU), else ``cpu``.
 
     Raises:
         UsageError: ``device`` is not a device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
     """
     if device is None:
-        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
