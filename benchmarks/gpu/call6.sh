@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU call 6 (nvidia-h200-x2, carry .whl): the GPU tests call 5 failed (two-GPU launches, trainer resume), then W4 on
 # the 8B shape: one GPU, DDP and FSDP2 through the documented launch configs.
-#   bash benchmarks/gpu/call5.sh COMMIT RUN_ID
+#   bash benchmarks/gpu/call6.sh COMMIT RUN_ID
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src QLORA_KIT_COMMIT=$1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
