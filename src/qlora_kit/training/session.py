@@ -28,6 +28,7 @@ from qlora_kit.training.checkpoint import CheckpointManager, read_state_file
 from qlora_kit.training.distributed import (
     check_fsdp_settings,
     check_sharded_forward,
+    gather_4bit_weights_uncast,
     is_fsdp,
     probe_ids,
     probe_logits,
@@ -143,6 +144,7 @@ class TrainingSession:
         optimizer = cfg.optimizer.build().create(model)
         if is_fsdp(acc):  # prove the sharded forward equals the unsharded one before training on it
             check_fsdp_settings(cfg, model)
+            gather_4bit_weights_uncast(acc, model)
             ids = probe_ids(model)
             before = probe_logits(model, ids, acc)
         self.model, self.optimizer = acc.prepare(model, optimizer)
