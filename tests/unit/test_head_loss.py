@@ -328,3 +328,14 @@ def test_trainer_with_the_chunked_loss_matches_the_standard_loss(tokenizer, tmp_
         losses[name] = [r["loss"] for r in result.history if "loss" in r] + [result.eval_loss]
     assert len(losses["chunked"]) == 4
     torch.testing.assert_close(losses["chunked"], losses["standard"], rtol=1e-4, atol=0)
+
+
+def test_under_fsdp_auto_takes_the_standard_loss_and_fused_is_refused(tokenizer, monkeypatch):
+    # FSDP2 turns the head into an FSDPLinear with a sharded weight: the fused kernel failed on it on two H200s
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    model = _base("llama", tokenizer)
+    fn, kind, why = select_loss(model, "auto")
+    assert (fn, kind) == (causal_lm_loss, "standard") and "FSDP" in why
+    assert "FSDP" in check_fused(model)
+    with pytest.raises(ConfigError, match="train.loss.*FSDP"):
+        select_loss(model, "fused")

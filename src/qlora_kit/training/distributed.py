@@ -2,10 +2,11 @@
 
 DDP needs nothing beyond the Trainer's token-normalised loss (summed over processes). FSDP2 shards the
 model; with bitsandbytes 4-bit weights that only works when the packed weights are stored in a float
-dtype (``quant.quant_storage: auto`` picks the compute dtype under FSDP), and it has a known failure:
-bitsandbytes issue 1945, FSDP2 canonicalising NaN bit patterns inside the packed bytes, so some weights
-decode wrong and the forward pass is silently off. So a sharded run first proves that its forward pass
-equals the unsharded model's on a few tokens (:func:`check_sharded_forward`) and refuses to train if not.
+dtype (``quant.quant_storage: auto`` picks the compute dtype under FSDP) and gathered without a dtype
+cast (:func:`gather_4bit_weights_uncast`): FSDP2's mixed-precision cast rewrote packed bytes on two
+H200s (bitsandbytes issue 1945 is the same family of failure). Either way a wrong decode is silent, so a
+sharded run first proves that its forward pass equals the unsharded model's on a few tokens
+(:func:`check_sharded_forward`) and refuses to train if not.
 
 Checkpoints stay adapter-only: the trainable tensors are gathered in full (:func:`full_trainable_state`)
 and the optimizer state through ``torch.distributed.checkpoint``'s full state dicts.

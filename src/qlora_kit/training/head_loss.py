@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from qlora_kit.compat import fsdp_launched
 from qlora_kit.errors import ConfigError
 from qlora_kit.training.head_split import (
     HeadInput,
@@ -153,9 +154,11 @@ def check_fused(model: Any, device: torch.device | str | None = None) -> str | N
     """Why :func:`fused_causal_lm_loss` cannot run for ``model`` on ``device`` (None when it can).
 
     Needs a plain ``nn.Linear`` output head (a PEFT ``modules_to_save`` copy counts; LoRA on the head
-    does not), a CUDA device, and an importable ``liger_kernel``. It does not check the head split:
-    see :func:`check_head_split`.
+    does not), a CUDA device, an importable ``liger_kernel``, and no FSDP (it shards the head's weight,
+    which the kernel reads whole). It does not check the head split: see :func:`check_head_split`.
     """
+    if fsdp_launched():
+        return "FSDP shards the output head's weight, which the kernel reads whole"
     try:
         linear = _plain_linear(find_head(model).module)
     except HeadSplitError as exc:
@@ -233,6 +236,12 @@ def select_loss(
         raise ConfigError([("train.loss", f"{kind}: {reason}")])
     if kind == "chunked":
         return chunked_causal_lm_loss, "chunked", None
+    if kind == "auto" and fsdp_launched():  # the head split is not proven under FSDP's sharded head
+        return (
+            causal_lm_loss,
+            "standard",
+            "the head-split losses are not verified under FSDP, which shards the head",
+        )
     fused_problem = None if kind == "fused" else check_fused(model, device)
     if fused_problem is None:
         return fused_causal_lm_loss, "fused", None

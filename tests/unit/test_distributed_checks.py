@@ -1,0 +1,70 @@
+"""The FSDP checks that run before anything is sharded (the launches themselves are GPU tests)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from qlora_kit.config import ModelConfig, TrainConfig
+from qlora_kit.errors import ConfigError, TrainingError
+from qlora_kit.model import ModelLoader
+from qlora_kit.model.quant import Bnb4bit
+from qlora_kit.training.distributed import (
+    check_fsdp_settings,
+    check_sharded_forward,
+    gather_4bit_weights_uncast,
+)
+
+
+def _accelerator(fsdp_version):
+    plugin = None if fsdp_version is None else types.SimpleNamespace(fsdp_version=fsdp_version,
+                                                                     mixed_precision_policy="bf16 cast")  # fmt: skip
+    return types.SimpleNamespace(state=types.SimpleNamespace(fsdp_plugin=plugin))
+
+
+@pytest.fixture(scope="module")
+def model_4bit(tiny_llama_dir):
+    cfg = Bnb4bit.Config(compute_dtype="bfloat16", quant_storage="bfloat16")
+    return ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), cfg, "cpu").load_model()
+
+
+def test_fsdp2_with_4bit_weights_gathers_them_uncast(model_4bit):
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    acc = _accelerator(2)
+    assert gather_4bit_weights_uncast(acc, model_4bit)
+    policy = acc.state.fsdp_plugin.mixed_precision_policy
+    assert isinstance(policy, MixedPrecisionPolicy) and policy.param_dtype is None
+
+
+def test_the_policy_is_left_alone_without_4bit_weights_or_fsdp2(model_4bit):
+    plain = torch.nn.Linear(4, 4)
+    for acc, model in [
+        (_accelerator(2), plain),
+        (_accelerator(1), model_4bit),
+        (_accelerator(None), model_4bit),
+    ]:
+        assert not gather_4bit_weights_uncast(acc, model)
+        plugin = acc.state.fsdp_plugin
+        assert plugin is None or plugin.mixed_precision_policy == "bf16 cast"
+
+
+def test_sharded_forward_check_refuses_a_different_model():
+    before = torch.tensor([[1.0, -2.0, 4.0]])
+    assert check_sharded_forward(before, before + 1e-3) < 1e-3
+    with pytest.raises(TrainingError, match="differ .* by 0.25"):
+        check_sharded_forward(before, before + torch.tensor([[0.0, 1.0, 0.0]]))
+    with pytest.raises(TrainingError):
+        check_sharded_forward(before, torch.tensor([[float("nan"), 0.0, 0.0]]))
+
+
+def test_fsdp_refuses_bitsandbytes_optimizers_and_integer_storage(model_4bit, tiny_llama_dir):
+    with pytest.raises(ConfigError, match="train.optimizer.kind"):
+        check_fsdp_settings(TrainConfig(optimizer={"kind": "paged_adamw_8bit"}), model_4bit)
+    check_fsdp_settings(TrainConfig(optimizer={"kind": "adamw_torch"}), model_4bit)
+    packed = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(quant_storage="uint8"),
+                         "cpu").load_model()  # fmt: skip
+    with pytest.raises(ConfigError, match="quant.quant_storage"):
+        check_fsdp_settings(TrainConfig(optimizer={"kind": "adamw_torch"}), packed)
