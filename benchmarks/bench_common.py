@@ -44,7 +44,10 @@ def versions() -> dict[str, str]:
 
 
 def commit() -> str:
-    """The tree measured: ``git rev-parse`` (``-dirty`` when changed), else ``$QLORA_KIT_COMMIT``."""
+    """The tree measured: ``$QLORA_KIT_COMMIT`` when set (the device machine's copy of the tree carries a
+    stale ``.git``), else ``git rev-parse`` (``-dirty`` when ``src`` changed)."""
+    if os.environ.get("QLORA_KIT_COMMIT"):
+        return os.environ["QLORA_KIT_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
@@ -52,7 +55,7 @@ def commit() -> str:
                                text=True, timeout=10).stdout.strip()  # fmt: skip
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("QLORA_KIT_COMMIT", "unknown")
+        return "unknown"
 
 
 def process_seconds() -> float:

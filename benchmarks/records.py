@@ -2,8 +2,8 @@
 
 Ratios compare rows of the SAME ``run_id`` only (one machine, one lease), never numbers from another
 day: ``ratio`` is against the reference peer of the workload (W1: the TRL seed recipe's training time
-over the row's; W2 and W4: the row's tokens/s over the HF loop's; W3: the row's max_seq over the HF
-loop's) and ``ratio_unsloth`` against Unsloth (W2, W3). A row gets no ratio against itself, and none
+over the row's; W2: the row's tokens/s over the HF loop's; W3: the row's max_seq over the HF loop's;
+W4: the row's tokens/s over qlora_kit's own on one GPU) and ``ratio_unsloth`` against Unsloth (W2, W3). A row gets no ratio against itself, and none
 when the reference did not finish in that run.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-REFERENCE = {"W1": "trl_seed", "W2": "hf_loop", "W3": "hf_loop", "W4": "hf_loop"}
+REFERENCE = {"W1": "trl_seed", "W2": "hf_loop", "W3": "hf_loop", "W4": "qlora_kit_single"}
 UNSLOTH = "unsloth"
 
 
@@ -67,13 +67,18 @@ def _ratio(row: dict[str, Any], ref: dict[str, Any] | None) -> float | None:
 
 
 def _find(rows: list[dict[str, Any]], workload: str, system: str) -> dict[str, Any] | None:
-    """The row of ``system`` in ``workload``; for W1 variants, in any W1 workload of the run (the TRL
-    seed recipe is one job, compared with both W1 and W1-seed-exact)."""
+    """The row of ``system`` in ``workload``; for W1 and W4 variants, in any workload of the family in the
+    run (the TRL seed recipe is one job, compared with both W1 and W1-seed-exact; W4-single is the
+    reference of W4-ddp and W4-fsdp)."""
     same = [r for r in rows if r["workload"] == workload and r["system"] == system and _metric(r)]
     if same:
         return same[-1]
-    if family(workload) == "W1":
-        other = [r for r in rows if family(r["workload"]) == "W1" and r["system"] == system and _metric(r)]
+    if family(workload) in ("W1", "W4"):
+        other = [
+            r
+            for r in rows
+            if family(r["workload"]) == family(workload) and r["system"] == system and _metric(r)
+        ]
         return other[-1] if other else None
     return None
 

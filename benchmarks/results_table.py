@@ -19,7 +19,7 @@ from records import add_ratios, family, read_rows  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- harness-tables:begin -->", "<!-- harness-tables:end -->"
-ORDER = ["W1", "W1-seed-exact", "W2-1B", "W2-8B", "W3", "W4-ddp", "W4-fsdp"]
+ORDER = ["W1", "W1-seed-exact", "W2-1B", "W2-8B", "W3", "W4-single", "W4-ddp", "W4-fsdp"]
 
 
 def latest_runs(rows: list[dict[str, Any]], include_tiny: bool = False) -> dict[str, list[dict[str, Any]]]:
@@ -77,6 +77,12 @@ def table(workload: str, rows: list[dict[str, Any]]) -> list[str]:
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
         cells = lambda r: [_num(r.get("max_seq")), r.get("max_seq_bound") or "", _mem(r),  # noqa: E731
                            _num(r.get("s_per_step"), "{:.2f}"), _ratio(r.get("ratio")), _ratio(r.get("ratio_unsloth"))]  # fmt: skip
+    elif workload.startswith("W4"):
+        lines += ["| system | GPUs | tokens/s | vs one GPU | GiB per GPU after prepare | peak GiB per GPU | loss: max relative difference to one GPU |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        cells = lambda r: [_num(r.get("gpus")), _num(r.get("tokens_per_s")), _ratio(r.get("ratio")),  # noqa: E731
+                           _num(r.get("mem_after_prepare_gib"), "{:.2f}"), _num(r.get("peak_gib"), "{:.1f}"),
+                           _num(r.get("max_loss_difference"), "{:.2e}")]  # fmt: skip
     else:
         lines += ["| system | tokens/s | vs HF loop | vs Unsloth | peak GiB (alloc / reserved) | MFU | loss first -> last | grad norm |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip

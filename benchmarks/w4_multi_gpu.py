@@ -100,7 +100,8 @@ def main() -> int:
     row = {
         "run_id": args.run_id, "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": commit(),
         "workload": "W4-fsdp" if args.mode == "fsdp" else "W4-ddp", "system": f"qlora_kit_{args.mode}",
-        "status": "ok", "gpus": world, "tokens_per_s": round(per_step * SEQ / step, 1), "s_per_step": round(step, 4),
+        "status": "ok", "gpus": world,
+        "device_name": f"{world}x {torch.cuda.get_device_name()}" if world > 1 else torch.cuda.get_device_name(), "tokens_per_s": round(per_step * SEQ / step, 1), "s_per_step": round(step, 4),
         "train_seconds": round(time.perf_counter() - started, 2), "mem_after_prepare_gib": round(probe.after_prepare, 3),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3), "losses": [round(x, 5) for x in probe.losses],
         "loss_first": probe.losses[0], "loss_last": probe.losses[-1], "versions": versions(),

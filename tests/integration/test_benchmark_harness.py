@@ -45,6 +45,18 @@ def test_ratios_use_only_rows_of_the_same_run():
     assert rows[6]["ratio"] is None  # the HF loop's W3 failed: no ratio
 
 
+def test_w4_rows_compare_with_qlora_kit_on_one_gpu_of_the_same_run():
+    rows = [
+        _row("a", "W4-single", "qlora_kit_single", tokens_per_s=100.0),
+        _row("a", "W4-ddp", "qlora_kit_ddp", tokens_per_s=186.0),
+        _row("a", "W4-fsdp", "qlora_kit_fsdp", status="failed", tokens_per_s=None),
+        _row("b", "W4-ddp", "qlora_kit_ddp", tokens_per_s=150.0),  # no single-GPU row in run b
+    ]
+    add_ratios(rows, "a")
+    add_ratios(rows, "b")
+    assert [r["ratio"] for r in rows] == [None, 1.86, None, None]
+
+
 def test_w3_search_doubles_then_bisects_to_the_resolution():
     assert next_length(0, None, 8192, 4096, 1 << 20) == 8192
     assert next_length(65536, None, 8192, 4096, 1 << 20) == 131072
