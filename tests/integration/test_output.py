@@ -27,7 +27,10 @@ def noisy_library(monkeypatch):
     load = ModelLoader.load
 
     def noisy_load(self, *args, **kwargs):
-        logging.getLogger("somelib.backends").warning("Failed to load a fast kernel; using the slow one")
+        # a record made where a library's code lives (records from this test file would be the user's own)
+        logger = logging.getLogger("somelib.backends")
+        logger.handle(logger.makeRecord(logger.name, logging.WARNING, LIBRARY_FILE, 12,
+                                        "Failed to load a fast kernel; using the slow one", None, None))  # fmt: skip
         warnings.warn_explicit("`old_api` is deprecated", FutureWarning, LIBRARY_FILE, 7)
         return load(self, *args, **kwargs)
 
