@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     })  # fmt: skip
     # Test the formatter against the contract (masks, EOS, BOS, decode round-trip) before training.
     tokenizer = ModelLoader(cfg.model, cfg.quant).load_tokenizer()
-    print(
-        f"check_formatter: {check_formatter(cfg.data.formatter.build(), rows[:8], tokenizer)} rows ok"
-    )
+    print(f"check_formatter: {check_formatter(cfg.data.formatter.build(), rows[:8], tokenizer)} rows ok")
     print(run(cfg).summary())
 
 
