@@ -35,9 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seq", type=int, default=224)
     ap.add_argument(
         "--grad-checkpointing",
-        choices=["on", "off"],
+        choices=["on", "off", "default"],
         default="on",
-        help="both systems (the plain loop: prepare_model_for_kbit_training's switch)",
+        help="both systems (the plain loop: prepare_model_for_kbit_training's switch); default: each "
+        "system's own (qlora_kit: auto, decided by the memory plan; the plain loop: on)",
     )
     ap.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout of both systems")
     ap.add_argument("--ours-overrides", nargs="*", default=[], help="extra dotted overrides for qlora_kit")
@@ -66,12 +67,17 @@ def model_dir() -> str:
 
 def session(args: argparse.Namespace, path: str):
     """The system's loaded model, ready to train."""
-    gc = args.grad_checkpointing == "on"
+    gc = args.grad_checkpointing in (
+        "on",
+        "default",
+    )  # the plain loop's default is prepare_model_for_kbit_training's
     if args.system == "ours":
         from ours import OursSession
 
-        overrides = [f"train.grad_checkpointing={str(gc).lower()}", f"adapter.dropout={args.dropout}",
-                     *args.ours_overrides]  # fmt: skip
+        checkpointing = (
+            [] if args.grad_checkpointing == "default" else [f"train.grad_checkpointing={str(gc).lower()}"]
+        )
+        overrides = [*checkpointing, f"adapter.dropout={args.dropout}", *args.ours_overrides]
         return OursSession(path, "cpu", overrides, optimizer="adamw_torch")
     from peers.hf_loop import HFLoopSession
 

@@ -8,6 +8,7 @@ synchronizes the device before reading the clock.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -80,6 +81,21 @@ class _StepTimer:
             self.log.grad_norms.append(metrics["grad_norm"])
 
 
+class _MemoryDecision(logging.Handler):
+    """Keeps the Trainer's ``memory: ...`` line (what `auto` checkpointing, offload and budget resolved to)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.text: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:  # this handler stands in for logging's last resort: keep them
+            print(f"[ours] {record.levelname.lower()}: {message}", file=sys.stderr)
+        if message.startswith("memory: "):
+            self.text = message.removeprefix("memory: ")
+
+
 class OursSession:
     """A loaded qlora_kit model, trained step by step on token rows.
 
@@ -106,13 +122,17 @@ class OursSession:
         self.model = _adapter(self.cfg.adapter).apply(model)
         self.config = self.model.config
         self.collator: str | None = None  # which one `data` resolved to (packing or padding), once trained
+        self.memory: str | None = (
+            None  # what the Trainer decided for checkpointing/offload/budget, once trained
+        )
         self.load_seconds = time.perf_counter() - started
 
     def knobs(self) -> dict[str, Any]:
         """The resolved config (every default filled in) and the overrides this tree rejected."""
         resolved = self.cfg.model_dump(mode="json")
         resolved.pop("output_dir", None)
-        return {"config": resolved, "ignored_overrides": self.ignored, "collator": self.collator}
+        return {"config": resolved, "ignored_overrides": self.ignored, "collator": self.collator,
+                "memory": self.memory}  # fmt: skip
 
     def train(self, rows: list[list[int]], batch: int, steps: int) -> StepLog:
         """``steps`` optimizer steps of ``batch`` rows each, through ``Trainer.fit``."""
@@ -125,11 +145,18 @@ class OursSession:
                                 attn_implementation=getattr(self.config, "_attn_implementation", None))  # fmt: skip
         self.collator = type(collate).__name__
         out = Path(tempfile.mkdtemp(prefix="qk-bench-run-"))
+        decision = _MemoryDecision()
+        session_log = logging.getLogger("qlora_kit.training.session")
+        session_log.addHandler(decision)
+        previous_level, session_log.level = session_log.level, logging.INFO
         try:
             trainer = Trainer(
                 train_cfg, output_dir=out, collate_fn=collate, callbacks=[_StepTimer(self.device, log)]
             )
             trainer.fit(self.model, [{"input_ids": r, "labels": r} for r in rows[: batch * steps]])
         finally:
+            session_log.removeHandler(decision)
+            session_log.setLevel(previous_level)
             shutil.rmtree(out, ignore_errors=True)
+        self.memory = decision.text or self.memory
         return log
