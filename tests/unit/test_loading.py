@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
@@ -139,6 +141,40 @@ def test_gguf_is_dequantized_once_into_a_cache(tmp_path, tokenizer, monkeypatch)
     assert dequantize_gguf(tmp_path / "tiny.gguf", tmp_path / "cache") == entries[0]
     quantized = _loader(tmp_path / "tiny.gguf", cache_dir=str(tmp_path / "cache")).load_model()
     assert any(isinstance(m, Linear4bit) for m in quantized.modules())
+
+
+def test_a_converted_gguf_file_is_not_read_again_and_its_origin_comes_from_the_cache(
+    tmp_path, tokenizer, monkeypatch
+):
+    """Reading a GGUF header parses the whole vocabulary (seconds for a real model): after the conversion
+    neither loading nor the export's provenance reads the file again; an entry converted before the origin
+    was stored gets it on the first read."""
+    import gguf
+
+    from qlora_kit.config.io import load_config
+    from qlora_kit.model.gguf import ORIGIN_FILE, gguf_origin_metadata
+    from qlora_kit.model.source import describe_source
+
+    path = tmp_path / "tiny.gguf"
+    make_tiny_gguf(path, tokenizer)
+    entry = dequantize_gguf(path, tmp_path / "cache")
+    origin = json.loads((entry / ORIGIN_FILE).read_text())
+    assert origin == gguf_origin_metadata(path, tmp_path / "no-cache")  # what the file's header says
+    (entry / ORIGIN_FILE).unlink()  # as an entry of an older version: read once, then stored
+    assert gguf_origin_metadata(path, tmp_path / "cache") == origin and (entry / ORIGIN_FILE).is_file()
+    (entry / ORIGIN_FILE).write_text(json.dumps({"name": "from the cache", "file_type": "Q8_0"}))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the GGUF file was read again")
+
+    monkeypatch.setattr(gguf, "GGUFReader", no_reading)
+    assert dequantize_gguf(path, tmp_path / "cache") == entry
+    model_cfg = load_config(
+        {"model": {"name_or_path": str(path), "cache_dir": str(tmp_path / "cache")}}
+    ).model
+    described = describe_source(model_cfg)
+    assert described["file_type"] == "Q8_0" and described["metadata"] == {"name": "from the cache"}
+    assert described["size"] == path.stat().st_size
 
 
 def test_interrupted_gguf_conversion_leaves_no_cache_entry(tmp_path, tokenizer, monkeypatch):

@@ -39,7 +39,7 @@ def verify_gguf(
 
     from qlora_kit.export.files import model_device
     from qlora_kit.export.verify import compare_logits, logits_of, verification_inputs
-    from qlora_kit.model.source import gguf_origin_metadata
+    from qlora_kit.model.gguf import gguf_origin_metadata
 
     path = Path(path)
     dtype = next(reference_model.parameters()).dtype

@@ -7,12 +7,32 @@ its tokenizer. Later loads reuse that directory; it is then loaded (and quantize
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from qlora_kit.errors import ModelLoadError, storage_error
+from qlora_kit.errors import ModelLoadError, StorageError, storage_error
+from qlora_kit.files import atomic_write_json
+
+# What a cache entry keeps about the file it came from, so a later run need not read the GGUF header
+# again (gguf's reader parses every field, the tokenizer's vocabulary included: ~4 s for SmolLM2-135M).
+ORIGIN_FILE = "gguf_origin.json"
+# GGUF metadata keys that name what the file was converted from (llama.cpp's converter writes them).
+_GGUF_ORIGIN_KEYS = (
+    "general.name",
+    "general.organization",
+    "general.basename",
+    "general.finetune",
+    "general.size_label",
+    "general.license",
+    "general.source.url",
+    "general.source.huggingface.repository",
+    "general.base_model.0.repo_url",
+)
 
 
 def default_cache_dir() -> Path:
@@ -47,6 +67,53 @@ def cache_key(path: Path) -> str:
     return f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
 
 
+def cache_entry(path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Where :func:`dequantize_gguf` keeps (or will keep) the conversion of ``path``."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return root / "gguf" / cache_key(Path(path).expanduser().resolve())
+
+
+def gguf_origin_metadata(path: str | Path, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """The GGUF metadata naming where the file came from (name, organization, source repository, ...)
+    and its quantization type as ``file_type`` (``Q4_1``, ``F16``, ...). Unreadable files give ``{}``.
+
+    Read from the file's cache entry when it has been converted (under ``cache_dir``), else from the file.
+    """
+    try:
+        entry = cache_entry(path, cache_dir)
+        if (entry / ORIGIN_FILE).is_file():
+            return json.loads((entry / ORIGIN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a missing file or an unreadable entry: read the file itself
+        return _read_origin_metadata(path)
+    found = _read_origin_metadata(path)
+    if (entry / "config.json").is_file():  # an entry converted before this file existed: add it once
+        with contextlib.suppress(OSError, StorageError):
+            atomic_write_json(entry / ORIGIN_FILE, found)
+    return found
+
+
+def _read_origin_metadata(path: str | Path) -> dict[str, Any]:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception:  # a damaged file is ModelLoader's to report; here it only lacks a description
+        return {}
+    found = {}
+    for key in (*_GGUF_ORIGIN_KEYS, "general.file_type"):
+        field = reader.get_field(key)
+        if field is not None:
+            value = field.contents()
+            plain = isinstance(value, (str, int, float, bool)) or value is None
+            found[key.removeprefix("general.")] = value if plain else str(value)  # stored as JSON
+    if "file_type" in found:
+        try:
+            found["file_type"] = gguf.LlamaFileType(found["file_type"]).name.removeprefix("MOSTLY_")
+        except ValueError:
+            found["file_type"] = str(found["file_type"])
+    return found
+
+
 def dequantize_gguf(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The safetensors directory holding the dequantized model and tokenizer of GGUF file ``path``.
 
@@ -64,16 +131,18 @@ def dequantize_gguf(path: str | Path, cache_dir: str | Path | None = None) -> Pa
         StorageError: the cache cannot be written (names the cache entry).
     """
     path = Path(path).expanduser().resolve()
-    validate_gguf(path)
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    target = root / "gguf" / cache_key(path)
-    if (target / "config.json").is_file():
+    if not path.is_file():
+        raise ModelLoadError(f"model.name_or_path: GGUF file not found: {path}")
+    target = cache_entry(path, cache_dir)
+    if (target / "config.json").is_file():  # converted, so read and validated, at this size and mtime
         return target
+    validate_gguf(path)
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
         _convert(path, tmp)
+        atomic_write_json(tmp / ORIGIN_FILE, _read_origin_metadata(path))
         try:
             tmp.rename(target)
         except OSError:  # another process converted the same file meanwhile: keep theirs

@@ -13,20 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from qlora_kit.model.gguf import gguf_origin_metadata
+
 # A directory inside the Hugging Face cache: .../models--org--name/snapshots/<commit>
 _HF_CACHE_SNAPSHOT = re.compile(r"models--(?P<repo>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})/?$")
-# GGUF metadata keys that name what the file was converted from (llama.cpp's converter writes them).
-_GGUF_ORIGIN_KEYS = (
-    "general.name",
-    "general.organization",
-    "general.basename",
-    "general.finetune",
-    "general.size_label",
-    "general.license",
-    "general.source.url",
-    "general.source.huggingface.repository",
-    "general.base_model.0.repo_url",
-)
 
 
 def describe_source(model_cfg: Any) -> dict[str, Any]:
@@ -49,7 +39,7 @@ def describe_source(model_cfg: Any) -> dict[str, Any]:
     path = Path(name).expanduser()
     common = {"name_or_path": name, "tokenizer": model_cfg.tokenizer}
     if name.endswith(".gguf"):
-        return {"kind": "gguf", **_describe_gguf(path.resolve()), **common}
+        return {"kind": "gguf", **_describe_gguf(path.resolve(), model_cfg.cache_dir), **common}
     if path.is_dir():
         described = {"kind": "local_dir", "path": str(path.resolve())}
         match = _HF_CACHE_SNAPSHOT.search(path.resolve().as_posix())
@@ -100,11 +90,11 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def _describe_gguf(path: Path) -> dict[str, Any]:
+def _describe_gguf(path: Path, cache_dir: str | None) -> dict[str, Any]:
     described: dict[str, Any] = {"path": str(path), "file": path.name}
     if not path.is_file():  # e.g. `qlora-kit export` of a run whose GGUF file has moved since
         return {**described, "sha256": None, "size": None, "file_type": None, "metadata": {}, "repo_id": None}
-    metadata = gguf_origin_metadata(path)
+    metadata = dict(gguf_origin_metadata(path, cache_dir))
     return {
         **described,
         "sha256": sha256_file(path),
@@ -113,28 +103,6 @@ def _describe_gguf(path: Path) -> dict[str, Any]:
         "metadata": metadata,
         "repo_id": _hub_repo(metadata),
     }
-
-
-def gguf_origin_metadata(path: str | Path) -> dict[str, Any]:
-    """The GGUF metadata naming where the file came from (name, organization, source repository, ...)
-    and its quantization type as ``file_type`` (``Q4_1``, ``F16``, ...). Unreadable files give ``{}``."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception:  # a damaged file is ModelLoader's to report; here it only lacks a description
-        return {}
-    found = {}
-    for key in (*_GGUF_ORIGIN_KEYS, "general.file_type"):
-        field = reader.get_field(key)
-        if field is not None:
-            found[key.removeprefix("general.")] = field.contents()
-    if "file_type" in found:
-        try:
-            found["file_type"] = gguf.LlamaFileType(found["file_type"]).name.removeprefix("MOSTLY_")
-        except ValueError:
-            found["file_type"] = str(found["file_type"])
-    return found
 
 
 def _hub_repo(metadata: dict[str, Any]) -> str | None:
