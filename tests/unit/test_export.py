@@ -194,3 +194,37 @@ def test_merge_from_an_8bit_base_dequantizes_int8_weights(adapted, tmp_path):
     result = build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg)
     dequantized = result.merge_report["bases"]["dequantized"]
     assert result.merge_report["passed"] and dequantized["max_abs_logit_diff"] < 0.05
+
+
+def test_float16_models_are_checked_in_float32_on_the_cpu_from_the_same_weights(tiny_llama_dir):
+    """float16 matmuls are emulated on CPUs (35x slower than float32): verification computes in float32
+    from the float16 weights, which come back bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    from qlora_kit.export.verify import computes_upcast
+
+    tok = make_tokenizer()
+    half = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16)
+    before = {name: p.detach().clone() for name, p in half.named_parameters()}
+    assert computes_upcast(half)
+    got = logits_of(half, _ids(tok))
+    upcast = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float16).float()
+    assert not computes_upcast(upcast)
+    for expected, actual in zip(logits_of(upcast, _ids(tok)), got, strict=True):
+        assert torch.equal(expected, actual)  # the same float32 computation on the same weights
+    for name, param in half.named_parameters():
+        assert param.dtype == torch.float16 and torch.equal(param, before[name]), name
+
+
+def test_a_float16_merge_on_the_cpu_is_verified_in_float32_and_loads_in_float32(adapted, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from qlora_kit.generation import load_exported
+
+    model, tok, cfg = adapted({"kind": "merged", "dtype": "float16"})
+    result = build_exporter(cfg.export).export(model, tok, tmp_path / "run", cfg)
+    assert result.merge_report["passed"]
+    assert result.merge_report["computed_in"] == "float32 (the float16 weights, on the CPU)"
+    assert AutoModelForCausalLM.from_pretrained(result.merged_dir).dtype == torch.float16  # saved as asked
+    loaded = load_exported(result.merged_dir, device="cpu")
+    assert next(loaded.model.parameters()).dtype == torch.float32

@@ -23,7 +23,7 @@ from qlora_kit.export.adapter import save_adapter
 from qlora_kit.export.card import write_model_card
 from qlora_kit.export.files import generation_config_for, model_device, write_run_files
 from qlora_kit.export.provenance import record_provenance
-from qlora_kit.export.verify import compare_logits, logits_of, verification_inputs
+from qlora_kit.export.verify import compare_logits, computes_upcast, logits_of, verification_inputs
 from qlora_kit.files import atomic_dir
 from qlora_kit.phases import start_phase
 from qlora_kit.rundir.manifest import write_manifest
@@ -112,6 +112,9 @@ def merge_and_verify(
     merged = build_merged(cfg.merge_base, model, run_cfg, adapter_dir, cfg.dtype)
     errors[cfg.merge_base] = compare_logits(reference, logits_of(merged, inputs))
     report = _report(cfg, errors, len(inputs), verify_rows is not None)
+    report["computed_in"] = (
+        "float32 (the float16 weights, on the CPU)" if computes_upcast(merged) else cfg.dtype
+    )
     verifying.end(report["message"] if report["passed"] else "FAILED (see the warning below)")
     target = output_dir / MERGED_DIR
     with atomic_dir(target) as tmp:
