@@ -57,6 +57,18 @@ def test_w4_rows_compare_with_qlora_kit_on_one_gpu_of_the_same_run():
     assert [r["ratio"] for r in rows] == [None, 1.86, None, None]
 
 
+def test_the_plan_predicts_the_recorded_h200_peaks_within_15_percent(capsys):
+    """`benchmarks/plan_check.py`: the planner (config.json alone) against qlora_kit's W2/W3 rows of the
+    latest GPU run in results.jsonl, with the settings the Trainer's `auto` would choose there."""
+    import plan_check
+
+    assert plan_check.main(["--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["workload"] for r in rows} >= {"W2-8B", "W2-1B", "W3"}
+    for row in rows:
+        assert abs(row["peak_error"]) <= 0.15, row
+
+
 def test_w3_search_doubles_then_bisects_to_the_resolution():
     assert next_length(0, None, 8192, 4096, 1 << 20) == 8192
     assert next_length(65536, None, 8192, 4096, 1 << 20) == 131072

@@ -1,0 +1,109 @@
+"""`qlora-kit plan`'s predictions beside the H200 measurements in ``results.jsonl`` (runs on a CPU).
+
+For each qlora_kit row of W2 and W3 in the latest run, the planner is asked what the Trainer's `auto`
+settings would choose for that row's config on a 139.8 GiB GPU (the H200 as the Trainer saw it) with the
+loss the run used (``fused`` on CUDA), and its predicted peak (allocated) memory and tokens/s are printed
+next to the measured ones::
+
+    python benchmarks/plan_check.py [--results benchmarks/results.jsonl] [--json]
+
+Only ``config.json`` files are written (random shapes of ``w2_shapes.py``, on the meta device): no weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from w2_shapes import COMMON, SHAPES  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+H200_GIB = 139.8  # what torch reported as the device's memory in those runs
+WORKLOADS = {"W2-8B": ("8B", 2, 2048), "W2-1B": ("1B", 4, 2048), "W3": ("8B", 1, None)}
+DROPOUT = {"qlora_kit": 0.05, "qlora_kit_dropout0": 0.0}
+
+
+def write_shape(root: Path, shape: str) -> Path:
+    """A directory holding only the shape's config.json."""
+    from transformers import LlamaConfig
+
+    path = root / shape
+    LlamaConfig(**COMMON, **SHAPES[shape], dtype="bfloat16", use_cache=False).save_pretrained(path)
+    return path
+
+
+def run_config(model_dir: Path, rows: int, seq: int, dropout: float) -> Any:
+    """The harness's qlora_kit config for a row (library defaults elsewhere, as ``benchmarks/ours.py``)."""
+    from qlora_kit.config.io import load_config
+
+    return load_config({
+        "model": {"name_or_path": str(model_dir)},
+        "quant": {"kind": "bnb_4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"},
+        "adapter": {"r": 16, "alpha": 32, "dropout": dropout, "target_modules": "all-linear"},
+        "data": {"max_length": seq},
+        "train": {"micro_batch_size": rows, "grad_accum": 1, "optimizer": {"kind": "paged_adamw_8bit"}},
+    })  # fmt: skip
+
+
+def latest_rows(path: Path) -> list[dict[str, Any]]:
+    """qlora_kit's W2/W3 rows of the latest run that has them."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ours = [
+        r
+        for r in rows
+        if r.get("workload") in WORKLOADS and r.get("system") in DROPOUT and r.get("status") == "ok"
+    ]
+    latest = max((r["run_id"] for r in ours), default=None)
+    return [r for r in ours if r["run_id"] == latest]
+
+
+def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
+    from qlora_kit.planning.plan import choose_settings
+
+    shape, rows, seq = WORKLOADS[row["workload"]]
+    seq = seq or row["max_seq"]
+    cfg = run_config(shapes[shape], rows, seq, DROPOUT[row["system"]])
+    plan = choose_settings(cfg, gpu_memory_gib=H200_GIB, seq_tokens=seq, loss="fused")
+    predicted = plan.memory.peak_allocated / 2**30
+    return {
+        "run_id": row["run_id"], "workload": row["workload"], "system": row["system"], "tokens": rows * seq,
+        "settings": plan.settings.__dict__, "peak_gib_predicted": round(predicted, 1),
+        "peak_gib_measured": row["peak_gib"], "peak_error": round(predicted / row["peak_gib"] - 1, 3),
+        "tokens_per_s_predicted": round(plan.speed.tokens_per_s), "tokens_per_s_measured": row["tokens_per_s"],
+        "speed_error": round(plan.speed.tokens_per_s / row["tokens_per_s"] - 1, 3),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", default=str(HERE / "results.jsonl"))
+    ap.add_argument("--json", action="store_true", help="one JSON line per row instead of a table")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        shapes = {name: write_shape(Path(tmp), name) for name in ("8B", "1B")}
+        results = [compare(row, shapes) for row in latest_rows(Path(args.results))]
+    if args.json:
+        print("\n".join(json.dumps(r) for r in results))
+        return 0
+    print(
+        "| run | workload | system | tokens | plan: checkpointing, offload | peak GiB planned / measured "
+        "| tokens/s planned / measured |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        s = r["settings"]
+        print(f"| {r['run_id']} | {r['workload']} | {r['system']} | {r['tokens']:,} | "
+              f"{'on' if s['grad_checkpointing'] else 'off'}, {'on' if s['activation_offload'] else 'off'} | "
+              f"{r['peak_gib_predicted']} / {r['peak_gib_measured']:.1f} ({r['peak_error']:+.0%}) | "
+              f"{r['tokens_per_s_predicted']:,} / {r['tokens_per_s_measured']:,.0f} ({r['speed_error']:+.0%}) |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
