@@ -34,8 +34,8 @@ def model(tiny_llama_dir):
 
 
 def fit(tiny_llama_dir, tmp_path, rows, collate, **train):
-    cfg = TrainConfig(max_steps=3, micro_batch_size=2, grad_accum=3, log_every=1, loss="standard",
-                      grad_checkpointing=False, optimizer={"lr": 1e-3}, **train)  # fmt: skip
+    cfg = TrainConfig(**{"max_steps": 3, "micro_batch_size": 2, "grad_accum": 3, "log_every": 1, "loss": "standard",
+                         "grad_checkpointing": False, "optimizer": {"lr": 1e-3}, **train})  # fmt: skip
     trained = model(tiny_llama_dir)
     result = Trainer(cfg, output_dir=tmp_path, collate_fn=collate).fit(trained, rows)
     weights = {n: p.detach().clone() for n, p in trained.named_parameters() if p.requires_grad}
@@ -90,3 +90,56 @@ def test_pack_rows_fills_passes_within_the_budget():
     assert pack_rows(list(range(7)), lengths, 130, PackedCollator().tokens) == passes  # deterministic
     padded = pack_rows(list(range(7)), lengths, 130, PaddedCollator(0, pad_to_multiple_of=8).tokens)
     assert all(len(p) * -(-max(lengths[i] for i in p) // 8) * 8 <= 130 for p in padded if len(p) > 1)
+
+
+def test_a_memory_budget_makes_auto_take_checkpointing_and_train_the_same_numbers(
+    tiny_llama_dir, tmp_path, rows, caplog
+):
+    """`train.memory_budget_gib` between the planned peaks with and without checkpointing: `auto` turns
+    checkpointing on (the log says so), and the run computes what the unbudgeted run computes."""
+    import logging
+
+    from qlora_kit.planning.live import _estimator
+    from qlora_kit.planning.memory import Settings
+
+    probe = TrainConfig(loss="standard")
+    estimate_at, loss = _estimator(probe, model(tiny_llama_dir))
+    tokens = sum(len(r["input_ids"]) for r in rows[:6])  # one step: 2 rows x 3 accumulated
+    lean, full = (estimate_at(Settings(ckpt, False, loss), tokens).needed for ckpt in (True, False))
+    assert lean < full
+    budget = (lean + full) / 2 / 0.9 / 2**30  # the lean plan fits with the margin, the full one does not
+    with caplog.at_level(logging.INFO, logger="qlora_kit.training.session"):
+        reference, ref_weights = fit(tiny_llama_dir, tmp_path / "free", rows, PackedCollator(),
+                                     micro_batch_tokens="auto", grad_checkpointing="auto")  # fmt: skip
+        budgeted, weights = fit(tiny_llama_dir, tmp_path / "lean", rows, PackedCollator(), micro_batch_tokens="auto",
+                                grad_checkpointing="auto", memory_budget_gib=budget)  # fmt: skip
+    decisions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory: ")]
+    assert decisions[0].startswith("memory: checkpointing off") and decisions[1].startswith(
+        "memory: checkpointing on"
+    )
+    assert budgeted == pytest.approx(reference, rel=1e-5)
+    assert max((weights[n] - w).abs().max().item() for n, w in ref_weights.items()) < 1e-5
+
+
+def test_a_memory_budget_from_the_command_line_is_what_train_plans_for(tiny_llama_dir, tmp_path, capsys):
+    """`qlora-kit train ... train.memory_budget_gib=X`: the memory line names the budget, and a budget
+    nothing fits in still trains (checkpointing on, one row per pass) instead of failing."""
+    import json
+
+    import yaml
+
+    from qlora_kit.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_rows(8, seed=2)))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(tiny_llama_dir)},
+        "quant": {"kind": "bnb_4bit", "compute_dtype": "float32"}, "adapter": {"r": 4, "alpha": 8},
+        "data": {"source": {"path": str(rows)}}, "train": {"max_steps": 2, "micro_batch_size": 4},
+        "export": {"kind": "adapter"},
+    }))  # fmt: skip
+    assert main(["train", str(cfg), "train.memory_budget_gib=0.01"]) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if x.startswith("memory: "))
+    assert line.startswith("memory: checkpointing on") and "of 0.01 GiB)" in line

@@ -311,3 +311,23 @@ def test_plan_command_prints_the_table_the_verdict_and_the_settings(llama_8b, tm
     assert main(["plan", str(cfg), "--gpu-memory", "16", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["settings"]["grad_checkpointing"] is True  # 16 GiB needs recomputation at 4,096 tokens
+
+
+def test_a_memory_budget_caps_what_the_plan_may_use(llama_8b, tmp_path, capsys):
+    """`train.memory_budget_gib` below the device's memory: the plan (CLI) takes the lean settings and
+    judges against the budget; without it, the same GPU runs without recomputation."""
+    import yaml
+
+    from qlora_kit.cli import main
+
+    path, _ = llama_8b
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name_or_path": str(path)}, "data": {"max_length": 2048},
+                                   "train": {"micro_batch_size": 2}}))  # fmt: skip
+    assert main(["plan", str(cfg), "train.memory_budget_gib=16", "--gpu-memory", "139.8", "--json"]) == 0
+    lean = json.loads(capsys.readouterr().out)
+    assert lean["gpu_memory_gib"] == 16 and lean["settings"]["grad_checkpointing"] is True
+    assert lean["verdict"] == "fits" and lean["needed_gib"] < 0.9 * 16
+    assert main(["plan", str(cfg), "train.memory_budget_gib=200", "--gpu-memory", "139.8", "--json"]) == 0
+    roomy = json.loads(capsys.readouterr().out)  # a budget above the device's memory changes nothing
+    assert roomy["gpu_memory_gib"] == 139.8 and roomy["settings"]["grad_checkpointing"] is False

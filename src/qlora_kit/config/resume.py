@@ -8,7 +8,8 @@ on resume, for example to lower the learning rate after a non-finite loss, or to
 - ``train.epochs`` and ``train.max_steps`` (the schedule is recomputed for the new total number of
   steps, so a linear or cosine decay stretches from the step the run resumes at);
 - ``train.max_grad_norm``; ``train.loss``, ``train.grad_checkpointing``, ``train.activation_offload``,
-  ``train.micro_batch_tokens`` and ``data.packing`` (the same steps and numbers, computed another way);
+  ``train.micro_batch_tokens``, ``train.memory_budget_gib`` and ``data.packing`` (the same steps and
+  numbers, computed another way);
 - evaluation, checkpoint and logging cadence: ``train.eval_every``, ``train.eval_batch_size``,
   ``train.save_every``, ``train.keep_last``, ``train.log_every``, ``train.generation_prompts``,
   ``train.trackers``, ``train.callbacks``, ``train.resume``, ``train.eval_at_start``;
@@ -32,6 +33,7 @@ RESUMABLE_CHANGES = (
     "train.micro_batch_tokens",
     "data.packing",
     "train.activation_offload",
+    "train.memory_budget_gib",
     "train.eval_every",
     "train.eval_batch_size",
     "train.save_every",

@@ -47,6 +47,11 @@ class TrainConfig(StrictModel):
     activation_offload: bool | Literal["auto"] = "auto"
     """Keep the checkpointed layers' inputs in pinned CPU memory, copied on a side CUDA stream (CUDA
     only; needs checkpointing). `auto`: only when a step does not fit without it."""
+    memory_budget_gib: float | None = Field(default=None, gt=0)
+    """Most device memory (GiB) the `auto` settings may plan a step to use (default: the device's). They
+    take the fastest layout whose planned peak fits it with a 10% margin: a lower budget trades speed for
+    memory (checkpointing, offload, smaller passes), e.g. to share the GPU or train lean. Explicit settings
+    are kept as given; the first step's measured peak is checked against the budget."""
     optimizer: OptimizerSpec = optimizers.default("adamw_torch")
     """Optimizer and its learning rate."""
     scheduler: SchedulerSpec = schedulers.default("linear", warmup_ratio=0.03)

@@ -50,7 +50,8 @@ class MemoryDecision:
         )
         if self.estimate is not None and self.capacity:
             gib = 2**30
-            text += f" (planned peak {self.estimate.needed / gib:.2f} GiB of {self.capacity / gib:.1f} GiB)"
+            capacity = self.capacity / gib  # a budget may be a fraction of a GiB
+            text += f" (planned peak {self.estimate.needed / gib:.2f} GiB of {capacity:.{1 if capacity >= 1 else 2}f} GiB)"
         return text
 
 
@@ -79,7 +80,7 @@ def choose_layout(
     wanted = {None: pass_tokens, "auto": step_tokens}.get(budget, budget)
     if "auto" not in (checkpointing, offload) and budget != "auto":
         return MemoryDecision(bool(checkpointing), bool(offload), None if budget is None else wanted)
-    capacity = _capacity(device)
+    capacity = _capacity(device, getattr(train_cfg, "memory_budget_gib", None))
     estimate_at, loss = _estimator(train_cfg, model)
     floor = max(row_tokens, min(wanted, MIN_PASS_TOKENS))
     last = None
@@ -141,13 +142,17 @@ def check_first_step(decision: MemoryDecision, device: torch.device) -> bool:
     return not decision.grad_checkpointing and measured > (1 - MARGIN) * decision.capacity
 
 
-def _capacity(device: torch.device) -> int:
+def _capacity(device: torch.device, budget_gib: float | None = None) -> int:
+    """The device's memory (host memory for a CPU), or ``train.memory_budget_gib`` when that is less."""
+    budget = int(budget_gib * 2**30) if budget_gib else None
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 16 * 2**30
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            total = 16 * 2**30
+    return min(total, budget) if budget else total
 
 
 def _live_inputs(model: Any, train_cfg: Any) -> tuple[Any, Any, Adapter, int]:

@@ -113,7 +113,8 @@ def plan_run(
 
     Args:
         cfg: a :class:`~qlora_kit.config.RunConfig`.
-        gpu_memory_gib: GPU memory to judge against (default: cuda:0's, when there is one).
+        gpu_memory_gib: GPU memory to judge against (default: cuda:0's, when there is one), capped by
+            ``train.memory_budget_gib``.
         seq_tokens: tokens per row (default: ``data.max_length``).
         settings: override the config's checkpointing / offload / loss.
         shape: the model's shape, when already built (default: from ``model.name_or_path``'s config.json).
@@ -130,7 +131,7 @@ def plan_run(
     memory = estimate_memory(shape, cfg.quant, adapter, settings, rows * seq, dtype_bytes)
     speed = estimate_speed(shape, adapter, settings, rows * seq, seq, efficiency=efficiency,
                            peak_tflops=peak_tflops, dtype_bytes=dtype_bytes)  # fmt: skip
-    gpu = _gpu_bytes(gpu_memory_gib)
+    gpu = _gpu_bytes(gpu_memory_gib, cfg.train.memory_budget_gib)
     plan = Plan(cfg.model.name_or_path, shape, settings, rows, seq, memory, speed, gpu)
     if gpu is not None:
         plan.max_tokens = _max_tokens(
@@ -216,12 +217,16 @@ def _dtype_bytes(cfg: Any) -> int:
     return 4 if cfg.quant.compute_dtype == "float32" else 2
 
 
-def _gpu_bytes(gpu_memory_gib: float | None) -> int | None:
+def _gpu_bytes(gpu_memory_gib: float | None, budget_gib: float | None = None) -> int | None:
+    """``--gpu-memory`` (else cuda:0's memory), capped by ``train.memory_budget_gib``."""
     if gpu_memory_gib is not None:
-        return int(gpu_memory_gib * GIB)
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(0).total_memory
-    return None
+        total: int | None = int(gpu_memory_gib * GIB)
+    elif torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+    else:
+        total = None
+    budget = int(budget_gib * GIB) if budget_gib else None
+    return min(x for x in (total, budget) if x is not None) if (total or budget) else None
 
 
 def _host_ram() -> int | None:
