@@ -148,7 +148,8 @@ class OursSession:
         decision = _MemoryDecision()
         session_log = logging.getLogger("qlora_kit.training.session")
         session_log.addHandler(decision)
-        previous_level, session_log.level = session_log.level, logging.INFO
+        previous_level = session_log.level
+        session_log.setLevel(logging.INFO)
         try:
             trainer = Trainer(
                 train_cfg, output_dir=out, collate_fn=collate, callbacks=[_StepTimer(self.device, log)]

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
     predicted = plan.memory.peak_allocated / 2**30
     return {
         "run_id": row["run_id"], "workload": row["workload"], "system": row["system"], "tokens": rows * seq,
-        "settings": plan.settings.__dict__, "peak_gib_predicted": round(predicted, 1),
+        "settings": asdict(plan.settings), "peak_gib_predicted": round(predicted, 1),
         "peak_gib_measured": row["peak_gib"], "peak_error": round(predicted / row["peak_gib"] - 1, 3),
         "tokens_per_s_predicted": round(plan.speed.tokens_per_s), "tokens_per_s_measured": row["tokens_per_s"],
         "speed_error": round(plan.speed.tokens_per_s / row["tokens_per_s"] - 1, 3),

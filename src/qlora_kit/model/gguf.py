@@ -41,8 +41,11 @@ def default_cache_dir() -> Path:
     return Path(root) / "qlora_kit"
 
 
-def validate_gguf(path: Path) -> None:
+def validate_gguf(path: Path) -> Any:
     """Read the GGUF header and tensor table of ``path`` (memory-mapped, no tensor data is decoded).
+
+    Returns:
+        The ``gguf.GGUFReader`` of the file.
 
     Raises:
         ModelLoadError: the file is missing, is not GGUF, or is truncated.
@@ -59,6 +62,7 @@ def validate_gguf(path: Path) -> None:
         ) from exc
     if not reader.tensors:
         raise ModelLoadError(f"model.name_or_path: GGUF file {path} holds no tensors")
+    return reader
 
 
 def cache_key(path: Path) -> str:
@@ -99,6 +103,13 @@ def _read_origin_metadata(path: str | Path) -> dict[str, Any]:
         reader = gguf.GGUFReader(path)
     except Exception:  # a damaged file is ModelLoader's to report; here it only lacks a description
         return {}
+    return _origin_of(reader)
+
+
+def _origin_of(reader: Any) -> dict[str, Any]:
+    """The origin keys and ``file_type`` a ``GGUFReader`` holds, as plain JSON values."""
+    import gguf
+
     found = {}
     for key in (*_GGUF_ORIGIN_KEYS, "general.file_type"):
         field = reader.get_field(key)
@@ -136,13 +147,13 @@ def dequantize_gguf(path: str | Path, cache_dir: str | Path | None = None) -> Pa
     target = cache_entry(path, cache_dir)
     if (target / "config.json").is_file():  # converted, so read and validated, at this size and mtime
         return target
-    validate_gguf(path)
+    origin = _origin_of(validate_gguf(path))  # one parse of the header, kept in the entry
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
         _convert(path, tmp)
-        atomic_write_json(tmp / ORIGIN_FILE, _read_origin_metadata(path))
+        atomic_write_json(tmp / ORIGIN_FILE, origin)
         try:
             tmp.rename(target)
         except OSError:  # another process converted the same file meanwhile: keep theirs

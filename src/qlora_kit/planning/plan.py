@@ -225,8 +225,10 @@ def _gpu_bytes(gpu_memory_gib: float | None, budget_gib: float | None = None) ->
         total = torch.cuda.get_device_properties(0).total_memory
     else:
         total = None
-    budget = int(budget_gib * GIB) if budget_gib else None
-    return min(x for x in (total, budget) if x is not None) if (total or budget) else None
+    if not budget_gib:
+        return total
+    budget = int(budget_gib * GIB)
+    return budget if total is None else min(total, budget)
 
 
 def _host_ram() -> int | None:
