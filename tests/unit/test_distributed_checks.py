@@ -68,3 +68,45 @@ def test_fsdp_refuses_bitsandbytes_optimizers_and_integer_storage(model_4bit, ti
                          "cpu").load_model()  # fmt: skip
     with pytest.raises(ConfigError, match="quant.quant_storage"):
         check_fsdp_settings(TrainConfig(optimizer={"kind": "adamw_torch"}), packed)
+
+
+_DTENSOR_NORM = """
+import os, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+from qlora_kit.training.distributed import local_tensor
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
+dist.init_process_group("gloo", rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+param = torch.nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
+param.grad = distribute_tensor(torch.full((4, 2), 0.5), mesh, [Shard(0)])
+norm = torch.nn.utils.clip_grad_norm_([param], 1.0)  # what the loop gets under FSDP2
+try:
+    torch.stack([torch.zeros(()), norm.float()]).tolist()
+    print("plain stack worked")
+except RuntimeError:
+    print("DTensor refused")
+print(torch.stack([torch.zeros(()), local_tensor(norm).float()]).tolist())
+dist.destroy_process_group()
+"""
+
+
+def test_the_fsdp2_gradient_norm_dtensor_becomes_a_plain_number():
+    """Under FSDP2 the gradient norm is a DTensor, which the loop's one sync per step (stack + tolist)
+    refused on two H200s; local_tensor turns it into the plain value (a one-process CPU mesh here)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "PORT": port, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _DTENSOR_NORM], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    refused, values = done.stdout.splitlines()
+    assert refused == "DTensor refused"  # the failure this guards against still exists upstream
+    assert values == "[0.0, 1.4142135381698608]"  # sqrt(8 x 0.25)

@@ -74,6 +74,13 @@ def gather_4bit_weights_uncast(accelerator: Any, model: Any) -> bool:
     return True
 
 
+def local_tensor(value: torch.Tensor) -> torch.Tensor:
+    """``value`` as a plain tensor: under FSDP2 the gradient norm comes back as a (replicated) DTensor,
+    which ``torch.stack`` with plain tensors and ``.tolist()`` refuse."""
+    full_tensor = getattr(value, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else value
+
+
 def probe_ids(model: Any, tokens: int = 16) -> torch.Tensor:
     """A fixed batch of token ids every process builds identically."""
     vocab = model.get_input_embeddings().weight.shape[0]

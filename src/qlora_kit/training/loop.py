@@ -21,6 +21,7 @@ from qlora_kit.data.collate import PaddedCollator
 from qlora_kit.errors import ConfigError, InterruptedRun, TrainingError
 from qlora_kit.training.batches import BatchPlanner, Window
 from qlora_kit.training.callbacks import Callback, CallbackList
+from qlora_kit.training.distributed import local_tensor
 from qlora_kit.training.evaluation import evaluate
 from qlora_kit.training.guards import check_finite_loss, check_gradients_flow, oom_message
 from qlora_kit.training.interrupt import StopRequest
@@ -150,7 +151,7 @@ class Trainer:
             loss_sum += batch_loss.detach()
         grad_norm = acc.clip_grad_norm_(s.params, self.cfg.max_grad_norm or math.inf)
         # one host-device sync per step, for both numbers
-        total, norm = torch.stack([acc.reduce(loss_sum, "sum"), grad_norm.float()]).tolist()
+        total, norm = torch.stack([acc.reduce(loss_sum, "sum"), local_tensor(grad_norm).float()]).tolist()
         loss = total / n_tokens
         check_finite_loss(loss, state.step + 1, s.last_checkpoint)
         lr = s.scheduler.get_last_lr()[0]
