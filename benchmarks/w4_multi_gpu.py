@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import commit, token_rows, versions  # noqa: E402
 from ours import OursSession  # noqa: E402
 from records import append_row, read_rows  # noqa: E402
-from w2_shapes import ensure_shape  # noqa: E402
+from w2_shapes import META_FILE, ensure_shape, shape_dir  # noqa: E402
 
 ROWS, SEQ = 2, 2048
 
@@ -62,6 +62,17 @@ class _Probe:
             self.losses.append(metrics["loss"])
 
 
+def wait_for_shape(root: str, shape: str, timeout_s: float = 900) -> Path:
+    """The shape's folder once the main process has finished writing it."""
+    path = shape_dir(root, shape, False)
+    deadline = time.monotonic() + timeout_s
+    while not (path / META_FILE).is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was not written within {timeout_s:.0f} s")
+        time.sleep(2)
+    return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["single", "ddp", "fsdp"], required=True)
@@ -78,7 +89,10 @@ def main() -> int:
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    model_dir, _ = ensure_shape(args.shapes_dir, args.shape)
+    if rank == 0:
+        model_dir, _ = ensure_shape(args.shapes_dir, args.shape)
+    else:  # one writer: two processes writing one shape folder race on its temporary files
+        model_dir = wait_for_shape(args.shapes_dir, args.shape)
     session = OursSession(str(model_dir), f"cuda:{torch.cuda.current_device()}", optimizer="adamw_torch",
                           overrides=["adapter.dropout=0.0"])  # fmt: skip
     per_step = ROWS * 2  # rows of one optimizer step, all GPUs together

@@ -100,7 +100,7 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
     """
     from accelerate.utils import set_seed
 
-    from qlora_kit.compat import attn_implementation
+    from qlora_kit.compat import attn_implementation, fsdp_launched
     from qlora_kit.config.io import load_config, write_run_config
     from qlora_kit.console import run_log
     from qlora_kit.data import build_datasets, build_formatter, length_grouped_batches, make_collator
@@ -109,11 +109,14 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
     from qlora_kit.phases import phase
     from qlora_kit.rundir import open_run_dir
     from qlora_kit.training import Trainer
+    from qlora_kit.training.distributed import check_fsdp_export, full_trainable_state
     from qlora_kit.training.resume import check_resume_data
     from qlora_kit.training.tracking import check_trackers
 
     started = time.perf_counter()
     cfg = load_config(cfg, overrides)
+    if fsdp_launched():  # a sharded run can write only what it can gather
+        check_fsdp_export(cfg.export.kind)
     with open_run_dir(cfg, overwrite=overwrite) as run_dir:  # checked and locked before anything is written
         out = run_dir.path
         # train.log: the records held in memory so far, then the rest of the run
@@ -154,9 +157,12 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
                 p.result = describe_trained(trained)
             held_out = data.eval if data.eval is not None else data.train
             exported = ExportResult(kind=cfg.export.kind)  # written by the main process alone
+            # FSDP: every process takes part in gathering the adapter from the shards; the main one writes it
+            gathered = {"adapter_state": full_trainable_state(model)} if fsdp_launched() else {}
             if run_dir.main:
                 with phase("export", cfg.export.kind) as p:
-                    exported = cfg.export.build().export(model, tokenizer, out, cfg, verify_rows=held_out)
+                    exporter = cfg.export.build()
+                    exported = exporter.export(model, tokenizer, out, cfg, verify_rows=held_out, **gathered)
                     written = [str(d) for d in (exported.adapter_dir, exported.merged_dir) if d]
                     p.result = ", ".join(written) or "nothing to write"
             result = RunResult(

@@ -74,13 +74,16 @@ def test_chunked_matches_standard_in_bf16(tiny_llama_dir, gpu_device, packed):
     _assert_close_bf16(model, batch, lambda m, b: chunked_causal_lm_loss(m, b, chunk_tokens=13))
 
 
+@pytest.mark.parametrize("kernel_min_rows", [0, None], ids=["kernel", "few_rows_plain_head"])
 @pytest.mark.parametrize("modules_to_save", [(), ("lm_head",)], ids=["frozen_head", "trained_head"])
-def test_fused_matches_standard_in_bf16(tiny_llama_dir, gpu_device, modules_to_save):
+def test_fused_matches_standard_in_bf16(tiny_llama_dir, gpu_device, modules_to_save, kernel_min_rows):
+    """Liger's kernel (forced with kernel_min_rows=0), and the plain head the default takes for a pass
+    this small, both match the standard loss."""
     pytest.importorskip("liger_kernel")
     model = _qlora(tiny_llama_dir, gpu_device, modules_to_save)
     assert select_loss(model, "auto", gpu_device)[:2] == (fused_causal_lm_loss, "fused")
     batch = {k: v.to(gpu_device) for k, v in PackedCollator()(_rows(4)).items()}
-    _assert_close_bf16(model, batch, fused_causal_lm_loss)
+    _assert_close_bf16(model, batch, lambda m, b: fused_causal_lm_loss(m, b, kernel_min_rows=kernel_min_rows))
 
 
 def test_auto_without_liger_is_chunked_and_says_why(tiny_llama_dir, gpu_device):

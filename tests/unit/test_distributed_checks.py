@@ -110,3 +110,47 @@ def test_the_fsdp2_gradient_norm_dtensor_becomes_a_plain_number():
     refused, values = done.stdout.splitlines()
     assert refused == "DTensor refused"  # the failure this guards against still exists upstream
     assert values == "[0.0, 1.4142135381698608]"  # sqrt(8 x 0.25)
+
+
+@pytest.mark.parametrize("kind", ["merged", "gguf"])
+def test_an_fsdp_launch_refuses_an_export_that_needs_the_whole_base_before_loading(
+    tmp_path, kind, monkeypatch, capsys
+):
+    """From the command line, as `accelerate launch` with an FSDP config would run it: exit 2, naming
+    export.kind and the two-step way, and nothing loaded or written."""
+    import yaml
+
+    from qlora_kit.cli import main
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(tmp_path / "no-such-model")},
+        "data": {"source": {"path": str(tmp_path / "no-such-rows.jsonl")}}, "export": {"kind": kind},
+    }))  # fmt: skip
+    assert main(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "export.kind" in err and f"qlora-kit export RUN_DIR --kind {kind}" in err
+    assert not any((tmp_path / "run").glob("*"))  # refused before the model or data were looked at
+
+
+def test_the_adapter_export_writes_gathered_tensors_as_peft_does(model_4bit, tmp_path):
+    """Under FSDP the exporter gets the trainable tensors gathered from the shards; written through PEFT,
+    they give the same adapter file as the model's own (here unsharded) tensors."""
+    from safetensors.torch import load_file
+
+    from qlora_kit.config import RunConfig
+    from qlora_kit.export import AdapterExporter
+    from qlora_kit.model import AdapterBuilder
+    from qlora_kit.testing import make_tokenizer, perturb_lora
+    from qlora_kit.training.distributed import full_trainable_state
+
+    model = perturb_lora(AdapterBuilder(AdapterBuilder.Config(r=4, alpha=8)).apply(model_4bit))
+    cfg = RunConfig.model_validate({"model": {"name_or_path": "x"}, "data": {"source": {"path": "y"}}})
+    gathered = {k: v * 2 for k, v in full_trainable_state(model).items()}  # distinct from the model's own
+    AdapterExporter(None).export(model, make_tokenizer(), tmp_path / "own", cfg)
+    AdapterExporter(None).export(model, make_tokenizer(), tmp_path / "fsdp", cfg, adapter_state=gathered)
+    own = load_file(tmp_path / "own" / "adapter" / "adapter_model.safetensors")
+    written = load_file(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors")
+    assert own.keys() == written.keys() and len(own) > 0
+    assert all(torch.equal(written[k], own[k] * 2) for k in own)

@@ -290,8 +290,18 @@ def stub_liger(monkeypatch):
 def test_fused_loss_plumbing_with_a_stub_kernel(tokenizer, stub_liger, arch, adapter):
     model = _peft(arch, adapter, tokenizer)
     batch = PackedCollator()(_rows(3))
-    _assert_same(model, batch, fused_causal_lm_loss)
+    _assert_same(model, batch, lambda m, b: fused_causal_lm_loss(m, b, kernel_min_rows=0))
     assert stub_liger == [torch.Size([count_supervised(batch), 64])]  # only the supervised rows
+
+
+def test_the_fused_loss_takes_the_plain_head_for_a_pass_of_few_rows(tokenizer, stub_liger):
+    """Fewer supervised rows than one default chunk: the same loss and gradients without the kernel."""
+    model = _peft("llama", "lora", tokenizer)
+    batch = PackedCollator()(_rows(3))
+    _assert_same(model, batch, fused_causal_lm_loss)
+    assert stub_liger == []
+    fused_causal_lm_loss(model, batch, kernel_min_rows=count_supervised(batch))  # not fewer: the kernel
+    assert len(stub_liger) == 1
 
 
 # -------------------------------------------------------------------- 4-bit base, and the Trainer

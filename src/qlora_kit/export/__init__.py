@@ -98,10 +98,14 @@ class AdapterExporter:
         self.cfg = cfg
 
     def export(
-        self, model: Any, tokenizer: Any, output_dir: str | Path, run_cfg: Any, *, verify_rows: Any = None
-    ) -> ExportResult:
-        """Write ``output_dir/adapter``. ``verify_rows`` is accepted for a uniform call and unused."""
-        path = save_adapter(model, tokenizer, Path(output_dir) / ADAPTER_DIR, run_cfg)
+        self, model: Any, tokenizer: Any, output_dir: str | Path, run_cfg: Any, *, verify_rows: Any = None,
+        adapter_state: dict[str, Any] | None = None,
+    ) -> ExportResult:  # fmt: skip
+        """Write ``output_dir/adapter``. ``verify_rows`` is accepted for a uniform call and unused;
+        ``adapter_state`` holds the trainable tensors gathered in full when ``model`` is FSDP-sharded."""
+        path = save_adapter(
+            model, tokenizer, Path(output_dir) / ADAPTER_DIR, run_cfg, state_dict=adapter_state
+        )
         logger.debug("adapter saved to %s", path)  # the `export` phase line names it
         return ExportResult(kind="adapter", adapter_dir=path)
 

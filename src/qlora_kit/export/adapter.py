@@ -25,7 +25,9 @@ def require_peft_model(model: Any) -> None:
         )
 
 
-def save_adapter(model: Any, tokenizer: Any, target: str | Path, run_cfg: Any) -> Path:
+def save_adapter(
+    model: Any, tokenizer: Any, target: str | Path, run_cfg: Any, state_dict: dict[str, Any] | None = None
+) -> Path:
     """Write ``target`` atomically: ``adapter_config.json`` + ``adapter_model.safetensors`` (PEFT's own
     format: ``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM`` load it), the tokenizer, a
     ``generation_config.json`` whose EOS and pad ids are the training tokenizer's, the run config, the base
@@ -35,13 +37,17 @@ def save_adapter(model: Any, tokenizer: Any, target: str | Path, run_cfg: Any) -
     PEFT also saves the embedding matrices when the tokenizer grew (an added pad token), so the
     adapter loads onto a base resized the same way.
 
+    ``state_dict``: the trainable tensors by parameter name, when the model's own are shards (FSDP).
+
     Returns:
         ``target`` as a Path.
     """
     require_peft_model(model)
     target = Path(target)
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(
+            tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {})
+        )
         tokenizer.save_pretrained(tmp)
         generation_config_for(model, tokenizer, run_cfg).save_pretrained(tmp)
         write_run_files(tmp, run_cfg)

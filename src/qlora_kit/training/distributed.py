@@ -54,6 +54,23 @@ def check_fsdp_settings(train_cfg: Any, model: Any) -> None:
                             "sharded: set quant.quant_storage to auto or to the compute dtype")])  # fmt: skip
 
 
+SHARDED_EXPORTS = ("adapter", "none")
+"""Export kinds a sharded run can write itself: the adapter is gathered from the shards; a merged model or
+GGUF file needs the whole base, which no process holds."""
+
+
+def check_fsdp_export(export_kind: str) -> None:
+    """Refuse, before anything loads, an export an FSDP run cannot write (its base weights are sharded).
+
+    Raises:
+        ConfigError: naming ``export.kind``, with the two-step way to get a merged model.
+    """
+    if export_kind not in SHARDED_EXPORTS:
+        raise ConfigError([("export.kind", f"{export_kind} needs the whole base model, which FSDP shards across "
+                            "processes; train with export.kind: adapter, then run `qlora-kit export RUN_DIR --kind "
+                            f"{export_kind}` in one process")])  # fmt: skip
+
+
 def gather_4bit_weights_uncast(accelerator: Any, model: Any) -> bool:
     """Under FSDP2, gather parameters in the dtype they are stored in when the model has 4-bit weights;
     True when the policy was changed.

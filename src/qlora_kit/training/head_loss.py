@@ -172,8 +172,14 @@ def check_fused(model: Any, device: torch.device | str | None = None) -> str | N
     return problem if isinstance(problem, str) else None
 
 
-def fused_causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def fused_causal_lm_loss(
+    model: Any, batch: Mapping[str, torch.Tensor], *, kernel_min_rows: int | None = None
+) -> torch.Tensor:
     """Summed token cross-entropy (fp32) from Liger-Kernel's fused linear cross-entropy.
+
+    A pass with fewer than ``kernel_min_rows`` supervised rows (default: as many as one chunk of the
+    chunked loss, 256 MiB of fp32 logits) takes the plain head and cross-entropy instead: the same
+    numbers in fewer kernels, at a memory cost the chunked loss also accepts.
 
     The kernel gets the supervised hidden states and the head's weight and bias (those of the active
     ``modules_to_save`` copy, whose weight gradient the kernel computes); the model is not patched.
@@ -189,7 +195,16 @@ def fused_causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor]) -> torch
             raise RuntimeError(f"fused loss: {problem}")
     hidden, targets = _supervised(split, batch)
     with split.autocast():
-        if len(targets) == 0:  # the kernel's chunking divides by the row count; keep the graph instead
+        # No rows: the kernel's chunking divides by the row count; keep the graph instead. Few rows (their
+        # fp32 logits within one default chunk, the chunked loss's bound): the kernel still loops over about
+        # vocab / hidden chunks of a few rows each, launch-bound (16 ms of a 109 ms distilgpt2 step on an
+        # H200), where the plain head and cross-entropy are a handful of kernels.
+        min_rows = (
+            default_chunk_tokens(_vocab_size(split.head, model))
+            if kernel_min_rows is None
+            else kernel_min_rows
+        )
+        if len(targets) == 0 or len(targets) < min_rows:
             return _chunk_loss(split.head, hidden, targets)
         loss = fused(
             hidden, linear.weight, targets, bias=linear.bias, ignore_index=IGNORE_INDEX, reduction="sum"

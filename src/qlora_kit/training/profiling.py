@@ -3,7 +3,8 @@
 ``train.callbacks: [{kind: profile, start: 20, steps: 10, path: runs/x/profile}]`` profiles steps
 21-30 and writes into ``path``:
 
-- ``ops.txt``: torch.profiler's op table, sorted by device time (CPU time where there is no GPU);
+- ``ops.txt``: torch.profiler's op table, sorted by device time (CPU time where there is no GPU), and
+  ``ops_host.txt`` (on a GPU) the same sorted by the host's time;
 - ``summary.json``: wall seconds per step, device-busy seconds per step, kernel launches and host-device
   synchronisations per step. A step whose device is busy for a small part of its wall time is bound by
   the host (Python, launches, syncs), not by the GPU's arithmetic: that is what the summary is for.
@@ -92,9 +93,11 @@ class ProfileSteps(Callback):
         out.mkdir(parents=True, exist_ok=True)
         summary = summarise(profiler.key_averages(), wall, steps)
         summary["steps_profiled"] = [self._first_step, state.step]
+        events = profiler.key_averages()
         sort_key = "self_device_time_total" if summary["device"] else "self_cpu_time_total"
-        table = profiler.key_averages().table(sort_by=sort_key, row_limit=60, max_name_column_width=70)
-        (out / "ops.txt").write_text(table, encoding="utf-8")
+        (out / "ops.txt").write_text(_table(events, sort_key), encoding="utf-8")
+        if summary["device"]:  # where the host's time goes: launches, syncs, Python-side op overhead
+            (out / "ops_host.txt").write_text(_table(events, "self_cpu_time_total"), encoding="utf-8")
         (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         if self.cfg.trace:
             profiler.export_chrome_trace(str(out / "trace.json"))
@@ -120,7 +123,12 @@ def summarise(events: Any, wall_s: float, steps: int) -> dict[str, Any]:
         "launches_per_step": launches / steps,
         "syncs_per_step": syncs / steps,
         "aten_ops_per_step": ops / steps,
+        "syncs_per_step_by_call": {e.key: e.count / steps for e in events if e.key in SYNC_EVENTS},
     }
+
+
+def _table(events: Any, sort_key: str) -> str:
+    return events.table(sort_by=sort_key, row_limit=60, max_name_column_width=70)
 
 
 def _is_kernel(event: Any) -> bool:
