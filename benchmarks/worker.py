@@ -131,7 +131,7 @@ def main() -> int:
     result: dict[str, Any] = {"versions": versions(), "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
     try:
         if spec["workload"].startswith("W1"):
-            result.update(run_w1(spec))
+            result.update(run_w1(spec), device_name=_device_name(spec["device"]))
         else:
             started = time.perf_counter()
             session = make_session(spec)
