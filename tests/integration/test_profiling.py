@@ -12,11 +12,14 @@ from qlora_kit.testing import make_alpaca_rows
 from qlora_kit.training.profiling import summarise
 
 
-@pytest.mark.parametrize(("start", "steps", "profiled"), [(1, 2, [2, 3]), (3, 5, [4, 4])])
+@pytest.mark.parametrize(
+    ("start", "steps", "profiled", "path"), [(1, 2, [2, 3], "prof"), (3, 5, [4, 4], None)]
+)
 def test_train_with_the_profile_callback_writes_the_op_table_and_summary(
-    tiny_llama_dir, tmp_path, capsys, start, steps, profiled
+    tiny_llama_dir, tmp_path, capsys, start, steps, profiled, path
 ):
-    """Steps start+1 .. start+steps are profiled; a run that ends inside that window still writes it."""
+    """Steps start+1 .. start+steps are profiled; a run that ends inside that window still writes it.
+    The folder is the given one, or profile/ in the run's output dir."""
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_rows(8, seed=2)))
     cfg = tmp_path / "run.yaml"
@@ -26,8 +29,9 @@ def test_train_with_the_profile_callback_writes_the_op_table_and_summary(
         "data": {"source": {"path": str(rows)}}, "train": {"max_steps": 4, "micro_batch_size": 2},
         "export": {"kind": "adapter"},
     }))  # fmt: skip
-    prof = tmp_path / "prof"
-    override = f"train.callbacks=[{{kind: profile, start: {start}, steps: {steps}, path: {prof}}}]"
+    prof = tmp_path / path if path else tmp_path / "run" / "profile"
+    where = f", path: {prof}" if path else ""
+    override = f"train.callbacks=[{{kind: profile, start: {start}, steps: {steps}{where}}}]"
     assert main(["train", str(cfg), override]) == 0
     summary = json.loads((prof / "summary.json").read_text())
     assert summary["steps_profiled"] == profiled

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 class Callback:
     """Base class of trainer callbacks; every hook is optional."""
 
+    def on_setup(self, output_dir: str) -> None:
+        """When ``fit`` starts, with the run's output directory (for callbacks that write files)."""
+
     def on_train_begin(self, state: TrainerState) -> None:
         """After setup and any resume, before the first step."""
 

@@ -93,6 +93,7 @@ class Trainer:
         (naming the knobs), and when the checkpoint to resume from belongs to another run.
         """
         started = time.perf_counter()
+        self.callbacks("on_setup", str(self.output_dir))
         eval_data = eval_data if eval_data is not None and len(eval_data) > 0 else None
         if self.cfg.eval_every and eval_data is None:
             raise ConfigError([("train.eval_every", "there is no eval data to evaluate on: set data.eval, "

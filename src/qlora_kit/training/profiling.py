@@ -1,7 +1,8 @@
 """The ``profile`` callback: torch.profiler around a few optimizer steps, summarised for a person.
 
-``train.callbacks: [{kind: profile, start: 20, steps: 10, path: runs/x/profile}]`` profiles steps
-21-30 and writes into ``path``:
+``train.callbacks: [{kind: profile, start: 20, steps: 10}]`` profiles steps 21-30 and writes into
+``path`` (default ``profile/`` in the run's output directory; ``rank-N/`` below it in a run of several
+processes, each profiling itself):
 
 - ``ops.txt``: torch.profiler's op table, sorted by device time (CPU time where there is no GPU), and
   ``ops_host.txt`` (on a GPU) the same sorted by the host's time;
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -43,15 +45,21 @@ class ProfileSteps(Callback):
         steps: int = Field(default=5, gt=0)
         """Steps profiled."""
         path: str = "profile"
-        """Folder the op table, summary (and trace) are written to."""
+        """Folder the op tables, summary (and trace) are written to; relative to the run's output dir."""
         trace: bool = False
         """Also write the Chrome/Perfetto trace (large: megabytes per step)."""
 
     def __init__(self, config: Any):
         self.cfg = config
+        self.out = Path(config.path)
         self._profiler: Any = None
         self._started = 0.0
         self._first_step = 0
+
+    def on_setup(self, output_dir: str) -> None:
+        self.out = Path(output_dir) / self.cfg.path  # an absolute path stays as it is
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun and accelerate launch
+            self.out = self.out / f"rank-{os.environ.get('RANK', '0')}"
 
     def on_train_begin(self, state: TrainerState) -> None:
         if self.cfg.start == 0:
@@ -89,7 +97,7 @@ class ProfileSteps(Callback):
         profiler, self._profiler = self._profiler, None
         profiler.__exit__(None, None, None)
         steps = max(1, state.step - self._first_step + 1)
-        out = Path(self.cfg.path)
+        out = self.out
         out.mkdir(parents=True, exist_ok=True)
         summary = summarise(profiler.key_averages(), wall, steps)
         summary["steps_profiled"] = [self._first_step, state.step]
