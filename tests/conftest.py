@@ -22,3 +22,27 @@ def pytest_configure(config):
 def tokenizer(qlora_tokenizer):
     """The plugin's ``qlora_tokenizer`` under the name this suite's tests use."""
     return qlora_tokenizer
+
+
+@pytest.fixture
+def tiny_run_config(tiny_llama_dir, tmp_path):
+    """Writes a `qlora-kit train` YAML for the tiny Llama (4-bit, fp32 compute) on 8 Alpaca rows, with the
+    given `train` settings; returns its path. The run goes to ``tmp_path / "run"``."""
+    import json
+
+    import yaml
+
+    from qlora_kit.testing import make_alpaca_rows
+
+    def write(**train):
+        rows = tmp_path / "rows.jsonl"
+        rows.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_rows(8, seed=2)))
+        cfg = tmp_path / "run.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(tiny_llama_dir)},
+            "quant": {"kind": "bnb_4bit", "compute_dtype": "float32"}, "adapter": {"r": 4, "alpha": 8},
+            "data": {"source": {"path": str(rows)}}, "train": train, "export": {"kind": "adapter"},
+        }))  # fmt: skip
+        return cfg
+
+    return write

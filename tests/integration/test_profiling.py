@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from qlora_kit.cli import main
-from qlora_kit.testing import make_alpaca_rows
 from qlora_kit.training.profiling import summarise
 
 
@@ -16,19 +14,11 @@ from qlora_kit.training.profiling import summarise
     ("start", "steps", "profiled", "path"), [(1, 2, [2, 3], "prof"), (3, 5, [4, 4], None)]
 )
 def test_train_with_the_profile_callback_writes_the_op_table_and_summary(
-    tiny_llama_dir, tmp_path, capsys, start, steps, profiled, path
+    tiny_run_config, tmp_path, capsys, start, steps, profiled, path
 ):
     """Steps start+1 .. start+steps are profiled; a run that ends inside that window still writes it.
     The folder is the given one, or profile/ in the run's output dir."""
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_rows(8, seed=2)))
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(tiny_llama_dir)},
-        "quant": {"kind": "bnb_4bit", "compute_dtype": "float32"}, "adapter": {"r": 4, "alpha": 8},
-        "data": {"source": {"path": str(rows)}}, "train": {"max_steps": 4, "micro_batch_size": 2},
-        "export": {"kind": "adapter"},
-    }))  # fmt: skip
+    cfg = tiny_run_config(max_steps=4, micro_batch_size=2)
     prof = tmp_path / path if path else tmp_path / "run" / "profile"
     where = f", path: {prof}" if path else ""
     override = f"train.callbacks=[{{kind: profile, start: {start}, steps: {steps}{where}}}]"

@@ -121,24 +121,12 @@ def test_a_memory_budget_makes_auto_take_checkpointing_and_train_the_same_number
     assert max((weights[n] - w).abs().max().item() for n, w in ref_weights.items()) < 1e-5
 
 
-def test_a_memory_budget_from_the_command_line_is_what_train_plans_for(tiny_llama_dir, tmp_path, capsys):
+def test_a_memory_budget_from_the_command_line_is_what_train_plans_for(tiny_run_config, capsys):
     """`qlora-kit train ... train.memory_budget_gib=X`: the memory line names the budget, and a budget
     nothing fits in still trains (checkpointing on, one row per pass) instead of failing."""
-    import json
-
-    import yaml
-
     from qlora_kit.cli import main
 
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps(r) + "\n" for r in make_alpaca_rows(8, seed=2)))
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(tiny_llama_dir)},
-        "quant": {"kind": "bnb_4bit", "compute_dtype": "float32"}, "adapter": {"r": 4, "alpha": 8},
-        "data": {"source": {"path": str(rows)}}, "train": {"max_steps": 2, "micro_batch_size": 4},
-        "export": {"kind": "adapter"},
-    }))  # fmt: skip
+    cfg = tiny_run_config(max_steps=2, micro_batch_size=4)
     assert main(["train", str(cfg), "train.memory_budget_gib=0.01"]) == 0
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if x.startswith("memory: "))
