@@ -239,7 +239,7 @@ losses = Registry("loss", "qlora_kit.training.loss_kinds")
 optimizers = Registry("optimizer", "qlora_kit.training.optim")
 schedulers = Registry("scheduler", "qlora_kit.training.schedule")
 exporters = Registry("exporter", "qlora_kit.export")
-callbacks = Registry("callback", "qlora_kit.training.callbacks")
+callbacks = Registry("callback", "qlora_kit.training.callback_kinds")
 
 REGISTRIES: dict[str, Registry] = {
     "formatters": formatters,

@@ -11,7 +11,7 @@
 - ``evaluation``: eval loss/perplexity and the generation panel
 - ``tracking``: progress bar, metrics.jsonl, loss curve, trackers
 - ``callbacks``: the :class:`Callback` hooks and callback kinds such as :class:`EarlyStopping`
-- ``profiling``: the ``profile`` callback (torch.profiler around a few steps: launches, syncs, device busy)
+- ``callback_kinds``: the built-in callback kinds the registry loads; ``profiling``: the ``profile`` callback (torch.profiler around a few steps: launches, syncs, device busy)
 """
 
 from qlora_kit.training.callbacks import Callback, EarlyStopping

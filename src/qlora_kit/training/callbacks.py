@@ -87,7 +87,3 @@ class CallbackList:
             method = getattr(callback, hook, None)  # duck-typed callbacks may define only some hooks
             if method is not None:
                 method(*args)
-
-
-# Built-in kinds defined in their own modules register on import (after Callback exists).
-from qlora_kit.training import profiling  # noqa: E402, F401
