@@ -70,30 +70,18 @@ def test_fsdp_refuses_bitsandbytes_optimizers_and_integer_storage(model_4bit, ti
         check_fsdp_settings(TrainConfig(optimizer={"kind": "adamw_torch"}), packed)
 
 
-_DTENSOR_NORM = """
+_ONE_PROCESS_MESH = """
 import os, torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import Shard, distribute_tensor
-from qlora_kit.training.distributed import local_tensor
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
 dist.init_process_group("gloo", rank=0, world_size=1)
 mesh = init_device_mesh("cpu", (1,))
-param = torch.nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
-param.grad = distribute_tensor(torch.full((4, 2), 0.5), mesh, [Shard(0)])
-norm = torch.nn.utils.clip_grad_norm_([param], 1.0)  # what the loop gets under FSDP2
-try:
-    torch.stack([torch.zeros(()), norm.float()]).tolist()
-    print("plain stack worked")
-except RuntimeError:
-    print("DTensor refused")
-print(torch.stack([torch.zeros(()), local_tensor(norm).float()]).tolist())
-dist.destroy_process_group()
 """
 
 
-def test_the_fsdp2_gradient_norm_dtensor_becomes_a_plain_number():
-    """Under FSDP2 the gradient norm is a DTensor, which the loop's one sync per step (stack + tolist)
-    refused on two H200s; local_tensor turns it into the plain value (a one-process CPU mesh here)."""
+def _on_one_process_mesh(code: str) -> list[str]:
+    """Runs ``code`` after a one-process gloo group and CPU ``mesh`` exist, in a fresh interpreter (the
+    process group stays out of this one); returns its printed lines."""
     import os
     import socket
     import subprocess
@@ -103,13 +91,58 @@ def test_the_fsdp2_gradient_norm_dtensor_becomes_a_plain_number():
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     env = {**os.environ, "PORT": port, "OMP_NUM_THREADS": "1"}
+    script = _ONE_PROCESS_MESH + code + "\ndist.destroy_process_group()\n"
     done = subprocess.run(
-        [sys.executable, "-c", _DTENSOR_NORM], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    refused, values = done.stdout.splitlines()
+    return done.stdout.splitlines()
+
+
+_DTENSOR_NORM = """
+from torch.distributed.tensor import Shard, distribute_tensor
+from qlora_kit.training.distributed import local_tensor
+param = torch.nn.Parameter(distribute_tensor(torch.ones(4, 2), mesh, [Shard(0)]))
+param.grad = distribute_tensor(torch.full((4, 2), 0.5), mesh, [Shard(0)])
+norm = torch.nn.utils.clip_grad_norm_([param], 1.0)  # what the loop gets under FSDP2
+try:
+    torch.stack([torch.zeros(()), norm.float()]).tolist()
+    print("plain stack worked")
+except RuntimeError:
+    print("DTensor refused")
+print(torch.stack([torch.zeros(()), local_tensor(norm).float()]).tolist())
+"""
+
+
+def test_the_fsdp2_gradient_norm_dtensor_becomes_a_plain_number():
+    """Under FSDP2 the gradient norm is a DTensor, which the loop's one sync per step (stack + tolist)
+    refused on two H200s; local_tensor turns it into the plain value (a one-process CPU mesh here)."""
+    refused, values = _on_one_process_mesh(_DTENSOR_NORM)
     assert refused == "DTensor refused"  # the failure this guards against still exists upstream
     assert values == "[0.0, 1.4142135381698608]"  # sqrt(8 x 0.25)
+
+
+_ROOT_AFTER_FORWARD = """
+from torch.distributed.fsdp import fully_shard
+from qlora_kit.training.distributed import reshard_root
+model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 10))
+fully_shard(model[1], mesh=mesh)
+fully_shard(model, mesh=mesh)  # the root holds the embedding and the head, as in a causal LM
+with torch.no_grad():  # the forward check
+    model(torch.tensor([[1, 2]]))
+print(type(model[2].weight).__name__, type(model[1].weight).__name__)
+reshard_root(model)
+print(type(model[2].weight).__name__)
+reshard_root(torch.nn.Linear(2, 2))  # a model FSDP did not wrap: nothing to do
+"""
+
+
+def test_the_forward_check_leaves_no_parameter_gathered():
+    """FSDP2 keeps the root's parameters gathered after a forward (a backward is expected next); after
+    the forward check reshard_root frees them, so memory after loading is the sharded size."""
+    after_forward, after_reshard = _on_one_process_mesh(_ROOT_AFTER_FORWARD)
+    assert after_forward == "Parameter DTensor"  # the root's gathered, the inner block resharded
+    assert after_reshard == "DTensor"
 
 
 @pytest.mark.parametrize("kind", ["merged", "gguf"])

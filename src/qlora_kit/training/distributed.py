@@ -133,6 +133,19 @@ def check_sharded_forward(before: torch.Tensor, after: torch.Tensor) -> float:
     return difference
 
 
+def reshard_root(model: Any) -> None:
+    """Free the parameters the root FSDP2 module keeps gathered after a forward pass.
+
+    FSDP2 does not reshard the root after its forward, expecting the backward next. After the forward
+    check no backward follows, so without this every GPU would hold the root's own parameters (the
+    embedding and the head) in full until the first step: on the 8B shape about 1 GiB more per GPU
+    than sharded, which is what "memory after loading" measured (3.80 GiB against 5.50 on one GPU).
+    """
+    reshard = getattr(model, "reshard", None)  # FSDPModule.reshard; absent on a model FSDP did not wrap
+    if callable(reshard):
+        reshard()
+
+
 def full_trainable_state(model: Any) -> dict[str, torch.Tensor]:
     """Every trainable tensor, gathered in full on every process (a collective: all must call it)."""
     state = {}

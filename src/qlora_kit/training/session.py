@@ -32,6 +32,7 @@ from qlora_kit.training.distributed import (
     is_fsdp,
     probe_ids,
     probe_logits,
+    reshard_root,
 )
 from qlora_kit.training.evaluation import GENERATIONS_FILE
 from qlora_kit.training.layout import StepLayout
@@ -151,6 +152,7 @@ class TrainingSession:
         if is_fsdp(acc):
             logger.info("FSDP forward check: %.2g relative difference",
                         check_sharded_forward(before, probe_logits(self.model, ids, acc)))  # fmt: skip
+            reshard_root(self.model)  # the check's forward left the root's parameters gathered
 
     def check_memory(self) -> None:
         """After this session's first step (once): check its measured peak against the plan, and turn
