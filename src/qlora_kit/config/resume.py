@@ -33,6 +33,7 @@ RESUMABLE_CHANGES = (
     "train.micro_batch_tokens",
     "data.packing",
     "train.activation_offload",
+    "train.compile",
     "train.memory_budget_gib",
     "train.eval_every",
     "train.eval_batch_size",
