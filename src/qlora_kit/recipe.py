@@ -158,7 +158,8 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
             held_out = data.eval if data.eval is not None else data.train
             exported = ExportResult(kind=cfg.export.kind)  # written by the main process alone
             # FSDP: every process takes part in gathering the adapter from the shards; the main one writes it
-            gathered = {"adapter_state": full_trainable_state(model)} if fsdp_launched() else {}
+            sharded = fsdp_launched() and cfg.export.kind == "adapter"  # the only kind FSDP runs write
+            gathered = {"adapter_state": full_trainable_state(model)} if sharded else {}
             if run_dir.main:
                 with phase("export", cfg.export.kind) as p:
                     exporter = cfg.export.build()
