@@ -42,13 +42,18 @@ def shape_dir(root: str | Path, shape: str, tiny: bool) -> Path:
     return Path(root) / f"llama-{shape}{'-tiny' if tiny else ''}"
 
 
+def shape_ready(path: Path) -> bool:
+    """``path`` holds a complete shape written in this format (its meta file is written last)."""
+    meta = path / META_FILE
+    return meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("format") == FORMAT
+
+
 def ensure_shape(root: str | Path, shape: str, tiny: bool = False) -> tuple[Path, float]:
     """The model directory of ``shape``, created if missing; returns it and the seconds creation took
     (0 when it was there). Written to a ``.partial`` folder and renamed, so a half-written model is
     never used."""
     path = shape_dir(root, shape, tiny)
-    meta = path / META_FILE
-    if meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("format") == FORMAT:
+    if shape_ready(path):
         return path, 0.0
     started = time.perf_counter()
     partial = path.with_name(path.name + ".partial")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import commit, token_rows, versions  # noqa: E402
 from ours import OursSession  # noqa: E402
 from records import append_row, read_rows  # noqa: E402
-from w2_shapes import META_FILE, ensure_shape, shape_dir  # noqa: E402
+from w2_shapes import ensure_shape, shape_dir, shape_ready  # noqa: E402
 
 ROWS, SEQ = 2, 2048
 
@@ -66,7 +66,7 @@ def wait_for_shape(root: str, shape: str, timeout_s: float = 900) -> Path:
     """The shape's folder once the main process has finished writing it."""
     path = shape_dir(root, shape, False)
     deadline = time.monotonic() + timeout_s
-    while not (path / META_FILE).is_file():
+    while not shape_ready(path):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} was not written within {timeout_s:.0f} s")
         time.sleep(2)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU call 10 (one H200, carry .whl and .benchdata): NOT RUN YET (no device time left). the one-GPU tests at this commit, then where a W1 command's
+# GPU call 10 (one H200, carry .whl and .benchdata): NOT RUN YET (no device time left). The one-GPU tests at this commit, then where a W1 command's
 # time goes outside training: Python imports (-X importtime) and a 3-step W1 run's timestamped train.log.
 #   bash benchmarks/gpu/call10.sh COMMIT
 set -u

@@ -167,7 +167,7 @@ def test_an_fsdp_launch_refuses_an_export_that_needs_the_whole_base_before_loadi
     assert not any((tmp_path / "run").glob("*"))  # refused before the model or data were looked at
 
 
-def test_the_adapter_export_writes_gathered_tensors_as_peft_does(model_4bit, tmp_path):
+def test_the_adapter_export_writes_gathered_tensors_as_peft_does(tiny_llama_dir, tmp_path):
     """Under FSDP the exporter gets the trainable tensors gathered from the shards; written through PEFT,
     they give the same adapter file as the model's own (here unsharded) tensors."""
     from safetensors.torch import load_file
@@ -178,7 +178,10 @@ def test_the_adapter_export_writes_gathered_tensors_as_peft_does(model_4bit, tmp
     from qlora_kit.testing import make_tokenizer, perturb_lora
     from qlora_kit.training.distributed import full_trainable_state
 
-    model = perturb_lora(AdapterBuilder(AdapterBuilder.Config(r=4, alpha=8)).apply(model_4bit))
+    base = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(), "cpu").load_model()
+    model = perturb_lora(
+        AdapterBuilder(AdapterBuilder.Config(r=4, alpha=8)).apply(base)
+    )  # not the shared one
     cfg = RunConfig.model_validate({"model": {"name_or_path": "x"}, "data": {"source": {"path": "y"}}})
     gathered = {k: v * 2 for k, v in full_trainable_state(model).items()}  # distinct from the model's own
     AdapterExporter(None).export(model, make_tokenizer(), tmp_path / "own", cfg)

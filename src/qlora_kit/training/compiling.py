@@ -3,11 +3,11 @@
 A small model's step is bound by the host: every LoRA layer runs a dozen small ops (4-bit dequantisation,
 matmuls, dropout, scaling, adds) and each is a Python call and a kernel launch. Compiling each decoder layer
 fuses them into a few kernels per layer. The layers of a model are alike, so one compilation serves them
-all; the 4-bit matmul of bitsandbytes traces without graph breaks (checked by the tests).
+all; the 4-bit matmul of bitsandbytes traces without graph breaks (tests/integration/test_compile.py).
 
 Costs: compilation in the first steps (tens of seconds, less with inductor's cache warm) and again when a
 pass's shape changes (torch then compiles a dynamic-shape graph once). Not combined with activation
-offloading, whose saved-tensor hooks the compiled backward does not see the same way.
+offloading: the two have not been tested together, so compilation is skipped when offloading is on.
 """
 
 from __future__ import annotations

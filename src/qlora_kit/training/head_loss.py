@@ -197,8 +197,8 @@ def fused_causal_lm_loss(
     with split.autocast():
         # No rows: the kernel's chunking divides by the row count; keep the graph instead. Few rows (their
         # fp32 logits within one default chunk, the chunked loss's bound): the kernel still loops over about
-        # vocab / hidden chunks of a few rows each, launch-bound (16 ms of a 109 ms distilgpt2 step on an
-        # H200), where the plain head and cross-entropy are a handful of kernels.
+        # vocab / hidden chunks of a few rows each (65 for GPT-2), a few kernels per chunk, where the plain
+        # head and cross-entropy are a handful of kernels in all.
         min_rows = (
             default_chunk_tokens(_vocab_size(split.head, model))
             if kernel_min_rows is None

@@ -99,9 +99,9 @@ class ProfileSteps(Callback):
         steps = max(1, state.step - self._first_step + 1)
         out = self.out
         out.mkdir(parents=True, exist_ok=True)
-        summary = summarise(profiler.key_averages(), wall, steps)
-        summary["steps_profiled"] = [self._first_step, state.step]
         events = profiler.key_averages()
+        summary = summarise(events, wall, steps)
+        summary["steps_profiled"] = [self._first_step, state.step]
         sort_key = "self_device_time_total" if summary["device"] else "self_cpu_time_total"
         (out / "ops.txt").write_text(_table(events, sort_key), encoding="utf-8")
         if summary["device"]:  # where the host's time goes: launches, syncs, Python-side op overhead
