@@ -30,10 +30,32 @@ def test_compiled_layers_train_the_same_losses_as_eager(tiny_run_config, tmp_pat
     assert _losses(tmp_path / "compiled") == pytest.approx(eager, rel=1e-5)
 
 
-def test_compile_is_skipped_with_activation_offload(caplog):
+def test_default_auto_leaves_a_cpu_run_eager(tiny_run_config, capsys):
+    assert main(["train", str(tiny_run_config(max_steps=1)), "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "train.compile: auto: off on cpu" in err and "decoder layers compiled" not in err
+
+
+@pytest.mark.parametrize(
+    ("setting", "hidden", "device", "offloading", "expected"),
+    [
+        ("auto", 2048, "cuda", False, True),  # the 1B shape, where compiling measured +22%
+        ("auto", 768, "cuda", False, False),  # distilgpt2: W1 gained nothing
+        ("auto", 4096, "cpu", False, False),
+        ("auto", 4096, "cuda", True, False),
+        (True, 64, "cpu", False, True),  # explicit: kept as given
+        (True, 64, "cuda", True, False),  # except with offloading
+        (False, 4096, "cuda", False, False),
+    ],
+)
+def test_wants_compile(setting, hidden, device, offloading, expected):
     import torch
+    from transformers import LlamaConfig
 
-    from qlora_kit.training.compiling import compile_decoder_layers
+    from qlora_kit.training.compiling import wants_compile
 
-    assert compile_decoder_layers(torch.nn.Linear(2, 2), offloading=True) == 0
-    assert "skipped, activation offloading is on" in caplog.text
+    model = torch.nn.Linear(2, 2)
+    model.config = LlamaConfig(hidden_size=hidden)
+    decided, why = wants_compile(setting, model, torch.device(device), offloading)
+    assert decided is expected
+    assert ("offloading" in why) is (offloading and setting is not False)

@@ -23,11 +23,14 @@ GENERATIONS_FILE = "generations.jsonl"
 
 @contextmanager
 def inference_mode(model: Any):
-    """Eval mode and no_grad inside; train mode and trainable 4-bit weights after, even on error."""
+    """Eval mode and no_grad inside; train mode and trainable 4-bit weights after, even on error.
+
+    Layers compiled by ``train.compile`` run eagerly inside: a no-grad graph would be one more compilation
+    for a few passes."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             yield
     finally:
         model.train(was_training)

@@ -25,7 +25,7 @@ from qlora_kit.planning.live import check_first_step
 from qlora_kit.training.accelerator import flat_config, make_accelerator
 from qlora_kit.training.batches import Window
 from qlora_kit.training.checkpoint import CheckpointManager, read_state_file
-from qlora_kit.training.compiling import compile_decoder_layers
+from qlora_kit.training.compiling import compile_decoder_layers, wants_compile
 from qlora_kit.training.distributed import (
     check_fsdp_settings,
     check_sharded_forward,
@@ -141,8 +141,11 @@ class TrainingSession:
             torch.cuda.reset_peak_memory_stats(acc.device)
         set_grad_checkpointing(model, self.memory.grad_checkpointing)
         self._offload = enable_offloaded_checkpointing(model) if self.memory.activation_offload else None
-        if cfg.compile:
-            compile_decoder_layers(model, offloading=self._offload is not None)
+        compiling, why = wants_compile(cfg.compile, model, acc.device, offloading=self._offload is not None)
+        if cfg.compile is not False:
+            logger.info("train.compile: %s", why)
+        if compiling:
+            compile_decoder_layers(model)
         keep_4bit_weights_trainable(model)
         model.train()
         optimizer = cfg.optimizer.build().create(model)
