@@ -39,7 +39,14 @@ def write_shape(root: Path, shape: str) -> Path:
     return path
 
 
-def run_config(model_dir: Path, rows: int, seq: int, dropout: float) -> Any:
+def run_config(
+    model_dir: Path,
+    rows: int,
+    seq: int,
+    dropout: float,
+    compile: bool | str = "auto",
+    budget: float | None = None,
+) -> Any:
     """The harness's qlora_kit config for a row (library defaults elsewhere, as ``benchmarks/ours.py``)."""
     from qlora_kit.config.io import load_config
 
@@ -48,20 +55,23 @@ def run_config(model_dir: Path, rows: int, seq: int, dropout: float) -> Any:
         "quant": {"kind": "bnb_4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"},
         "adapter": {"r": 16, "alpha": 32, "dropout": dropout, "target_modules": "all-linear"},
         "data": {"max_length": seq},
-        "train": {"micro_batch_size": rows, "grad_accum": 1, "optimizer": {"kind": "paged_adamw_8bit"}},
+        "train": {"micro_batch_size": rows, "grad_accum": 1, "optimizer": {"kind": "paged_adamw_8bit"},
+                  "compile": compile, "memory_budget_gib": budget},
     })  # fmt: skip
 
 
 def latest_rows(path: Path) -> list[dict[str, Any]]:
-    """qlora_kit's W2/W3 rows of the latest run that has them."""
+    """qlora_kit's W2/W3 rows: for each workload, those of the latest run that has it."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     ours = [
         r
         for r in rows
-        if r.get("workload") in WORKLOADS and r.get("system") in DROPOUT and r.get("status") == "ok"
+        if r.get("workload") in WORKLOADS
+        and r.get("system", "").startswith("qlora_kit")
+        and r.get("status") == "ok"
     ]
-    latest = max((r["run_id"] for r in ours), default=None)
-    return [r for r in ours if r["run_id"] == latest]
+    latest = {r["workload"]: r["run_id"] for r in sorted(ours, key=lambda r: r["run_id"])}
+    return [r for r in ours if r["run_id"] == latest[r["workload"]]]
 
 
 def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
@@ -69,7 +79,15 @@ def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
 
     shape, rows, seq = WORKLOADS[row["workload"]]
     seq = seq or row["max_seq"]
-    cfg = run_config(shapes[shape], rows, seq, DROPOUT[row["system"]])
+    # the settings the row ran with (rows from before `train.compile` existed ran eagerly)
+    ran = (row.get("config") or {}).get("config") or {}
+    train, dropout = (
+        ran.get("train", {}),
+        ran.get("adapter", {}).get("dropout", DROPOUT.get(row["system"], 0.05)),
+    )
+    cfg = run_config(
+        shapes[shape], rows, seq, dropout, train.get("compile", False), train.get("memory_budget_gib")
+    )
     plan = choose_settings(cfg, gpu_memory_gib=H200_GIB, seq_tokens=seq, loss="fused")
     predicted = plan.memory.peak_allocated / 2**30
     return {

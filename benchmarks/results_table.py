@@ -84,15 +84,22 @@ def table(workload: str, rows: list[dict[str, Any]]) -> list[str]:
                            _num(r.get("mem_after_prepare_gib"), "{:.2f}"), _num(r.get("peak_gib"), "{:.1f}"),
                            _num(r.get("max_loss_difference"), "{:.2e}")]  # fmt: skip
     else:
-        lines += ["| system | tokens/s | vs HF loop | vs Unsloth | peak GiB (alloc / reserved) | MFU | loss first -> last | grad norm |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| system | tokens/s | vs HF loop | vs Unsloth | peak GiB (alloc / reserved) | MFU | first step s | loss first -> last | grad norm |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         cells = lambda r: [_num(r.get("tokens_per_s")), _ratio(r.get("ratio")), _ratio(r.get("ratio_unsloth")),  # noqa: E731
-                           _mem(r), _num(r.get("mfu"), "{:.1%}"), _loss(r), _num(r.get("grad_norm"), "{:.3g}")]  # fmt: skip
+                           _mem(r), _num(r.get("mfu"), "{:.1%}"), _first_step(r), _loss(r),
+                           _num(r.get("grad_norm"), "{:.3g}")]  # fmt: skip
     for r in rows:
         status = _status(r)
         values = [status] + [""] * (lines[-2].count("|") - 3) if status else cells(r)
         lines.append("| " + " | ".join([r["system"], *values]) + " |")
     return [*lines, ""]
+
+
+def _first_step(row: dict[str, Any]) -> str:
+    """The first step's seconds (compilation included, not in tokens/s), where the row has them."""
+    steps = row.get("step_seconds") or []
+    return _num(steps[0], "{:.1f}") if steps else ""
 
 
 def render(rows: list[dict[str, Any]], include_tiny: bool = False) -> str:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU call 12 (one H200, carry .whl and .benchdata): NOT RUN YET. W1 with `train.compile` beside the defaults and
+# GPU call 12 (one H200, carry .whl and .benchdata): run as 2026-11-30h at 7cce413. W1 with `train.compile` beside the defaults and
 # the TRL seed recipe; W2-1B with `train.compile` beside the defaults and the HF loop. One run id.
 #   bash benchmarks/gpu/call12.sh COMMIT RUN_ID
 set -u

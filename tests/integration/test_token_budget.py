@@ -121,6 +121,51 @@ def test_a_memory_budget_makes_auto_take_checkpointing_and_train_the_same_number
     assert max((weights[n] - w).abs().max().item() for n, w in ref_weights.items()) < 1e-5
 
 
+def test_a_budget_between_no_and_some_checkpointing_checkpoints_only_the_first_layers(
+    tiny_llama_dir, tmp_path, rows, caplog
+):
+    """A budget that no checkpointing misses but one checkpointed layer (of the tiny Llama's 2) meets: `auto`
+    checkpoints that one layer only (the log and the layers' flags say so), with the same numbers."""
+    import logging
+
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from qlora_kit.planning.live import _estimator
+    from qlora_kit.planning.memory import Settings
+
+    estimate_at, loss = _estimator(TrainConfig(loss="standard"), model(tiny_llama_dir))
+    tokens = sum(len(r["input_ids"]) for r in rows[:6])
+    some, none = (
+        estimate_at(Settings(k > 0, False, loss, checkpoint_layers=k), tokens).needed for k in (1, 0)
+    )
+    assert some < none
+    budget = (some + none) / 2 / 0.9 / 2**30
+    flags = []
+    original = Trainer.fit
+
+    def fit_and_read_flags(self, trained, *args, **kwargs):  # the flags as training left them
+        result = original(self, trained, *args, **kwargs)
+        flags.extend(
+            m.gradient_checkpointing for m in trained.modules() if isinstance(m, GradientCheckpointingLayer)
+        )
+        return result
+
+    with (
+        caplog.at_level(logging.INFO, logger="qlora_kit.training.session"),
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        mp.setattr(Trainer, "fit", fit_and_read_flags)
+        reference, ref_weights = fit(tiny_llama_dir, tmp_path / "free", rows, PackedCollator(),
+                                     micro_batch_tokens="auto", grad_checkpointing="auto")  # fmt: skip
+        budgeted, weights = fit(tiny_llama_dir, tmp_path / "some", rows, PackedCollator(), micro_batch_tokens="auto",
+                                grad_checkpointing="auto", memory_budget_gib=budget)  # fmt: skip
+    decisions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory: ")]
+    assert decisions[1].startswith("memory: checkpointing on for the first 1 decoder layers"), decisions
+    assert flags == [False, False, True, False]  # the free run's two layers, then the budgeted run's
+    assert budgeted == pytest.approx(reference, rel=1e-5)
+    assert max((weights[n] - w).abs().max().item() for n, w in ref_weights.items()) < 1e-5
+
+
 def test_a_memory_budget_from_the_command_line_is_what_train_plans_for(tiny_run_config, capsys):
     """`qlora-kit train ... train.memory_budget_gib=X`: the memory line names the budget, and a budget
     nothing fits in still trains (checkpointing on, one row per pass) instead of failing."""

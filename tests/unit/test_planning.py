@@ -22,6 +22,7 @@ from qlora_kit.planning.memory import (
     weight_bytes,
 )
 from qlora_kit.planning.shape import load_model_config
+from qlora_kit.planning.speed import estimate_speed
 from qlora_kit.testing import make_tiny_llama
 from qlora_kit.training.offload import enable_offloaded_checkpointing
 
@@ -223,23 +224,31 @@ def llama_1b(tmp_path_factory):
     return path, _shape(path)
 
 
-# BENCHMARKS.md, one H200, the OLD code (standard loss, no offload), NF4 + double quant, r16 all-linear,
-# paged AdamW 8-bit, dropout 0.05: (model, rows, seq, checkpointing, peak GiB allocated, tokens/s)
+# One H200, NF4 + double quant, r16 all-linear, paged AdamW 8-bit, dropout 0.05: (model, rows, seq,
+# checkpointing, compiled, peak GiB allocated, tokens/s). Eager: BENCHMARKS.md, the OLD code (standard
+# loss, no offload). Compiled: benchmarks/results.jsonl, run 2026-11-30j (fused loss).
 MEASURED = [
-    ("8b", 2, 2048, True, 12.5, 6157),
-    ("8b", 2, 2048, False, 42.8, 9371),
-    ("8b", 1, 65536, True, 116.5, 65536 / 27),
-    ("1b", 4, 2048, True, 13.4, 28882),
-    ("1b", 4, 2048, False, 29.6, 38678),
+    ("8b", 2, 2048, True, False, 12.5, 6157),
+    ("8b", 2, 2048, False, False, 42.8, 9371),
+    ("8b", 1, 65536, True, False, 116.5, 65536 / 27),
+    ("1b", 4, 2048, True, False, 13.4, 28882),
+    ("1b", 4, 2048, False, False, 29.6, 38678),
+    ("8b", 2, 2048, False, True, 31.8, 12035),
+    ("8b", 2, 2048, True, True, 7.8, 8212),
+    ("1b", 4, 2048, False, True, 15.3, 46022),
 ]
 
 
-@pytest.mark.parametrize(("model", "rows", "seq", "checkpointing", "peak_gib", "tokens_per_s"), MEASURED)
+@pytest.mark.parametrize(
+    ("model", "rows", "seq", "checkpointing", "compiled", "peak_gib", "tokens_per_s"), MEASURED
+)
 def test_plans_are_within_15_percent_of_h200_measurements(
-    llama_8b, llama_1b, model, rows, seq, checkpointing, peak_gib, tokens_per_s
+    llama_8b, llama_1b, model, rows, seq, checkpointing, compiled, peak_gib, tokens_per_s
 ):
     path, shape = llama_8b if model == "8b" else llama_1b
-    plan = plan_run(_cfg(path, rows, seq, grad_checkpointing=checkpointing), shape=shape)
+    loss = {"kind": "fused" if compiled else "standard"}  # the compiled runs' `auto` loss on CUDA
+    cfg = _cfg(path, rows, seq, grad_checkpointing=checkpointing, compile=compiled, loss=loss)
+    plan = plan_run(cfg, shape=shape)
     assert plan.memory.peak_allocated / 2**30 == pytest.approx(peak_gib, rel=0.15)
     assert plan.speed.tokens_per_s == pytest.approx(tokens_per_s, rel=0.15)
 
@@ -311,6 +320,10 @@ def test_plan_command_prints_the_table_the_verdict_and_the_settings(llama_8b, tm
     assert main(["plan", str(cfg), "--gpu-memory", "16", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["settings"]["grad_checkpointing"] is True  # 16 GiB needs recomputation at 4,096 tokens
+    k = plan["settings"]["checkpoint_layers"]  # of some layers: what `auto` would do
+    assert main(["plan", str(cfg), "--gpu-memory", "16"]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpointing on for {k} of 32 layers" in out and "settings: train.grad_checkpointing=auto" in out
 
 
 def test_a_memory_budget_caps_what_the_plan_may_use(llama_8b, tmp_path, capsys):
@@ -331,3 +344,52 @@ def test_a_memory_budget_caps_what_the_plan_may_use(llama_8b, tmp_path, capsys):
     assert main(["plan", str(cfg), "train.memory_budget_gib=200", "--gpu-memory", "139.8", "--json"]) == 0
     roomy = json.loads(capsys.readouterr().out)  # a budget above the device's memory changes nothing
     assert roomy["gpu_memory_gib"] == 139.8 and roomy["settings"]["grad_checkpointing"] is False
+
+
+def test_compiled_layers_plan_less_memory_and_more_speed_and_not_under_offload(llama_8b):
+    path, shape = llama_8b
+    adapter = Adapter(r=16, optimizer="paged_adamw_8bit")
+
+    def plan(**settings):
+        s = Settings(**settings)
+        memory = estimate_memory(shape, _cfg(path, 2, 2048).quant, adapter, s, 4096)
+        return memory.components["activations kept for backward"], estimate_speed(
+            shape, adapter, s, 4096, 2048
+        )
+
+    (eager, eager_speed), (compiled, compiled_speed) = (
+        plan(grad_checkpointing=False, compiled=c) for c in (False, True)
+    )
+    assert eager - compiled == 32 * 4096 * 2 * (14336 + 2 * 4096)  # a(I + 2h) per token and layer
+    assert compiled_speed.tokens_per_s > 1.2 * eager_speed.tokens_per_s  # the measured efficiencies
+    offloaded = dict(grad_checkpointing=True, activation_offload=True)
+    assert plan(**offloaded, compiled=True)[0] == plan(**offloaded)[0]  # compile is skipped under offload
+    assert not Settings(True, True, compiled=True).compiles
+
+
+def test_plans_from_a_config_compile_as_train_compile_resolves_on_a_gpu(llama_8b, tiny_llama_dir):
+    path, _ = llama_8b
+    assert plan_run(_cfg(path, 2, 2048), gpu_memory_gib=139.8).settings.compiled  # auto, 4096 wide
+    assert not plan_run(_cfg(path, 2, 2048, compile=False), gpu_memory_gib=139.8).settings.compiled
+    assert not plan_run(_cfg(tiny_llama_dir, 2, 64), gpu_memory_gib=80).settings.compiled  # too narrow
+
+
+def test_auto_checkpointing_under_a_budget_checkpoints_the_fewest_layers_that_fit(llama_8b):
+    path, shape = llama_8b
+
+    def plan(budget, checkpointing="auto", **settings):
+        cfg = _cfg(path, 2, 2048, grad_checkpointing=checkpointing, memory_budget_gib=budget)
+        if settings:
+            return plan_run(cfg, gpu_memory_gib=139.8, shape=shape, settings=Settings(**settings))
+        return choose_settings(cfg, gpu_memory_gib=139.8, shape=shape, loss="fused")
+
+    chosen = plan(16)
+    k = chosen.settings.checkpoint_layers
+    assert chosen.verdict == "fits" and 0 < k < 32 and chosen.settings.describe(32) == f"on for {k} of 32 layers"
+    fewer = plan(16, grad_checkpointing=True, checkpoint_layers=k - 1, loss="fused", compiled=True)
+    assert fewer.verdict != "fits"  # one layer fewer does not fit: k is the fewest
+    every = plan(16, grad_checkpointing=True, loss="fused", compiled=True)
+    assert every.memory.peak_allocated < chosen.memory.peak_allocated < plan(None).memory.peak_allocated
+    assert every.speed.tokens_per_s < chosen.speed.tokens_per_s < plan(None).speed.tokens_per_s
+    assert plan(16, checkpointing=True).settings.checkpoint_layers is None  # explicit: every layer
+    assert plan(None).settings.grad_checkpointing is False  # fits without: none

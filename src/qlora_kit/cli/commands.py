@@ -58,7 +58,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _proposal(plan) -> str:
     """The settings the plan suggests, as overrides a user can paste."""
     s = plan.settings
-    parts = [f"train.grad_checkpointing={str(s.grad_checkpointing).lower()}",
+    some = s.grad_checkpointing and s.checkpoint_layers is not None  # only `auto` checkpoints some layers
+    parts = [f"train.grad_checkpointing={'auto' if some else str(s.grad_checkpointing).lower()}",
              f"train.activation_offload={str(s.activation_offload).lower()}"]  # fmt: skip
     if plan.max_tokens:
         parts.append(f"train.micro_batch_tokens={plan.max_tokens}")

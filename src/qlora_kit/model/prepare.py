@@ -20,8 +20,10 @@ def prepare_for_training(model: Any, grad_checkpointing: bool | str) -> Any:
     return model
 
 
-def set_grad_checkpointing(model: Any, enabled: bool) -> None:
-    """Turn activation checkpointing of the decoder layers on or off (also on a PEFT-wrapped model).
+def set_grad_checkpointing(model: Any, enabled: bool, first_layers: int | None = None) -> None:
+    """Turn activation checkpointing of the decoder layers on or off (also on a PEFT-wrapped model); with
+    ``first_layers``, on for only that many decoder layers, the first ones (the others keep their
+    activations: faster, for more memory; the planner picks the count).
 
     Non-reentrant checkpointing recomputes with the same RNG state (LoRA dropout masks repeat) and needs
     no input that requires grad, so the frozen embeddings' output is left without one (peft's
@@ -34,6 +36,12 @@ def set_grad_checkpointing(model: Any, enabled: bool) -> None:
         kwargs = {f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
         getattr(model, f"{prefix}_checkpointing_enable")(**kwargs)
         disable_input_require_grads(model)  # transformers turns it on with checkpointing
+        if first_layers is not None:
+            from transformers.modeling_layers import GradientCheckpointingLayer
+
+            layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+            for layer in layers[first_layers:]:
+                layer.gradient_checkpointing = False  # the flag transformers checks per layer
     elif not enabled and hasattr(model, f"{prefix}_checkpointing_disable"):
         getattr(model, f"{prefix}_checkpointing_disable")()
 

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from qlora_kit.planning.memory import Adapter, MemoryEstimate, Settings, estimate_memory
+from qlora_kit.planning.memory import (
+    Adapter,
+    MemoryEstimate,
+    Settings,
+    estimate_memory,
+)
+from qlora_kit.planning.settings import fewest_checkpointed_layers
 from qlora_kit.planning.shape import model_shape
+from qlora_kit.training.compiling import wants_compile
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +47,16 @@ class MemoryDecision:
     """Tokens of one forward pass (None: ``micro_batch_size`` rows per pass)."""
     estimate: MemoryEstimate | None = None
     capacity: int | None = None
+    checkpoint_layers: int | None = None
+    """With checkpointing: the number of decoder layers checkpointed, the first ones (None: all)."""
 
     def describe(self) -> str:
         """One line for the log."""
         onoff = lambda b: "on" if b else "off"  # noqa: E731
-        text = f"checkpointing {onoff(self.grad_checkpointing)}, activation offload {onoff(self.activation_offload)}"
+        ckpt = onoff(self.grad_checkpointing)
+        if self.grad_checkpointing and self.checkpoint_layers is not None:
+            ckpt = f"on for the first {self.checkpoint_layers} decoder layers"
+        text = f"checkpointing {ckpt}, activation offload {onoff(self.activation_offload)}"
         text += (
             f", {self.budget} tokens per forward pass" if self.budget else ", micro_batch_size rows per pass"
         )
@@ -67,8 +79,9 @@ def choose_layout(
         pass_tokens: the largest pass of ``micro_batch_size`` rows (the layout without a budget).
 
     The fastest choice that fits the device with a margin wins: no checkpointing with one pass per step;
-    else no checkpointing with passes of at least :data:`MIN_PASS_TOKENS`; else checkpointing (then offload)
-    with the largest passes that fit. On a CPU (host memory) a step is one pass, without checkpointing.
+    else no checkpointing with passes of at least :data:`MIN_PASS_TOKENS`; else (`auto` checkpointing) the
+    fewest decoder layers checkpointed for one pass per step; else checkpointing (then offload) with the
+    largest passes that fit. On a CPU (host memory) a step is one pass, without checkpointing.
     """
     checkpointing, offload, budget = (
         train_cfg.grad_checkpointing,
@@ -82,24 +95,61 @@ def choose_layout(
         return MemoryDecision(bool(checkpointing), bool(offload), None if budget is None else wanted)
     capacity = _capacity(device, getattr(train_cfg, "memory_budget_gib", None))
     estimate_at, loss = _estimator(train_cfg, model)
+    compiled = wants_compile(getattr(train_cfg, "compile", False), model, device, offloading=False)[0]
     floor = max(row_tokens, min(wanted, MIN_PASS_TOKENS))
     last = None
-    for ckpt, off in ((False, False), (True, False), (True, True)):
-        if checkpointing not in ("auto", ckpt) or offload not in ("auto", off):
-            continue
-        settings = Settings(ckpt, off, loss)
+    for settings in _candidates(checkpointing, offload, Settings(False, False, loss, compiled)):
+        if settings.checkpoint_layers == 0:  # checkpoint the fewest layers for one pass of `wanted` tokens
+            layers = model_shape(_base(model).config).layers
+            one_pass = lambda s: estimate_at(s, wanted).needed <= (1 - MARGIN) * capacity  # noqa: E731
+            k = fewest_checkpointed_layers(one_pass, settings, layers)
+            if k is None:
+                continue
+            settings = replace(settings, checkpoint_layers=k)
         fits = _largest_that_fits(lambda t, s=settings: estimate_at(s, t), capacity, wanted)
-        last = (ckpt, off, settings)
+        last = settings
         if fits >= (floor if budget == "auto" else wanted):  # an explicit budget must fit whole
             tokens = min(wanted, fits) if budget == "auto" else wanted
-            return MemoryDecision(
-                ckpt, off, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
+            return _decision(
+                settings, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
             )
-    ckpt, off, settings = last if last else (True, device.type == "cuda", Settings(True, False, loss))
+    settings = last or Settings(True, device.type == "cuda", loss, compiled)
     tokens = max(row_tokens, _largest_that_fits(lambda t: estimate_at(settings, t), capacity, wanted))
-    return MemoryDecision(
-        ckpt, off, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
+    return _decision(
+        settings, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
     )
+
+
+def _candidates(checkpointing: Any, offload: Any, base: Settings) -> list[Settings]:
+    """The settings the config allows, fastest first: no checkpointing; some layers checkpointed (only
+    under `auto` checkpointing; ``checkpoint_layers=0`` marks it, the count is found later); all; all
+    with offload."""
+    found = []
+    for ckpt, off, some in (
+        (False, False, False),
+        (True, False, True),
+        (True, False, False),
+        (True, True, False),
+    ):
+        if (
+            checkpointing not in ("auto", ckpt)
+            or offload not in ("auto", off)
+            or (some and checkpointing != "auto")
+        ):
+            continue
+        found.append(
+            replace(
+                base, grad_checkpointing=ckpt, activation_offload=off, checkpoint_layers=0 if some else None
+            )
+        )
+    return found
+
+
+def _decision(
+    settings: Settings, budget: int | None, estimate: MemoryEstimate, capacity: int
+) -> MemoryDecision:
+    return MemoryDecision(settings.grad_checkpointing, settings.activation_offload, budget, estimate, capacity,
+                          checkpoint_layers=settings.checkpoint_layers)  # fmt: skip
 
 
 def _estimator(train_cfg: Any, model: Any) -> tuple[Any, str]:
@@ -157,7 +207,7 @@ def _capacity(device: torch.device, budget_gib: float | None = None) -> int:
 
 def _live_inputs(model: Any, train_cfg: Any) -> tuple[Any, Any, Adapter, int]:
     """Shape, quantization, adapter and compute-dtype bytes of a loaded (PEFT-wrapped) model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     config = base.config
     qc = getattr(config, "quantization_config", None)
     qc_get = (lambda k: qc.get(k)) if isinstance(qc, dict) else (lambda k: getattr(qc, k, None))  # noqa: E731
@@ -180,3 +230,8 @@ def _live_inputs(model: Any, train_cfg: Any) -> tuple[Any, Any, Adapter, int]:
     floating = next((p for p in base.parameters() if p.is_floating_point()), None)
     dtype_bytes = floating.element_size() if floating is not None else 2
     return model_shape(config), quant, adapter, dtype_bytes
+
+
+def _base(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -14,9 +14,17 @@ from typing import Any
 
 import torch
 
-from qlora_kit.planning.memory import GIB, Adapter, MemoryEstimate, Settings, estimate_memory
+from qlora_kit.planning.memory import (
+    GIB,
+    Adapter,
+    MemoryEstimate,
+    Settings,
+    estimate_memory,
+)
+from qlora_kit.planning.settings import fewest_checkpointed_layers
 from qlora_kit.planning.shape import ModelShape, load_model_config, model_shape
 from qlora_kit.planning.speed import H200_PEAK_TFLOPS, SpeedEstimate, estimate_speed
+from qlora_kit.training.compiling import compile_decision
 
 MARGIN = 0.10
 """A plan `fits` when it needs at most 90% of the GPU's memory; up to 100% it is `tight`."""
@@ -76,7 +84,7 @@ class Plan:
         lines = [
             f"{self.model} ({self.shape.model_type}, {self.shape.layers} layers, hidden {self.shape.hidden}, "
             f"vocab {self.shape.vocab})",
-            f"checkpointing {onoff(s.grad_checkpointing)}, activation offload {onoff(s.activation_offload)}, "
+            f"checkpointing {s.describe(self.shape.layers)}, activation offload {onoff(s.activation_offload)}, "
             f"loss {s.loss}; micro-batch {self.rows} x {self.seq:,} = {self.tokens:,} tokens",
             "",
         ]
@@ -124,7 +132,7 @@ def plan_run(
     shape = shape or shape_of(cfg)
     if settings is None and "auto" in (cfg.train.grad_checkpointing, cfg.train.activation_offload):
         return choose_settings(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, shape=shape)
-    settings = settings or settings_of(cfg)
+    settings = settings or settings_of(cfg, shape)
     seq = seq_tokens or cfg.data.max_length
     rows = cfg.train.micro_batch_size
     adapter, dtype_bytes = adapter_of(cfg), _dtype_bytes(cfg)
@@ -158,17 +166,22 @@ def choose_settings(
     """The cheapest settings under which a micro-step of ``cfg`` fits, as a :class:`Plan`.
 
     Tried in order of speed, among those the config allows (`auto` allows both): checkpointing off,
-    on, on with activation offload; the loss stays as configured (or ``loss``). The first whose plan
+    on for the fewest decoder layers that fit (`auto` checkpointing only), on for all, on with activation
+    offload; the loss stays as configured (or ``loss``). The first whose plan
     `fits` (with the 10% margin) is returned; if none does, the last (its ``verdict`` says so, its
     ``max_tokens`` says how many tokens would fit).
     """
     shape = shape or shape_of(cfg)
-    base = settings_of(cfg)
+    base = settings_of(cfg, shape)
     if loss is not None:
         base = replace(base, loss=loss)
     plan = None
     for checkpointing, offload in candidate_settings(cfg):
         settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload)
+        if checkpointing and not offload and cfg.train.grad_checkpointing == "auto":
+            some = _some_layers_checkpointed(cfg, settings, shape, gpu_memory_gib, seq_tokens)
+            if some is not None and some.verdict in (None, "fits"):
+                return some
         plan = plan_run(
             cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=settings, shape=shape
         )
@@ -176,6 +189,21 @@ def choose_settings(
             return plan
     assert plan is not None
     return plan
+
+
+def _some_layers_checkpointed(
+    cfg: Any, settings: Settings, shape: ModelShape, gpu_memory_gib: float | None, seq_tokens: int | None
+) -> Plan | None:
+    """The plan with the fewest decoder layers checkpointed that fits, or None (no GPU size to fit, or
+    checkpointing some layers is not enough)."""
+    if _gpu_bytes(gpu_memory_gib, cfg.train.memory_budget_gib) is None:
+        return None  # nothing to fit: checkpoint all, as without a plan
+
+    def plan_with(s: Settings) -> Plan:
+        return plan_run(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=s, shape=shape)
+
+    k = fewest_checkpointed_layers(lambda s: plan_with(s).verdict == "fits", settings, shape.layers)
+    return None if k is None else plan_with(replace(settings, checkpoint_layers=k))
 
 
 # ------------------------------------------------------------------------- reading the config
@@ -197,13 +225,14 @@ def candidate_settings(cfg: Any) -> list[tuple[bool, bool]]:
     ]
 
 
-def settings_of(cfg: Any) -> Settings:
-    """The config's checkpointing, offload and loss; `auto` checkpointing or offload plan as the first
-    setting the config allows, `auto` loss as chunked."""
+def settings_of(cfg: Any, shape: ModelShape) -> Settings:
+    """The config's checkpointing, offload, loss and compilation on a GPU; `auto` checkpointing or offload
+    plan as the first setting the config allows, `auto` loss as chunked."""
     checkpointing, offload = candidate_settings(cfg)[0]
     loss = getattr(cfg.train.loss, "kind", cfg.train.loss)
+    compiled, _ = compile_decision(cfg.train.compile, shape.hidden, "cuda", offloading=False)
     return Settings(grad_checkpointing=checkpointing, activation_offload=offload,
-                    loss="chunked" if loss == "auto" else loss)  # fmt: skip
+                    loss="chunked" if loss == "auto" else loss, compiled=compiled)  # fmt: skip
 
 
 def adapter_of(cfg: Any) -> Adapter:

@@ -36,6 +36,9 @@ H200_PEAK_TFLOPS = 790.0
 """bf16 dense peak measured on the H200 (BENCHMARKS.md)."""
 MEASURED_EFFICIENCY = ((2048, 0.265), (4096, 0.378))
 """(hidden size, executed FLOP/s over peak) measured on the H200 (see the module docstring)."""
+COMPILED_EFFICIENCY = ((2048, 0.313), (4096, 0.466))
+"""The same with the decoder layers compiled (``train.compile``), H200 runs 2026-11-30i and j, the mean of
+two runs each: 8B 11,053 and 12,035 tokens/s (eager in run i: 8,384), 1B 45,202 and 46,022 (eager 41,436)."""
 HOST_LINK_GBPS = 25.0
 """Assumed effective pinned host<->device copy rate, GB/s (PCIe Gen5 x16 reaches ~50); measure it."""
 
@@ -70,7 +73,7 @@ def estimate_speed(
 
     ``efficiency`` defaults to :func:`default_efficiency` of the shape.
     """
-    efficiency = efficiency or default_efficiency(shape)
+    efficiency = efficiency or default_efficiency(shape, settings.compiles)
     layer_matmul = sum(lin.numel for lin in shape.linears)
     lora = sum(
         adapter.r * (lin.in_features + lin.out_features)
@@ -79,8 +82,9 @@ def estimate_speed(
     useful = 4 * (layer_matmul + shape.head.numel) + 3 * seq * shape.hidden * shape.layers
     attention = 6 * seq * shape.q_dim * shape.layers  # causal: half of 12 x seq x q_dim per layer
     executed = 4 * (layer_matmul + shape.head.numel) + 6 * lora + attention
-    if settings.grad_checkpointing:
-        executed += 2 * layer_matmul + 2 * lora + attention / 3
+    if settings.grad_checkpointing:  # the checkpointed share of the layers runs its forward twice
+        share = settings.checkpointed(shape.layers) / shape.layers
+        executed += share * (2 * layer_matmul + 2 * lora + attention / 3)
     if settings.loss == "chunked":
         executed += 2 * shape.head.numel
     compute = tokens * executed / (efficiency * peak_tflops * 1e12)
@@ -98,8 +102,9 @@ def estimate_speed(
     )  # fmt: skip
 
 
-def default_efficiency(shape: ModelShape) -> float:
-    """Executed FLOP/s over peak for ``shape``: the H200 measurements, interpolated by hidden size."""
-    (h0, e0), (h1, e1) = MEASURED_EFFICIENCY
+def default_efficiency(shape: ModelShape, compiled: bool = False) -> float:
+    """Executed FLOP/s over peak for ``shape``: the H200 measurements (of compiled layers when
+    ``compiled``), interpolated by hidden size."""
+    (h0, e0), (h1, e1) = COMPILED_EFFICIENCY if compiled else MEASURED_EFFICIENCY
     x = min(max(shape.hidden, h0), h1)
     return e0 + (e1 - e0) * (x - h0) / (h1 - h0)

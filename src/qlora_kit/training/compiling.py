@@ -38,18 +38,34 @@ def wants_compile(
     setting: bool | str, model: Any, device: torch.device, offloading: bool
 ) -> tuple[bool, str]:
     """Whether ``train.compile`` (``True``, ``False`` or ``"auto"``) compiles this model, and why."""
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None) or 0
+    return compile_decision(setting, hidden, device.type, offloading)
+
+
+def compile_decision(
+    setting: bool | str, hidden: int, device_type: str, offloading: bool
+) -> tuple[bool, str]:
+    """:func:`wants_compile` from the model's hidden size and device type (the planner has no model)."""
     if setting is not True and setting != "auto":
         return False, "off"
     if offloading:
         return False, "skipped: activation offloading is on (the two are not combined)"
     if setting is True:
         return True, "on"
-    if device.type != "cuda":
-        return False, f"auto: off on {device.type} (it pays on CUDA only)"
-    hidden = getattr(getattr(model, "config", None), "hidden_size", None) or 0
+    if device_type != "cuda":
+        return False, f"auto: off on {device_type} (it pays on CUDA only)"
     if hidden < AUTO_MIN_HIDDEN:
         return False, f"auto: off (hidden size {hidden} < {AUTO_MIN_HIDDEN}: the step is bound elsewhere)"
     return True, f"auto: on (CUDA, hidden size {hidden} >= {AUTO_MIN_HIDDEN})"
+
+
+def compile_if_wanted(model: Any, setting: bool | str, device: torch.device, offloading: bool) -> int:
+    """Compile ``model``'s decoder layers if ``train.compile`` (``setting``) wants it here, saying why in
+    the log; returns how many layers were compiled."""
+    compiling, why = wants_compile(setting, model, device, offloading)
+    if setting is not False:
+        logger.info("train.compile: %s", why)
+    return compile_decoder_layers(model) if compiling else 0
 
 
 def compile_decoder_layers(model: Any) -> int:

@@ -25,7 +25,7 @@ from qlora_kit.planning.live import check_first_step
 from qlora_kit.training.accelerator import flat_config, make_accelerator
 from qlora_kit.training.batches import Window
 from qlora_kit.training.checkpoint import CheckpointManager, read_state_file
-from qlora_kit.training.compiling import compile_decoder_layers, wants_compile
+from qlora_kit.training.compiling import compile_if_wanted
 from qlora_kit.training.distributed import (
     check_fsdp_settings,
     check_sharded_forward,
@@ -139,13 +139,9 @@ class TrainingSession:
         set_seed(cfg.seed)  # dropout; a resumed run then restores the checkpoint's generator states
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(acc.device)
-        set_grad_checkpointing(model, self.memory.grad_checkpointing)
+        set_grad_checkpointing(model, self.memory.grad_checkpointing, self.memory.checkpoint_layers)
         self._offload = enable_offloaded_checkpointing(model) if self.memory.activation_offload else None
-        compiling, why = wants_compile(cfg.compile, model, acc.device, offloading=self._offload is not None)
-        if cfg.compile is not False:
-            logger.info("train.compile: %s", why)
-        if compiling:
-            compile_decoder_layers(model)
+        compile_if_wanted(model, cfg.compile, acc.device, offloading=self._offload is not None)
         keep_4bit_weights_trainable(model)
         model.train()
         optimizer = cfg.optimizer.build().create(model)
