@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from dataclasses import asdict
@@ -75,8 +76,6 @@ def latest_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
-    from qlora_kit.planning.plan import choose_settings
-
     shape, rows, seq = WORKLOADS[row["workload"]]
     seq = seq or row["max_seq"]
     # the settings the row ran with (rows from before `train.compile` existed ran eagerly)
@@ -88,7 +87,7 @@ def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
     cfg = run_config(
         shapes[shape], rows, seq, dropout, train.get("compile", False), train.get("memory_budget_gib")
     )
-    plan = choose_settings(cfg, gpu_memory_gib=H200_GIB, seq_tokens=seq, loss="fused")
+    plan = plan_as_run(cfg, seq, (row.get("config") or {}).get("memory"))
     predicted = plan.memory.peak_allocated / 2**30
     return {
         "run_id": row["run_id"], "workload": row["workload"], "system": row["system"], "tokens": rows * seq,
@@ -97,6 +96,33 @@ def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
         "tokens_per_s_predicted": round(plan.speed.tokens_per_s), "tokens_per_s_measured": row["tokens_per_s"],
         "speed_error": round(plan.speed.tokens_per_s / row["tokens_per_s"] - 1, 3),
     }  # fmt: skip
+
+
+def plan_as_run(cfg: Any, seq: int, memory: str | None) -> Any:
+    """The plan for the settings the Trainer chose in the run: read from the row's memory line where it has
+    one ("checkpointing on for the first 26 decoder layers, activation offload off, ..."); older rows (no
+    line, before some-layer checkpointing) as their `auto` then chose: the first of none / all / all with
+    offload that fits. The loss is ``fused``, what `auto` takes on CUDA."""
+    from dataclasses import replace
+
+    from qlora_kit.planning.plan import plan_run, settings_of, shape_of
+
+    base = replace(settings_of(cfg, shape_of(cfg)), loss="fused")
+
+    def plan(checkpointing: bool, offload: bool, layers: int | None = None) -> Any:
+        settings = replace(
+            base, grad_checkpointing=checkpointing, activation_offload=offload, checkpoint_layers=layers
+        )
+        return plan_run(cfg, gpu_memory_gib=H200_GIB, seq_tokens=seq, settings=settings)
+
+    if memory:
+        some = re.search(r"first (\d+) decoder layers", memory)
+        return plan("checkpointing on" in memory, "activation offload on" in memory, some and int(some[1]))
+    for checkpointing, offload in ((False, False), (True, False), (True, True)):
+        chosen = plan(checkpointing, offload)
+        if chosen.verdict == "fits":
+            return chosen
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in results:
         s = r["settings"]
+        ckpt = (
+            "off"
+            if not s["grad_checkpointing"]
+            else "on"
+            if not s["checkpoint_layers"]
+            else f"first {s['checkpoint_layers']} layers"
+        )
         print(f"| {r['run_id']} | {r['workload']} | {r['system']} | {r['tokens']:,} | "
-              f"{'on' if s['grad_checkpointing'] else 'off'}, {'on' if s['activation_offload'] else 'off'} | "
+              f"{ckpt}, {'on' if s['activation_offload'] else 'off'} | "
               f"{r['peak_gib_predicted']} / {r['peak_gib_measured']:.1f} ({r['peak_error']:+.0%}) | "
               f"{r['tokens_per_s_predicted']:,} / {r['tokens_per_s_measured']:,.0f} ({r['speed_error']:+.0%}) |")  # fmt: skip
     return 0

@@ -323,7 +323,9 @@ def test_plan_command_prints_the_table_the_verdict_and_the_settings(llama_8b, tm
     k = plan["settings"]["checkpoint_layers"]  # of some layers: what `auto` would do
     assert main(["plan", str(cfg), "--gpu-memory", "16"]) == 0
     out = capsys.readouterr().out
-    assert f"checkpointing on for {k} of 32 layers" in out and "settings: train.grad_checkpointing=auto" in out
+    assert (
+        f"checkpointing on for {k} of 32 layers" in out and "settings: train.grad_checkpointing=auto" in out
+    )
 
 
 def test_a_memory_budget_caps_what_the_plan_may_use(llama_8b, tmp_path, capsys):
@@ -385,7 +387,9 @@ def test_auto_checkpointing_under_a_budget_checkpoints_the_fewest_layers_that_fi
 
     chosen = plan(16)
     k = chosen.settings.checkpoint_layers
-    assert chosen.verdict == "fits" and 0 < k < 32 and chosen.settings.describe(32) == f"on for {k} of 32 layers"
+    assert (
+        chosen.verdict == "fits" and 0 < k < 32 and chosen.settings.describe(32) == f"on for {k} of 32 layers"
+    )
     fewer = plan(16, grad_checkpointing=True, checkpoint_layers=k - 1, loss="fused", compiled=True)
     assert fewer.verdict != "fits"  # one layer fewer does not fit: k is the fewest
     every = plan(16, grad_checkpointing=True, loss="fused", compiled=True)
@@ -393,3 +397,19 @@ def test_auto_checkpointing_under_a_budget_checkpoints_the_fewest_layers_that_fi
     assert every.speed.tokens_per_s < chosen.speed.tokens_per_s < plan(None).speed.tokens_per_s
     assert plan(16, checkpointing=True).settings.checkpoint_layers is None  # explicit: every layer
     assert plan(None).settings.grad_checkpointing is False  # fits without: none
+
+
+@pytest.mark.parametrize(
+    ("checkpointing", "layers", "turn_on"), [(False, None, True), (True, 26, True), (True, None, False)]
+)
+def test_a_first_step_near_the_limit_turns_checkpointing_on_for_every_layer(
+    monkeypatch, checkpointing, layers, turn_on
+):
+    from qlora_kit.planning.live import MemoryDecision, check_first_step
+
+    estimate = estimate_memory(model_shape(LlamaConfig(**TINY)), Bnb4bit.Config(), Adapter(), Settings(), 64)
+    decision = MemoryDecision(checkpointing, False, 64, estimate, capacity=100, checkpoint_layers=layers)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 95)  # within the 10% margin
+    assert check_first_step(decision, torch.device("cuda")) is turn_on
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 50)
+    assert check_first_step(decision, torch.device("cuda")) is False

@@ -42,8 +42,9 @@ class TrainConfig(StrictModel):
     """Micro-batches per optimizer step; the loss is normalised by the supervised tokens of the window."""
     grad_checkpointing: bool | Literal["auto"] = "auto"
     """Recompute each decoder layer in the backward pass (non-reentrant) to save memory. `auto`: off
-    when a step fits the device's memory with a margin (`qlora-kit plan` shows the estimate; the first
-    step's measured peak is checked against it), on otherwise."""
+    when a step fits the device's memory with a margin; else on for the fewest decoder layers that let a
+    step fit; else on for all (`qlora-kit plan` shows the estimate; the first step's measured peak is
+    checked against it, and checkpointing turned on for every layer if it came within the margin)."""
     activation_offload: bool | Literal["auto"] = "auto"
     """Keep the checkpointed layers' inputs in pinned CPU memory, copied on a side CUDA stream (CUDA
     only; needs checkpointing). `auto`: only when a step does not fit without it."""

@@ -181,7 +181,8 @@ def _largest_that_fits(estimate_at: Any, capacity: int, most: int) -> int:
 
 def check_first_step(decision: MemoryDecision, device: torch.device) -> bool:
     """Compare the first step's measured peak with the estimate; True when checkpointing should be turned
-    on now (it was chosen off, and the measured peak left less than the margin free)."""
+    on for every layer now (it was chosen off or for some layers, and the measured peak left less than the
+    margin free)."""
     if device.type != "cuda" or decision.estimate is None or not decision.capacity:
         return False
     measured = torch.cuda.max_memory_allocated(device)
@@ -189,7 +190,8 @@ def check_first_step(decision: MemoryDecision, device: torch.device) -> bool:
     logger.info(
         "memory at the first step: %.2f GiB measured, %.2f GiB planned", measured / 2**30, planned / 2**30
     )
-    return not decision.grad_checkpointing and measured > (1 - MARGIN) * decision.capacity
+    some_layers_kept = not decision.grad_checkpointing or decision.checkpoint_layers is not None
+    return some_layers_kept and measured > (1 - MARGIN) * decision.capacity
 
 
 def _capacity(device: torch.device, budget_gib: float | None = None) -> int:
