@@ -48,7 +48,8 @@ def test_default_auto_leaves_a_cpu_run_eager(tiny_run_config, capsys):
         (False, 4096, "cuda", False, False),
     ],
 )
-def test_wants_compile(setting, hidden, device, offloading, expected):
+def test_wants_compile(setting, hidden, device, offloading, expected, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     import torch
     from transformers import LlamaConfig
 
@@ -59,3 +60,19 @@ def test_wants_compile(setting, hidden, device, offloading, expected):
     decided, why = wants_compile(setting, model, torch.device(device), offloading)
     assert decided is expected
     assert ("offloading" in why) is (offloading and setting is not False)
+
+
+def test_auto_stays_eager_with_several_processes(monkeypatch):
+    import torch
+    from transformers import LlamaConfig
+
+    from qlora_kit.training.compiling import wants_compile
+
+    model = torch.nn.Linear(2, 2)
+    model.config = LlamaConfig(hidden_size=4096)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert wants_compile("auto", model, torch.device("cuda"), False) == (
+        False,
+        "auto: off with 2 processes (not measured under DDP / FSDP; set true to try)",
+    )
+    assert wants_compile(True, model, torch.device("cuda"), False)[0]  # explicit: kept

@@ -52,9 +52,10 @@ class TrainConfig(StrictModel):
     """Compile each decoder layer with torch.compile: fewer kernels and host operations per step, at a
     compile cost in the first steps (about 18 s for a 1B Llama on an H200; again once when pass shapes
     vary). Numerics equal eager to float rounding. `auto`: on for CUDA models with a hidden size of 2048 or
-    more, where it was measured to pay (a 1B Llama: +22% tokens/s on an H200); off for smaller models
-    (distilgpt2's W1 job gained nothing) and on the CPU (SmolLM2-135M's step went from 6.19 to 6.93 s on
-    2 cores). Set false for short runs, where the compilation is not recovered."""
+    more, with one process, where it was measured to pay (on an H200 the 8B shape +32% tokens/s, the 1B
+    +9-23%); off for smaller models (distilgpt2's W1 job gained nothing), on the CPU (SmolLM2-135M's step
+    went from 6.19 to 6.93 s on 2 cores) and under DDP / FSDP (not measured there). Set false for short
+    runs, where the compilation is not recovered."""
     memory_budget_gib: float | None = Field(default=None, gt=0)
     """Most device memory (GiB) the `auto` settings may plan a step to use (default: the device's). They
     take the fastest layout whose planned peak fits it with a 10% margin: a lower budget trades speed for

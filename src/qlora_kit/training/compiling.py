@@ -19,6 +19,7 @@ the two have not been tested together, so compilation is skipped when offloading
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -39,13 +40,15 @@ def wants_compile(
 ) -> tuple[bool, str]:
     """Whether ``train.compile`` (``True``, ``False`` or ``"auto"``) compiles this model, and why."""
     hidden = getattr(getattr(model, "config", None), "hidden_size", None) or 0
-    return compile_decision(setting, hidden, device.type, offloading)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun for every process
+    return compile_decision(setting, hidden, device.type, offloading, processes)
 
 
 def compile_decision(
-    setting: bool | str, hidden: int, device_type: str, offloading: bool
+    setting: bool | str, hidden: int, device_type: str, offloading: bool, processes: int = 1
 ) -> tuple[bool, str]:
-    """:func:`wants_compile` from the model's hidden size and device type (the planner has no model)."""
+    """:func:`wants_compile` from the model's hidden size, the device type and the number of training
+    processes (the planner has no model). ``auto`` stays off under DDP / FSDP: not measured there."""
     if setting is not True and setting != "auto":
         return False, "off"
     if offloading:
@@ -54,6 +57,8 @@ def compile_decision(
         return True, "on"
     if device_type != "cuda":
         return False, f"auto: off on {device_type} (it pays on CUDA only)"
+    if processes > 1:
+        return False, f"auto: off with {processes} processes (not measured under DDP / FSDP; set true to try)"
     if hidden < AUTO_MIN_HIDDEN:
         return False, f"auto: off (hidden size {hidden} < {AUTO_MIN_HIDDEN}: the step is bound elsewhere)"
     return True, f"auto: on (CUDA, hidden size {hidden} >= {AUTO_MIN_HIDDEN})"
