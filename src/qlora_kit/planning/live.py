@@ -16,12 +16,7 @@ from typing import Any
 
 import torch
 
-from qlora_kit.planning.memory import (
-    Adapter,
-    MemoryEstimate,
-    Settings,
-    estimate_memory,
-)
+from qlora_kit.planning.memory import Adapter, MemoryEstimate, Settings, estimate_memory
 from qlora_kit.planning.settings import fewest_checkpointed_layers
 from qlora_kit.planning.shape import model_shape
 from qlora_kit.training.compiling import wants_compile

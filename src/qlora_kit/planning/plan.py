@@ -14,13 +14,7 @@ from typing import Any
 
 import torch
 
-from qlora_kit.planning.memory import (
-    GIB,
-    Adapter,
-    MemoryEstimate,
-    Settings,
-    estimate_memory,
-)
+from qlora_kit.planning.memory import GIB, Adapter, MemoryEstimate, Settings, estimate_memory
 from qlora_kit.planning.settings import fewest_checkpointed_layers
 from qlora_kit.planning.shape import ModelShape, load_model_config, model_shape
 from qlora_kit.planning.speed import H200_PEAK_TFLOPS, SpeedEstimate, estimate_speed
