@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from qlora_kit.planning.memory import Adapter, MemoryEstimate, Settings, estimate_memory
-from qlora_kit.planning.settings import fewest_checkpointed_layers
+from qlora_kit.planning.settings import fewest_checkpointed_layers, layouts
 from qlora_kit.planning.shape import model_shape
 from qlora_kit.training.compiling import wants_compile
 
@@ -93,8 +93,9 @@ def choose_layout(
     compiled = wants_compile(getattr(train_cfg, "compile", False), model, device, offloading=False)[0]
     floor = max(row_tokens, min(wanted, MIN_PASS_TOKENS))
     last = None
-    for settings in _candidates(checkpointing, offload, Settings(False, False, loss, compiled)):
-        if settings.checkpoint_layers == 0:  # checkpoint the fewest layers for one pass of `wanted` tokens
+    for ckpt, off, some in layouts(checkpointing, offload):
+        settings = Settings(ckpt, off, loss, compiled)
+        if some:  # checkpoint the fewest layers for one pass of `wanted` tokens
             layers = model_shape(_base(model).config).layers
             one_pass = lambda s: estimate_at(s, wanted).needed <= (1 - MARGIN) * capacity  # noqa: E731
             k = fewest_checkpointed_layers(one_pass, settings, layers)
@@ -113,31 +114,6 @@ def choose_layout(
     return _decision(
         settings, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
     )
-
-
-def _candidates(checkpointing: Any, offload: Any, base: Settings) -> list[Settings]:
-    """The settings the config allows, fastest first: no checkpointing; some layers checkpointed (only
-    under `auto` checkpointing; ``checkpoint_layers=0`` marks it, the count is found later); all; all
-    with offload."""
-    found = []
-    for ckpt, off, some in (
-        (False, False, False),
-        (True, False, True),
-        (True, False, False),
-        (True, True, False),
-    ):
-        if (
-            checkpointing not in ("auto", ckpt)
-            or offload not in ("auto", off)
-            or (some and checkpointing != "auto")
-        ):
-            continue
-        found.append(
-            replace(
-                base, grad_checkpointing=ckpt, activation_offload=off, checkpoint_layers=0 if some else None
-            )
-        )
-    return found
 
 
 def _decision(

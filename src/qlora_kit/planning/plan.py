@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from qlora_kit.planning.memory import GIB, Adapter, MemoryEstimate, Settings, estimate_memory
-from qlora_kit.planning.settings import fewest_checkpointed_layers
+from qlora_kit.planning.settings import fewest_checkpointed_layers, layouts
 from qlora_kit.planning.shape import ModelShape, load_model_config, model_shape
 from qlora_kit.planning.speed import H200_PEAK_TFLOPS, SpeedEstimate, estimate_speed
 from qlora_kit.training.compiling import compile_decision
@@ -170,12 +170,13 @@ def choose_settings(
     if loss is not None:
         base = replace(base, loss=loss)
     plan = None
-    for checkpointing, offload in candidate_settings(cfg):
+    for checkpointing, offload, some in layouts(cfg.train.grad_checkpointing, cfg.train.activation_offload):
         settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload)
-        if checkpointing and not offload and cfg.train.grad_checkpointing == "auto":
-            some = _some_layers_checkpointed(cfg, settings, shape, gpu_memory_gib, seq_tokens)
-            if some is not None and some.verdict in (None, "fits"):
-                return some
+        if some:
+            chosen = _some_layers_checkpointed(cfg, settings, shape, gpu_memory_gib, seq_tokens)
+            if chosen is not None:
+                return chosen
+            continue
         plan = plan_run(
             cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=settings, shape=shape
         )
@@ -188,8 +189,8 @@ def choose_settings(
 def _some_layers_checkpointed(
     cfg: Any, settings: Settings, shape: ModelShape, gpu_memory_gib: float | None, seq_tokens: int | None
 ) -> Plan | None:
-    """The plan with the fewest decoder layers checkpointed that fits, or None (no GPU size to fit, or
-    checkpointing some layers is not enough)."""
+    """The plan with the fewest decoder layers checkpointed that fits (with the margin), or None (no GPU
+    size to fit, or checkpointing some layers is not enough)."""
     if _gpu_bytes(gpu_memory_gib, cfg.train.memory_budget_gib) is None:
         return None  # nothing to fit: checkpoint all, as without a plan
 
@@ -211,12 +212,8 @@ def shape_of(cfg: Any) -> ModelShape:
 
 def candidate_settings(cfg: Any) -> list[tuple[bool, bool]]:
     """``(checkpointing, offload)`` pairs the config allows, fastest first (`auto` allows both values)."""
-    checkpointing, offload = cfg.train.grad_checkpointing, cfg.train.activation_offload
-    return [
-        (c, o)
-        for c, o in ((False, False), (True, False), (True, True))
-        if checkpointing in ("auto", c) and offload in ("auto", o)
-    ]
+    t = cfg.train
+    return [(c, o) for c, o, some in layouts(t.grad_checkpointing, t.activation_offload) if not some]
 
 
 def settings_of(cfg: Any, shape: ModelShape) -> Settings:

@@ -50,6 +50,19 @@ class Adapter:
     optimizer: str = "adamw_torch"
 
 
+def layouts(checkpointing: bool | str, offload: bool | str) -> list[tuple[bool, bool, bool]]:
+    """``(checkpointing, offload, some layers only)`` layouts that `train.grad_checkpointing` and
+    `train.activation_offload` (``True``, ``False`` or ``"auto"``) allow, fastest first: none; the fewest
+    layers that fit (`auto` checkpointing only: the count is searched by :func:`fewest_checkpointed_layers`);
+    every layer; every layer with offload."""
+    order = ((False, False, False), (True, False, True), (True, False, False), (True, True, False))
+    return [
+        (c, o, some)
+        for c, o, some in order
+        if checkpointing in ("auto", c) and offload in ("auto", o) and (checkpointing == "auto" or not some)
+    ]
+
+
 def fewest_checkpointed_layers(fits: Any, settings: Settings, layers: int) -> int | None:
     """The fewest decoder layers (1 to ``layers - 1``) to checkpoint for ``fits(settings)`` to hold, or
     None when checkpointing only some layers does not fit (memory falls as more are checkpointed:

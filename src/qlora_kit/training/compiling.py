@@ -5,8 +5,8 @@ Python call and a kernel launch. Compiling each decoder layer fuses them into a 
 layers of a model are alike, so one compilation serves them all; the 4-bit matmul of bitsandbytes traces
 without graph breaks (tests/integration/test_compile.py).
 
-What measurement says (benchmarks/RESULTS.md, one H200): a 1B Llama's step went from 0.186 to 0.153 s
-(+22% tokens/s) after an 18 s compilation; distilgpt2's W1 job gained nothing (a 6-layer, 768-wide model
+What measurement says (benchmarks/RESULTS.md, one H200, runs 2026-11-30h-j): the 8B shape +32% tokens/s and
+the 1B shape +9% to +23%, after 18-23 s of compilation in the first step; distilgpt2's W1 job gained nothing (a 6-layer, 768-wide model
 whose step is bound by work outside the layers). On 2 CPU cores SmolLM2-135M's step got slower. Hence
 ``auto``: on for CUDA models at least :data:`AUTO_MIN_HIDDEN` wide, off otherwise.
 
@@ -27,7 +27,8 @@ import torch
 logger = logging.getLogger(__name__)
 
 AUTO_MIN_HIDDEN = 2048
-"""``train.compile: auto`` compiles models with a hidden size at least this (the 1B shape measured +22%)."""
+"""``train.compile: auto`` compiles models with a hidden size at least this (the 1B shape, the smallest
+measured to gain: +9% to +23%)."""
 
 RECOMPILE_LIMIT = 32
 """Graphs torch may compile per layer function: the first layer (its input needs no gradient) and the
