@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from qlora_kit.planning.memory import Adapter, Settings, lora_targets
 from qlora_kit.planning.shape import ModelShape
+from qlora_kit.training.kernels import LONG_ROW_TOKENS
 
 H200_PEAK_TFLOPS = 790.0
 """bf16 dense peak measured on the H200 (BENCHMARKS.md)."""
@@ -39,6 +40,12 @@ MEASURED_EFFICIENCY = ((2048, 0.265), (4096, 0.378))
 COMPILED_EFFICIENCY = ((2048, 0.313), (4096, 0.466))
 """The same with the decoder layers compiled (``train.compile``), H200 runs 2026-11-30i and j, the mean of
 two runs each: 8B 11,053 and 12,035 tokens/s (eager in run i: 8,384), 1B 45,202 and 46,022 (eager 41,436)."""
+LONG_ROW_ATTENTION_TFLOPS = 550.0
+"""cuDNN causal attention on one long row, the 8B shape's 32/8 heads of 128 in bf16, one H200 (torch 2.11,
+2026-11-30, ``benchmarks/sdpa_long.py``): forward + backward at 546-564 TFLOP/s, forward alone 570-611, at
+65,536-131,072 tokens, FLOPs counted as 2 x seq x q_dim per token and layer forward, 3.5 times that with the
+backward (flash: 327-334). Rows of :data:`~qlora_kit.training.kernels.LONG_ROW_TOKENS` or more train with
+it; shorter rows' attention is in the fitted efficiency."""
 HOST_LINK_GBPS = 25.0
 """Assumed effective pinned host<->device copy rate, GB/s (PCIe Gen5 x16 reaches ~50); measure it."""
 
@@ -81,13 +88,17 @@ def estimate_speed(
     )
     useful = 4 * (layer_matmul + shape.head.numel) + 3 * seq * shape.hidden * shape.layers
     attention = 6 * seq * shape.q_dim * shape.layers  # causal: half of 12 x seq x q_dim per layer
+    share = settings.checkpointed(shape.layers) / shape.layers if settings.grad_checkpointing else 0.0
     executed = 4 * (layer_matmul + shape.head.numel) + 6 * lora + attention
-    if settings.grad_checkpointing:  # the checkpointed share of the layers runs its forward twice
-        share = settings.checkpointed(shape.layers) / shape.layers
-        executed += share * (2 * layer_matmul + 2 * lora + attention / 3)
+    executed += share * (2 * layer_matmul + 2 * lora + attention / 3)  # checkpointed layers: forward twice
     if settings.loss == "chunked":
         executed += 2 * shape.head.numel
-    compute = tokens * executed / (efficiency * peak_tflops * 1e12)
+    rate = efficiency * peak_tflops * 1e12
+    compute = tokens * executed / rate
+    if seq >= LONG_ROW_TOKENS:  # attention dominates: time it at the rate of the kernel training picks
+        fitted = (1 + share / 3) * attention / rate
+        forward = 2 * seq * shape.q_dim * shape.layers
+        compute += tokens * (forward * (3.5 + share) / (LONG_ROW_ATTENTION_TFLOPS * 1e12) - fitted)
     offload = 0.0
     if settings.grad_checkpointing and settings.activation_offload:
         moved = (

@@ -14,11 +14,12 @@ the layout; only the number of kernel launches and the padding do.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from qlora_kit.training.kernels import is_long_plain_row
 from qlora_kit.training.loss import count_supervised
 
 BatchPlanner = Callable[[Sequence[int], int, torch.Generator], list[list[int]]]
@@ -126,6 +127,8 @@ class Window:
     batches: list[dict[str, Any]]
     supervised_tokens: int
     input_tokens: int
+    long_plain: list[bool] = field(default_factory=list)
+    """Per batch: long rows without padding or packing (:func:`~qlora_kit.training.kernels.is_long_plain_row`)."""
 
     @classmethod
     def collate(cls, rows: Any, micro_batches: list[list[int]], collate_fn: Any, device: Any) -> Window:
@@ -133,8 +136,9 @@ class Window:
         batches = [collate_fn([rows[i] for i in micro]) for micro in micro_batches]
         supervised = sum(count_supervised(b) for b in batches)
         inputs = sum(_input_tokens(b) for b in batches)
+        long_plain = [is_long_plain_row(b) for b in batches]
         on_device = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
-        return cls(on_device, supervised, inputs)
+        return cls(on_device, supervised, inputs, long_plain)
 
 
 def _input_tokens(batch: dict[str, Any]) -> int:

@@ -25,7 +25,7 @@ from qlora_kit.training.distributed import local_tensor
 from qlora_kit.training.evaluation import evaluate
 from qlora_kit.training.guards import check_finite_loss, check_gradients_flow, oom_message
 from qlora_kit.training.interrupt import StopRequest
-from qlora_kit.training.kernels import attention_backends
+from qlora_kit.training.kernels import attention_backends, long_row_attention
 from qlora_kit.training.loss import LossFn
 from qlora_kit.training.panel import generate_panel
 from qlora_kit.training.result import TrainResult
@@ -146,7 +146,8 @@ class Trainer:
         scale = acc.num_processes / n_tokens  # DDP averages gradients over processes: undo that
         loss_sum = torch.zeros((), device=s.device)
         for i, batch in enumerate(window.batches):
-            with s.no_sync(last=i == len(window.batches) - 1):  # all-reduce once, after the last one
+            last = i == len(window.batches) - 1  # gradients are all-reduced once, after the last
+            with s.no_sync(last), long_row_attention(s.device, window.long_plain[i]):
                 batch_loss = s.loss_fn(s.model, batch)  # summed token cross-entropy
                 acc.backward(batch_loss * scale)
             loss_sum += batch_loss.detach()
