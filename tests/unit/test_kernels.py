@@ -40,7 +40,9 @@ def test_positions_that_count_up_are_plain():
 
 def test_window_marks_each_micro_batch():
     data = rows(32, 32, 8)
-    window = Window.collate(data, [[0], [1, 2]], PaddedCollator(pad_token_id=0, pad_to_multiple_of=None), "cpu")
+    window = Window.collate(
+        data, [[0], [1, 2]], PaddedCollator(pad_token_id=0, pad_to_multiple_of=None), "cpu"
+    )
     assert window.long_plain == [True, False]
 
 
