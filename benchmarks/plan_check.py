@@ -109,15 +109,21 @@ def plan_as_run(cfg: Any, seq: int, memory: str | None) -> Any:
 
     base = replace(settings_of(cfg, shape_of(cfg)), loss="fused")
 
-    def plan(checkpointing: bool, offload: bool, layers: int | None = None) -> Any:
-        settings = replace(
-            base, grad_checkpointing=checkpointing, activation_offload=offload, checkpoint_layers=layers
-        )
+    def plan(
+        checkpointing: bool, offload: bool, layers: int | None = None, offloaded: int | None = None
+    ) -> Any:
+        settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload,
+                           checkpoint_layers=layers, offload_layers=offloaded)  # fmt: skip
         return plan_run(cfg, gpu_memory_gib=H200_GIB, seq_tokens=seq, settings=settings)
 
     if memory:
-        some = re.search(r"first (\d+) decoder layers", memory)
-        return plan("checkpointing on" in memory, "activation offload on" in memory, some and int(some[1]))
+
+        def first(knob: str) -> int | None:
+            found = re.search(knob + r" on for the first (\d+) decoder layers", memory)
+            return int(found[1]) if found else None
+
+        return plan("checkpointing on" in memory, "activation offload on" in memory,
+                    first("checkpointing"), first("activation offload"))  # fmt: skip
     for checkpointing, offload in ((False, False), (True, False), (True, True)):
         chosen = plan(checkpointing, offload)
         if chosen.verdict == "fits":
@@ -150,8 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             if not s["checkpoint_layers"]
             else f"first {s['checkpoint_layers']} layers"
         )
+        offload = (
+            "off"
+            if not s["activation_offload"]
+            else f"first {s['offload_layers']} layers"
+            if s["offload_layers"]
+            else "on"
+        )
         print(f"| {r['run_id']} | {r['workload']} | {r['system']} | {r['tokens']:,} | "
-              f"{ckpt}, {'on' if s['activation_offload'] else 'off'} | "
+              f"{ckpt}, {offload} | "
               f"{r['peak_gib_predicted']} / {r['peak_gib_measured']:.1f} ({r['peak_error']:+.0%}) | "
               f"{r['tokens_per_s_predicted']:,} / {r['tokens_per_s_measured']:,.0f} ({r['speed_error']:+.0%}) |")  # fmt: skip
     return 0

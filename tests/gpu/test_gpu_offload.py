@@ -85,3 +85,38 @@ def test_offload_lowers_peak_memory_for_a_long_sequence(tmp_path, tokenizer, gpu
     )
     # all but ~2 inputs (the one in use and the one prefetched) leave the device
     assert plain - offloaded >= (layers - 3) * per_layer
+
+
+def test_trainer_offloads_the_fewest_layers_a_budget_needs(tmp_path, tokenizer, gpu_device, caplog):
+    import logging
+
+    from qlora_kit.config.io import load_config
+    from qlora_kit.data.collate import PaddedCollator
+    from qlora_kit.planning import Settings, plan_run
+    from qlora_kit.training import Trainer
+
+    layers, tokens = 8, 8192
+    make_tiny_llama(
+        tmp_path / "model", tokenizer, hidden_size=1024, intermediate_size=2816, num_hidden_layers=layers,
+        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=tokens,
+    )  # fmt: skip
+    raw = {"model": {"name_or_path": str(tmp_path / "model")}, "data": {"max_length": tokens},
+           "adapter": {"dropout": 0.0}, "train": {"micro_batch_size": 1, "max_steps": 2, "loss": "chunked"}}  # fmt: skip
+    cfg = load_config(raw)
+    half = plan_run(cfg, settings=Settings(True, True, "chunked", offload_layers=layers // 2))
+    budget = half.memory.needed / 0.9 / 2**30 + 0.004  # fits 4 of 8 offloaded, with the 10% margin
+    cfg = load_config({**raw, "train": {**raw["train"], "memory_budget_gib": budget}})
+    model, _ = ModelLoader(cfg.model, cfg.quant, gpu_device).load()
+    prepare_for_training(model, grad_checkpointing="auto")
+    model = AdapterBuilder(cfg.adapter).apply(model).train()
+    ids = torch.randint(0, 300, (tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    with caplog.at_level(logging.INFO, logger="qlora_kit.training.session"):
+        result = Trainer(cfg.train, output_dir=tmp_path / "run", collate_fn=PaddedCollator(0)).fit(
+            model, [{"input_ids": ids, "labels": ids}] * 2
+        )
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("memory:"))
+    print(line)
+    assert "checkpointing on, activation offload on for the first" in line
+    offloaded = int(line.split("for the first ")[1].split()[0])
+    assert 0 < offloaded < layers
+    assert result.steps == 2

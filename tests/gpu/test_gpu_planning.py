@@ -46,7 +46,11 @@ def _cfg(path, checkpointing: bool) -> RunConfig:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("settings", [Settings(False), Settings(True), Settings(True, True)], ids=str)
+@pytest.mark.parametrize(
+    "settings",
+    [Settings(False), Settings(True), Settings(True, True), Settings(True, True, offload_layers=4)],
+    ids=str,
+)
 def test_planned_peak_is_within_15_percent_of_the_measured_one(model_dir, gpu_device, settings):
     cfg = _cfg(model_dir, settings.grad_checkpointing)
     torch.cuda.empty_cache()
@@ -55,7 +59,7 @@ def test_planned_peak_is_within_15_percent_of_the_measured_one(model_dir, gpu_de
     prepare_for_training(model, settings.grad_checkpointing)
     model = AdapterBuilder(cfg.adapter).apply(model).train()
     if settings.activation_offload:
-        enable_offloaded_checkpointing(model)
+        enable_offloaded_checkpointing(model, first_layers=settings.offload_layers)
     optimizer = cfg.train.optimizer.build().create(model)
     ids = torch.randint(0, 300, (1, TOKENS), device=gpu_device)
     batch = {"input_ids": ids, "labels": ids}

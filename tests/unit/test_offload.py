@@ -100,6 +100,26 @@ def test_layer_inputs_leave_the_device_between_forward_and_backward(tokenizer):
     assert handle.offloader.pending_bytes() == 0
 
 
+def test_first_layers_offload_only_those_inputs_with_the_same_numbers(tokenizer):
+    loss_ckpt, grads_ckpt = _step(_model(tokenizer, checkpointing=True))
+    model = _model(tokenizer, checkpointing=True)
+    handle = enable_offloaded_checkpointing(model, first_layers=2, min_bytes=0)
+    loss_off, grads_off = _step(model)
+    assert handle.offloader.offloaded == 2  # layers 0 and 1
+    assert torch.equal(loss_off, loss_ckpt)
+    assert all(torch.equal(grads_off[n], grads_ckpt[n]) for n in grads_ckpt)
+    storages = []
+    for layer in _layers(model):
+        layer.register_forward_pre_hook(lambda m, a: storages.append(StorageWeakRef(a[0].untyped_storage())))
+    loss = model(input_ids=torch.randint(0, 300, (2, TOKENS))).logits.sum()
+    assert [s.expired() for s in storages] == [True, True, False]  # layer 2's input stays until backward
+    loss.backward()
+    model.zero_grad()
+    enable_offloaded_checkpointing(model, min_bytes=0)  # every layer now (a first step near the limit)
+    _step(model)
+    assert handle.offloader.offloaded == 2 + 2 + 3
+
+
 def test_without_offload_the_layer_inputs_stay_referenced(tokenizer):
     # the counterpart of the test above: plain checkpointing keeps every layer input alive
     model = _model(tokenizer, checkpointing=True)

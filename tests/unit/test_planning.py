@@ -432,3 +432,63 @@ def test_a_first_step_near_the_limit_turns_checkpointing_on_for_every_layer(
     assert check_first_step(decision, torch.device("cuda")) is turn_on
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 50)
     assert check_first_step(decision, torch.device("cuda")) is False
+
+
+def test_layouts_offer_some_layers_only_for_auto_knobs():
+    from qlora_kit.planning.settings import layouts
+
+    assert layouts("auto", "auto") == [(False, False, False), (True, False, True), (True, False, False),
+                                       (True, True, True), (True, True, False)]  # fmt: skip
+    assert layouts(True, "auto") == [(True, False, False), (True, True, True), (True, True, False)]
+    assert layouts("auto", True) == [(True, True, False)]  # explicit offload: every layer
+    assert layouts("auto", False) == [(False, False, False), (True, False, True), (True, False, False)]
+
+
+def test_auto_offload_offloads_the_fewest_layers_that_fit(llama_8b, tmp_path, capsys):
+    import yaml
+
+    from qlora_kit.cli import main
+
+    path, shape = llama_8b
+    seq = 262144
+    cfg = _cfg(path, 1, seq, grad_checkpointing="auto", activation_offload="auto", loss={"kind": "fused"})
+    chosen = choose_settings(cfg, gpu_memory_gib=139.8, shape=shape)
+    s = chosen.settings
+    m = s.offload_layers
+    assert chosen.verdict == "fits" and s.checkpointed(32) == 32 and 0 < m < 32
+    assert s.describe_offload(32) == f"on for {m} of 32 layers"
+    assert chosen.memory.host_bytes == m * seq * 4096 * 2  # the offloaded layers' bf16 inputs
+
+    def plan(**settings):
+        return plan_run(
+            cfg, gpu_memory_gib=139.8, shape=shape, settings=Settings(True, True, "fused", **settings)
+        )
+
+    assert plan(offload_layers=m - 1).verdict != "fits"  # one layer fewer does not fit: m is the fewest
+    every = plan()
+    assert every.memory.host_bytes == 32 * seq * 4096 * 2 > chosen.memory.host_bytes
+    assert every.memory.peak_allocated < chosen.memory.peak_allocated
+    # through the CLI: the table says so and the proposal keeps `auto`
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"model": {"name_or_path": str(path)}, "data": {"max_length": seq},
+                                   "train": {"micro_batch_size": 1, "loss": "fused"}}))  # fmt: skip
+    assert main(["plan", str(run), "--gpu-memory", "139.8"]) == 0
+    out = capsys.readouterr().out
+    assert f"activation offload on for {m} of 32 layers" in out
+    assert "settings: train.grad_checkpointing=true train.activation_offload=auto" in out
+    assert "pinned host memory (offload)" in out
+
+
+def test_a_first_step_near_the_limit_offloads_every_layer():
+    from qlora_kit.planning.live import MemoryDecision, check_first_step
+
+    estimate = estimate_memory(model_shape(LlamaConfig(**TINY)), Bnb4bit.Config(), Adapter(), Settings(), 64)
+    some = MemoryDecision(True, True, 64, estimate, capacity=100, offload_layers=1)
+    every = MemoryDecision(True, True, 64, estimate, capacity=100)
+    assert some.describe().startswith(
+        "checkpointing on, activation offload on for the first 1 decoder layers"
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 95)
+        assert check_first_step(some, torch.device("cuda")) is True
+        assert check_first_step(every, torch.device("cuda")) is False  # nothing left to turn on

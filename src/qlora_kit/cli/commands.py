@@ -58,9 +58,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _proposal(plan) -> str:
     """The settings the plan suggests, as overrides a user can paste."""
     s = plan.settings
-    some = s.grad_checkpointing and s.checkpoint_layers is not None  # only `auto` checkpoints some layers
+    # only `auto` checkpoints (or offloads) some layers
+    some = s.grad_checkpointing and s.checkpoint_layers is not None
+    some_offloaded = s.activation_offload and s.offload_layers is not None
     parts = [f"train.grad_checkpointing={'auto' if some else str(s.grad_checkpointing).lower()}",
-             f"train.activation_offload={str(s.activation_offload).lower()}"]  # fmt: skip
+             f"train.activation_offload={'auto' if some_offloaded else str(s.activation_offload).lower()}"]  # fmt: skip
     if plan.max_tokens:
         parts.append(f"train.micro_batch_tokens={plan.max_tokens}")
     return "settings: " + " ".join(parts)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from qlora_kit.planning.memory import Adapter, MemoryEstimate, Settings, estimate_memory
-from qlora_kit.planning.settings import fewest_checkpointed_layers, layouts
+from qlora_kit.planning.settings import fewest_layers, layouts, some_layers
 from qlora_kit.planning.shape import model_shape
 from qlora_kit.training.compiling import wants_compile
 
@@ -44,14 +44,18 @@ class MemoryDecision:
     capacity: int | None = None
     checkpoint_layers: int | None = None
     """With checkpointing: the number of decoder layers checkpointed, the first ones (None: all)."""
+    offload_layers: int | None = None
+    """With offload: the number of layers whose inputs go to host memory, the first ones (None: all)."""
 
     def describe(self) -> str:
         """One line for the log."""
         onoff = lambda b: "on" if b else "off"  # noqa: E731
-        ckpt = onoff(self.grad_checkpointing)
+        ckpt, offload = onoff(self.grad_checkpointing), onoff(self.activation_offload)
         if self.grad_checkpointing and self.checkpoint_layers is not None:
             ckpt = f"on for the first {self.checkpoint_layers} decoder layers"
-        text = f"checkpointing {ckpt}, activation offload {onoff(self.activation_offload)}"
+        if self.activation_offload and self.offload_layers is not None:
+            offload = f"on for the first {self.offload_layers} decoder layers"
+        text = f"checkpointing {ckpt}, activation offload {offload}"
         text += (
             f", {self.budget} tokens per forward pass" if self.budget else ", micro_batch_size rows per pass"
         )
@@ -95,13 +99,13 @@ def choose_layout(
     last = None
     for ckpt, off, some in layouts(checkpointing, offload):
         settings = Settings(ckpt, off, loss, compiled)
-        if some:  # checkpoint the fewest layers for one pass of `wanted` tokens
+        if some:  # checkpoint (or offload) the fewest layers for one pass of `wanted` tokens
             layers = model_shape(_base(model).config).layers
             one_pass = lambda s: estimate_at(s, wanted).needed <= (1 - MARGIN) * capacity  # noqa: E731
-            k = fewest_checkpointed_layers(one_pass, settings, layers)
+            k = fewest_layers(one_pass, settings, layers)
             if k is None:
                 continue
-            settings = replace(settings, checkpoint_layers=k)
+            settings = some_layers(settings, k)
         fits = _largest_that_fits(lambda t, s=settings: estimate_at(s, t), capacity, wanted)
         last = settings
         if fits >= (floor if budget == "auto" else wanted):  # an explicit budget must fit whole
@@ -120,7 +124,7 @@ def _decision(
     settings: Settings, budget: int | None, estimate: MemoryEstimate, capacity: int
 ) -> MemoryDecision:
     return MemoryDecision(settings.grad_checkpointing, settings.activation_offload, budget, estimate, capacity,
-                          checkpoint_layers=settings.checkpoint_layers)  # fmt: skip
+                          checkpoint_layers=settings.checkpoint_layers, offload_layers=settings.offload_layers)  # fmt: skip
 
 
 def _estimator(train_cfg: Any, model: Any) -> tuple[Any, str]:
@@ -151,9 +155,9 @@ def _largest_that_fits(estimate_at: Any, capacity: int, most: int) -> int:
 
 
 def check_first_step(decision: MemoryDecision, device: torch.device) -> bool:
-    """Compare the first step's measured peak with the estimate; True when checkpointing should be turned
-    on for every layer now (it was chosen off or for some layers, and the measured peak left less than the
-    margin free)."""
+    """Compare the first step's measured peak with the estimate; True when checkpointing (with offload:
+    offload) should be turned on for every layer now (it was chosen off or for some layers, and the measured
+    peak left less than the margin free)."""
     if device.type != "cuda" or decision.estimate is None or not decision.capacity:
         return False
     measured = torch.cuda.max_memory_allocated(device)
@@ -162,7 +166,8 @@ def check_first_step(decision: MemoryDecision, device: torch.device) -> bool:
         "memory at the first step: %.2f GiB measured, %.2f GiB planned", measured / 2**30, planned / 2**30
     )
     some_layers_kept = not decision.grad_checkpointing or decision.checkpoint_layers is not None
-    return some_layers_kept and measured > (1 - MARGIN) * decision.capacity
+    some_not_offloaded = decision.activation_offload and decision.offload_layers is not None
+    return (some_layers_kept or some_not_offloaded) and measured > (1 - MARGIN) * decision.capacity
 
 
 def _capacity(device: torch.device, budget_gib: float | None = None) -> int:

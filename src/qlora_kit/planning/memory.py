@@ -27,8 +27,9 @@ autocast, frozen base whose matmuls save no input) that one decoder layer saves 
 For the Llama-3-8B shape this is 256,360 B/token/layer (dropout 0.05), 184,680 with dropout 0. It was
 checked to the byte against saved-tensor hooks on CPU (``tests/unit/test_planning.py``). Outside the
 layers: the final norm ``4h + 4`` and RoPE cos/sin. With checkpointing a layer keeps only its input
-(``a h``); offloaded, only the inputs in flight stay (the one in use and the one prefetched: the
-library never makes the embeddings' output require grad, so the first layer's input is offloaded too).
+(``a h``). Of the offloaded layers' inputs (the first ``offload_layers``, or all) only those in flight stay:
+the one in use and the one prefetched (the library never makes the embeddings' output require grad, so
+the first layer's input is offloaded too).
 
 **Peak phase.** The standard loss peaks in the log-softmax backward: its saved fp32 output, the fp32
 gradient coming in and the one going out, ``12 V`` B/token, on top of everything stored. With
@@ -254,8 +255,7 @@ def _stored_per_token(shape: ModelShape, settings: Settings, layer: int, a: int)
     if not settings.grad_checkpointing:
         return shape.layers * layer, 0
     inputs = a * shape.hidden
-    if not settings.activation_offload:
-        k = settings.checkpointed(shape.layers)
-        return k * inputs + (shape.layers - k) * layer, 0
-    on_device = min(shape.layers, 2)  # the input in use and the one prefetched
-    return on_device * inputs, shape.layers * inputs
+    k, m = settings.checkpointed(shape.layers), settings.offloaded(shape.layers)
+    # offloaded inputs on the device: the one in use and the one prefetched; the others stay there
+    in_flight = min(m, 2)
+    return (k - m + in_flight) * inputs + (shape.layers - k) * layer, m * inputs

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from qlora_kit.planning.memory import GIB, Adapter, MemoryEstimate, Settings, estimate_memory
-from qlora_kit.planning.settings import fewest_checkpointed_layers, layouts
+from qlora_kit.planning.settings import fewest_layers, layouts, some_layers
 from qlora_kit.planning.shape import ModelShape, load_model_config, model_shape
 from qlora_kit.planning.speed import H200_PEAK_TFLOPS, SpeedEstimate, estimate_speed
 from qlora_kit.training.compiling import compile_decision
@@ -74,11 +74,10 @@ class Plan:
     def to_text(self) -> str:
         """A small table for a terminal."""
         s, m = self.settings, self.memory
-        onoff = lambda b: "on" if b else "off"  # noqa: E731
         lines = [
             f"{self.model} ({self.shape.model_type}, {self.shape.layers} layers, hidden {self.shape.hidden}, "
             f"vocab {self.shape.vocab})",
-            f"checkpointing {s.describe(self.shape.layers)}, activation offload {onoff(s.activation_offload)}, "
+            f"checkpointing {s.describe(self.shape.layers)}, activation offload {s.describe_offload(self.shape.layers)}, "
             f"loss {s.loss}; micro-batch {self.rows} x {self.seq:,} = {self.tokens:,} tokens",
             "",
         ]
@@ -173,7 +172,7 @@ def choose_settings(
     for checkpointing, offload, some in layouts(cfg.train.grad_checkpointing, cfg.train.activation_offload):
         settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload)
         if some:
-            chosen = _some_layers_checkpointed(cfg, settings, shape, gpu_memory_gib, seq_tokens)
+            chosen = _some_layers(cfg, settings, shape, gpu_memory_gib, seq_tokens)
             if chosen is not None:
                 return chosen
             continue
@@ -186,19 +185,19 @@ def choose_settings(
     return plan
 
 
-def _some_layers_checkpointed(
+def _some_layers(
     cfg: Any, settings: Settings, shape: ModelShape, gpu_memory_gib: float | None, seq_tokens: int | None
 ) -> Plan | None:
-    """The plan with the fewest decoder layers checkpointed that fits (with the margin), or None (no GPU
-    size to fit, or checkpointing some layers is not enough)."""
+    """The plan with the fewest decoder layers checkpointed (with offload: offloaded) that fits (with the
+    margin), or None (no GPU size to fit, or some layers are not enough)."""
     if _gpu_bytes(gpu_memory_gib, cfg.train.memory_budget_gib) is None:
         return None  # nothing to fit: checkpoint all, as without a plan
 
     def plan_with(s: Settings) -> Plan:
         return plan_run(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=s, shape=shape)
 
-    k = fewest_checkpointed_layers(lambda s: plan_with(s).verdict == "fits", settings, shape.layers)
-    return None if k is None else plan_with(replace(settings, checkpoint_layers=k))
+    k = fewest_layers(lambda s: plan_with(s).verdict == "fits", settings, shape.layers)
+    return None if k is None else plan_with(some_layers(settings, k))
 
 
 # ------------------------------------------------------------------------- reading the config

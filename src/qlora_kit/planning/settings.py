@@ -22,6 +22,22 @@ class Settings:
     """With checkpointing: how many decoder layers are checkpointed (None: all). The others keep their
     activations: the fewest that fit is the fastest layout short of no checkpointing."""
 
+    offload_layers: int | None = None
+    """With offload: how many checkpointed layers, the first ones, send their inputs to host memory (None:
+    all). The others keep theirs on the device: the fewest that fit pin the least host memory."""
+
+    def offloaded(self, layers: int) -> int:
+        """How many of the model's ``layers`` decoder layers offload their inputs under these settings."""
+        if not self.activation_offload:
+            return 0
+        k = self.checkpointed(layers)
+        return k if self.offload_layers is None else min(self.offload_layers, k)
+
+    def describe_offload(self, layers: int) -> str:
+        """``on``, ``off`` or ``on for M of N layers``: the offload part of a log line."""
+        m = self.offloaded(layers)
+        return "off" if m == 0 else "on" if m == layers else f"on for {m} of {layers} layers"
+
     def checkpointed(self, layers: int) -> int:
         """How many of the model's ``layers`` decoder layers these settings checkpoint."""
         if not self.grad_checkpointing:
@@ -53,23 +69,40 @@ class Adapter:
 def layouts(checkpointing: bool | str, offload: bool | str) -> list[tuple[bool, bool, bool]]:
     """``(checkpointing, offload, some layers only)`` layouts that `train.grad_checkpointing` and
     `train.activation_offload` (``True``, ``False`` or ``"auto"``) allow, fastest first: none; the fewest
-    layers that fit (`auto` checkpointing only: the count is searched by :func:`fewest_checkpointed_layers`);
-    every layer; every layer with offload."""
-    order = ((False, False, False), (True, False, True), (True, False, False), (True, True, False))
+    layers checkpointed that fit (`auto` checkpointing only); every layer; every layer checkpointed and the
+    fewest offloaded that fit (`auto` offload only); every layer offloaded. "Some" applies to the last knob
+    that is on; :func:`fewest_layers` searches the count."""
+    order = (
+        (False, False, False),
+        (True, False, True),
+        (True, False, False),
+        (True, True, True),
+        (True, True, False),
+    )
     return [
         (c, o, some)
         for c, o, some in order
-        if checkpointing in ("auto", c) and offload in ("auto", o) and (checkpointing == "auto" or not some)
+        if checkpointing in ("auto", c)
+        and offload in ("auto", o)
+        and (not some or (offload if o else checkpointing) == "auto")
     ]
 
 
-def fewest_checkpointed_layers(fits: Any, settings: Settings, layers: int) -> int | None:
-    """The fewest decoder layers (1 to ``layers - 1``) to checkpoint for ``fits(settings)`` to hold, or
-    None when checkpointing only some layers does not fit (memory falls as more are checkpointed:
-    bisection)."""
+def some_layers(settings: Settings, k: int) -> Settings:
+    """``settings`` with the some-layers count of its last knob that is on (offload, else checkpointing) at
+    ``k``: the first ``k`` decoder layers offload (every layer checkpointed) or are checkpointed."""
+    if settings.activation_offload:
+        return replace(settings, grad_checkpointing=True, checkpoint_layers=None, offload_layers=k)
+    return replace(settings, grad_checkpointing=True, checkpoint_layers=k, offload_layers=None)
+
+
+def fewest_layers(fits: Any, settings: Settings, layers: int) -> int | None:
+    """The fewest decoder layers (1 to ``layers - 1``) to checkpoint, or with offload to offload, for
+    ``fits(some_layers(settings, k))`` to hold, or None when some layers are not enough (memory falls as
+    more layers are checkpointed or offloaded: bisection)."""
 
     def fits_with(k: int) -> bool:
-        return fits(replace(settings, grad_checkpointing=True, activation_offload=False, checkpoint_layers=k))
+        return fits(some_layers(settings, k))
 
     if layers < 2 or not fits_with(layers - 1):
         return None

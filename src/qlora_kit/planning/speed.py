@@ -100,10 +100,8 @@ def estimate_speed(
         forward = 2 * seq * shape.q_dim * shape.layers
         compute += tokens * (forward * (3.5 + share) / (LONG_ROW_ATTENTION_TFLOPS * 1e12) - fitted)
     offload = 0.0
-    if settings.grad_checkpointing and settings.activation_offload:
-        moved = (
-            2 * (shape.layers - 1) * tokens * shape.hidden * dtype_bytes
-        )  # out in forward, back in backward
+    if settings.offloaded(shape.layers):  # out in the forward pass, back in the backward pass
+        moved = 2 * settings.offloaded(shape.layers) * tokens * shape.hidden * dtype_bytes
         offload = moved / (HOST_LINK_GBPS * 1e9)
     step = max(compute, offload)
     return SpeedEstimate(

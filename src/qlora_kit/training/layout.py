@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from qlora_kit.model.prepare import set_grad_checkpointing
 from qlora_kit.planning.live import MemoryDecision, choose_layout
 from qlora_kit.training.batches import epoch_batches, row_lengths, token_budget_windows, windows
+from qlora_kit.training.offload import OffloadHandle, enable_offloaded_checkpointing
 
 
 class StepLayout:
@@ -60,3 +62,21 @@ class StepLayout:
             row_tokens=tokens([max(lengths)]),
             pass_tokens=max(tokens([lengths[i] for i in m]) for m in micro),
         )  # fmt: skip
+
+
+def apply_memory_layout(model: Any, memory: MemoryDecision) -> OffloadHandle | None:
+    """Checkpoint and offload ``model``'s decoder layers as ``memory`` says; the offload handle, if any."""
+    set_grad_checkpointing(model, memory.grad_checkpointing, memory.checkpoint_layers)
+    if not memory.activation_offload:
+        return None
+    return enable_offloaded_checkpointing(model, first_layers=memory.offload_layers)
+
+
+def lean_on_every_layer(model: Any, memory: MemoryDecision) -> str:
+    """After a first step that came too close to the device's limit: checkpointing on for every layer, or
+    with offload, offload for every layer (numerics do not change). Returns what was turned on."""
+    if memory.activation_offload:
+        enable_offloaded_checkpointing(model)  # installs on the layers it skipped
+        return "activation offload"
+    set_grad_checkpointing(model, True)
+    return "activation checkpointing"

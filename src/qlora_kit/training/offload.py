@@ -97,9 +97,14 @@ _HANDLE_ATTR = "_qlora_kit_offload"
 
 
 def enable_offloaded_checkpointing(
-    model: nn.Module, *, min_bytes: int = MIN_OFFLOAD_BYTES, chunk_bytes: int = CHUNK_BYTES
+    model: nn.Module,
+    *,
+    first_layers: int | None = None,
+    min_bytes: int = MIN_OFFLOAD_BYTES,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> OffloadHandle:
-    """Offload the inputs of ``model``'s checkpointed decoder layers to host memory.
+    """Offload the inputs of ``model``'s checkpointed decoder layers (the first ``first_layers`` of them,
+    or all) to host memory.
 
     Turns non-reentrant gradient checkpointing on if it is off. Idempotent: a second call returns the
     first call's handle, after re-installing the offloading function on any layer whose checkpoint
@@ -108,6 +113,9 @@ def enable_offloaded_checkpointing(
 
     Args:
         model: a ``PreTrainedModel``, or a wrapper (``PeftModel``, DDP) around one.
+        first_layers: offload only the first this many layers' inputs (None: every layer's). The first
+            ones: their inputs wait longest for the backward pass, which reaches them last, so copying
+            them back overlaps the most compute; the last layers' inputs are needed first.
         min_bytes: layer inputs smaller than this stay on the device.
         chunk_bytes: size of the host buffers.
 
@@ -125,7 +133,7 @@ def enable_offloaded_checkpointing(
             _set_checkpointing(base, True)
             handle.enabled_checkpointing = True
         setattr(base, _HANDLE_ATTR, handle)
-    for layer in _checkpointed_layers(base):
+    for layer in _checkpointed_layers(base)[:first_layers]:
         func = _get_checkpoint_func(layer)
         if isinstance(func, OffloadedCheckpoint) and func.offloader is handle.offloader:
             continue  # already installed

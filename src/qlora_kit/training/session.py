@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from qlora_kit.errors import DataError
-from qlora_kit.model.prepare import set_grad_checkpointing
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.planning.live import check_first_step
 from qlora_kit.training.accelerator import flat_config, make_accelerator
@@ -36,8 +35,7 @@ from qlora_kit.training.distributed import (
     reshard_root,
 )
 from qlora_kit.training.evaluation import GENERATIONS_FILE
-from qlora_kit.training.layout import StepLayout
-from qlora_kit.training.offload import enable_offloaded_checkpointing
+from qlora_kit.training.layout import StepLayout, apply_memory_layout, lean_on_every_layer
 from qlora_kit.training.result import TrainResult
 from qlora_kit.training.resume import adapter_fingerprint, check_resumable, data_fingerprint
 from qlora_kit.training.state import TrainerState
@@ -139,8 +137,7 @@ class TrainingSession:
         set_seed(cfg.seed)  # dropout; a resumed run then restores the checkpoint's generator states
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(acc.device)
-        set_grad_checkpointing(model, self.memory.grad_checkpointing, self.memory.checkpoint_layers)
-        self._offload = enable_offloaded_checkpointing(model) if self.memory.activation_offload else None
+        self._offload = apply_memory_layout(model, self.memory)
         compile_if_wanted(model, cfg.compile, acc.device, offloading=self._offload is not None)
         keep_4bit_weights_trainable(model)
         model.train()
@@ -164,10 +161,10 @@ class TrainingSession:
             return
         self._memory_checked = True
         if check_first_step(self.memory, self.device):
+            what = lean_on_every_layer(self.accelerator.unwrap_model(self.model), self.memory)
             logger.warning(
-                "memory: the first step used more than planned; turning activation checkpointing on"
+                "memory: the first step used more than planned; turning %s on for every layer", what
             )
-            set_grad_checkpointing(self.accelerator.unwrap_model(self.model), True)
 
     def _resume(self, path: Path, changes: list[str], total: int, fingerprints: dict[str, Any]) -> None:
         saved = self.checkpoints.load(self.accelerator, self.model, self.optimizer, path)
