@@ -5,7 +5,7 @@ settings would choose for that row's config on a 139.8 GiB GPU (the H200 as the 
 loss the run used (``fused`` on CUDA), and its predicted peak (allocated) memory and tokens/s are printed
 next to the measured ones::
 
-    python benchmarks/plan_check.py [--results benchmarks/results.jsonl] [--json]
+    python benchmarks/plan_check.py [--results benchmarks/results.jsonl] [--json] [--run RUN_ID ...]
 
 Only ``config.json`` files are written (random shapes of ``w2_shapes.py``, on the meta device): no weights.
 """
@@ -61,8 +61,8 @@ def run_config(
     })  # fmt: skip
 
 
-def latest_rows(path: Path) -> list[dict[str, Any]]:
-    """qlora_kit's W2/W3 rows: for each workload, those of the latest run that has it."""
+def latest_rows(path: Path, runs: list[str] | None = None) -> list[dict[str, Any]]:
+    """qlora_kit's W2/W3 rows: for each workload, those of the latest run that has it, or of ``runs``."""
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     ours = [
         r
@@ -71,6 +71,8 @@ def latest_rows(path: Path) -> list[dict[str, Any]]:
         and r.get("system", "").startswith("qlora_kit")
         and r.get("status") == "ok"
     ]
+    if runs:
+        return [r for r in ours if r["run_id"] in runs]
     latest = {r["workload"]: r["run_id"] for r in sorted(ours, key=lambda r: r["run_id"])}
     return [r for r in ours if r["run_id"] == latest[r["workload"]]]
 
@@ -135,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", default=str(HERE / "results.jsonl"))
     ap.add_argument("--json", action="store_true", help="one JSON line per row instead of a table")
+    ap.add_argument(
+        "--run", action="append", help="these runs' rows (repeatable) instead of the latest per workload"
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         shapes = {name: write_shape(Path(tmp), name) for name in ("8B", "1B")}
-        results = [compare(row, shapes) for row in latest_rows(Path(args.results))]
+        results = [compare(row, shapes) for row in latest_rows(Path(args.results), args.run)]
     if args.json:
         print("\n".join(json.dumps(r) for r in results))
         return 0

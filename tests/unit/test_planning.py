@@ -272,6 +272,17 @@ def test_long_row_plans_are_near_h200_measurements(llama_8b, seq, offload, peak_
     assert plan.speed.step_seconds == pytest.approx(step_s, rel=0.25 if seq == 65536 else 0.05)
 
 
+def test_partial_offload_plan_is_near_the_h200_measurement(llama_8b):
+    # run 2026-11-30n: 262,144 tokens, the Trainer's auto chose 9 of 32 layers offloaded; 112.7 GiB, 188.4 s
+    path, shape = llama_8b
+    cfg = _cfg(path, 1, 262144, activation_offload="auto", loss={"kind": "fused"})
+    cfg = cfg.model_copy(update={"adapter": cfg.adapter.model_copy(update={"dropout": 0.0})})
+    plan = plan_run(cfg, shape=shape, settings=Settings(True, True, "fused", compiled=True, offload_layers=9))
+    assert plan.memory.peak_allocated / 2**30 == pytest.approx(112.7, rel=0.15)
+    assert plan.speed.step_seconds == pytest.approx(188.363, rel=0.05)
+    assert plan.memory.host_bytes == 9 * 262144 * 4096 * 2
+
+
 def test_memory_grows_with_tokens_and_checkpointing_and_offload_cut_activations(llama_8b):
     path, shape = llama_8b
     cfg = _cfg(path, 1, 4096)

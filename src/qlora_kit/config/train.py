@@ -47,7 +47,8 @@ class TrainConfig(StrictModel):
     checked against it, and checkpointing turned on for every layer if it came within the margin)."""
     activation_offload: bool | Literal["auto"] = "auto"
     """Keep the checkpointed layers' inputs in pinned CPU memory, copied on a side CUDA stream (CUDA
-    only; needs checkpointing). `auto`: only when a step does not fit without it."""
+    only; needs checkpointing). `true`: every layer's. `auto`: only when a step does not fit without it,
+    and then only the first layers' inputs, the fewest that make it fit (the rest stay on the GPU)."""
     compile: bool | Literal["auto"] = "auto"
     """Compile each decoder layer with torch.compile: fewer kernels and host operations per step, at a
     compile cost in the first steps (about 18 s for a 1B Llama on an H200; again once when pass shapes
