@@ -438,7 +438,9 @@ def test_a_first_step_near_the_limit_turns_checkpointing_on_for_every_layer(
     from qlora_kit.planning.live import MemoryDecision, check_first_step
 
     estimate = estimate_memory(model_shape(LlamaConfig(**TINY)), Bnb4bit.Config(), Adapter(), Settings(), 64)
-    decision = MemoryDecision(checkpointing, False, 64, estimate, capacity=100, checkpoint_layers=layers)
+    decision = MemoryDecision(
+        Settings(checkpointing, False, checkpoint_layers=layers), 64, estimate, capacity=100
+    )
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 95)  # within the 10% margin
     assert check_first_step(decision, torch.device("cuda")) is turn_on
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 50)
@@ -494,8 +496,8 @@ def test_a_first_step_near_the_limit_offloads_every_layer():
     from qlora_kit.planning.live import MemoryDecision, check_first_step
 
     estimate = estimate_memory(model_shape(LlamaConfig(**TINY)), Bnb4bit.Config(), Adapter(), Settings(), 64)
-    some = MemoryDecision(True, True, 64, estimate, capacity=100, offload_layers=1)
-    every = MemoryDecision(True, True, 64, estimate, capacity=100)
+    some = MemoryDecision(Settings(True, True, offload_layers=1), 64, estimate, capacity=100)
+    every = MemoryDecision(Settings(True, True), 64, estimate, capacity=100)
     assert some.describe().startswith(
         "checkpointing on, activation offload on for the first 1 decoder layers"
     )

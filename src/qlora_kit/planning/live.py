@@ -33,29 +33,44 @@ MIN_PASS_TOKENS = 4096
 
 @dataclass(frozen=True)
 class MemoryDecision:
-    """How a run lays out its steps: checkpointing, offload and the token budget of one forward pass, with
-    the estimate they were chosen by (None when nothing was left to choose)."""
+    """How a run lays out its steps: the memory settings (checkpointing and offload, for all or the first
+    layers), the token budget of one forward pass, and the estimate they were chosen by (None when
+    nothing was left to choose)."""
 
-    grad_checkpointing: bool
-    activation_offload: bool
+    settings: Settings
     budget: int | None = None
     """Tokens of one forward pass (None: ``micro_batch_size`` rows per pass)."""
     estimate: MemoryEstimate | None = None
     capacity: int | None = None
-    checkpoint_layers: int | None = None
-    """With checkpointing: the number of decoder layers checkpointed, the first ones (None: all)."""
-    offload_layers: int | None = None
-    """With offload: the number of layers whose inputs go to host memory, the first ones (None: all)."""
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.settings.grad_checkpointing
+
+    @property
+    def activation_offload(self) -> bool:
+        return self.settings.activation_offload
+
+    @property
+    def checkpoint_layers(self) -> int | None:
+        """With checkpointing: the number of decoder layers checkpointed, the first ones (None: all)."""
+        return self.settings.checkpoint_layers if self.grad_checkpointing else None
+
+    @property
+    def offload_layers(self) -> int | None:
+        """With offload: the number of layers whose inputs go to host memory, the first ones (None: all)."""
+        return self.settings.offload_layers if self.activation_offload else None
 
     def describe(self) -> str:
         """One line for the log."""
-        onoff = lambda b: "on" if b else "off"  # noqa: E731
-        ckpt, offload = onoff(self.grad_checkpointing), onoff(self.activation_offload)
-        if self.grad_checkpointing and self.checkpoint_layers is not None:
-            ckpt = f"on for the first {self.checkpoint_layers} decoder layers"
-        if self.activation_offload and self.offload_layers is not None:
-            offload = f"on for the first {self.offload_layers} decoder layers"
-        text = f"checkpointing {ckpt}, activation offload {offload}"
+
+        def knob(on: bool, first: int | None) -> str:
+            return "off" if not on else "on" if first is None else f"on for the first {first} decoder layers"
+
+        text = (
+            f"checkpointing {knob(self.grad_checkpointing, self.checkpoint_layers)}, "
+            f"activation offload {knob(self.activation_offload, self.offload_layers)}"
+        )
         text += (
             f", {self.budget} tokens per forward pass" if self.budget else ", micro_batch_size rows per pass"
         )
@@ -91,7 +106,9 @@ def choose_layout(
         offload = False if offload == "auto" else offload  # nothing to offload to: it is all host memory
     wanted = {None: pass_tokens, "auto": step_tokens}.get(budget, budget)
     if "auto" not in (checkpointing, offload) and budget != "auto":
-        return MemoryDecision(bool(checkpointing), bool(offload), None if budget is None else wanted)
+        return MemoryDecision(
+            Settings(bool(checkpointing), bool(offload)), None if budget is None else wanted
+        )
     capacity = _capacity(device, getattr(train_cfg, "memory_budget_gib", None))
     estimate_at, loss = _estimator(train_cfg, model)
     compiled = wants_compile(getattr(train_cfg, "compile", False), model, device, offloading=False)[0]
@@ -110,21 +127,14 @@ def choose_layout(
         last = settings
         if fits >= (floor if budget == "auto" else wanted):  # an explicit budget must fit whole
             tokens = min(wanted, fits) if budget == "auto" else wanted
-            return _decision(
+            return MemoryDecision(
                 settings, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
             )
     settings = last or Settings(True, device.type == "cuda", loss, compiled)
     tokens = max(row_tokens, _largest_that_fits(lambda t: estimate_at(settings, t), capacity, wanted))
-    return _decision(
+    return MemoryDecision(
         settings, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
     )
-
-
-def _decision(
-    settings: Settings, budget: int | None, estimate: MemoryEstimate, capacity: int
-) -> MemoryDecision:
-    return MemoryDecision(settings.grad_checkpointing, settings.activation_offload, budget, estimate, capacity,
-                          checkpoint_layers=settings.checkpoint_layers, offload_layers=settings.offload_layers)  # fmt: skip
 
 
 def _estimator(train_cfg: Any, model: Any) -> tuple[Any, str]:
@@ -165,9 +175,7 @@ def check_first_step(decision: MemoryDecision, device: torch.device) -> bool:
     logger.info(
         "memory at the first step: %.2f GiB measured, %.2f GiB planned", measured / 2**30, planned / 2**30
     )
-    some_layers_kept = not decision.grad_checkpointing or decision.checkpoint_layers is not None
-    some_not_offloaded = decision.activation_offload and decision.offload_layers is not None
-    return (some_layers_kept or some_not_offloaded) and measured > (1 - MARGIN) * decision.capacity
+    return decision.settings.can_lean_more() and measured > (1 - MARGIN) * decision.capacity
 
 
 def _capacity(device: torch.device, budget_gib: float | None = None) -> int:

@@ -49,6 +49,12 @@ class Settings:
         k = self.checkpointed(layers)
         return "off" if k == 0 else "on" if k == layers else f"on for {k} of {layers} layers"
 
+    def can_lean_more(self) -> bool:
+        """Whether some layer keeps more than it could: checkpointing off or for some layers only, or with
+        offload, offload for some layers only."""
+        some_kept = not self.grad_checkpointing or self.checkpoint_layers is not None
+        return some_kept or (self.activation_offload and self.offload_layers is not None)
+
     @property
     def compiles(self) -> bool:
         """The decoder layers run compiled (compilation is not combined with activation offload)."""
