@@ -176,3 +176,49 @@ def test_a_memory_budget_from_the_command_line_is_what_train_plans_for(tiny_run_
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if x.startswith("memory: "))
     assert line.startswith("memory: checkpointing on") and "of 0.01 GiB)" in line
+
+
+@pytest.fixture(scope="module")
+def six_layer_dir(tmp_path_factory, tokenizer):
+    from qlora_kit.testing import make_tiny_llama
+
+    path = tmp_path_factory.mktemp("six-layers")
+    make_tiny_llama(path, tokenizer, num_hidden_layers=6, max_position_embeddings=4096)
+    return path
+
+
+def _choose_on_a_fake_gpu(model_dir, monkeypatch, capacity: int, ram: int, tokens: int):
+    """choose_layout as on a CUDA device of ``capacity`` bytes, on a host of ``ram`` bytes (the
+    decision is arithmetic on the live model's shape: no GPU needed to make it)."""
+    from qlora_kit.planning import live
+
+    monkeypatch.setattr(live, "_capacity", lambda device, budget=None: capacity)
+    monkeypatch.setattr(live, "host_ram", lambda: ram)
+    cfg = TrainConfig(loss="standard", grad_checkpointing="auto", activation_offload="auto")
+    return live.choose_layout(cfg, model(model_dir), torch.device("cuda"), step_tokens=tokens,
+                              row_tokens=tokens, pass_tokens=tokens)  # fmt: skip
+
+
+def test_auto_offload_on_a_gpu_offloads_the_fewest_layers_that_fit(six_layer_dir, monkeypatch):
+    from qlora_kit.planning.live import _estimator
+    from qlora_kit.planning.memory import Settings
+
+    estimate_at, _ = _estimator(TrainConfig(loss="standard"), model(six_layer_dir))
+    tokens = 4096
+    two, three, every = (
+        estimate_at(Settings(True, True, "standard", offload_layers=m), tokens) for m in (2, 3, None)
+    )
+    assert every.needed < three.needed < two.needed and three.host_bytes < every.host_bytes
+    capacity = int((three.needed + two.needed) / 2 / 0.9)  # fits three layers offloaded, not two
+    decision = _choose_on_a_fake_gpu(six_layer_dir, monkeypatch, capacity, 64 * 2**30, tokens)
+    assert decision.describe().startswith(
+        "checkpointing on, activation offload on for the first 3 decoder layers"
+    ), decision.describe()
+    assert decision.estimate.host_bytes == three.host_bytes == 3 * tokens * 64 * 4  # fp32 inputs of 3 layers
+
+
+def test_offload_that_would_pin_most_of_the_host_memory_is_refused(six_layer_dir, monkeypatch):
+    from qlora_kit.errors import TrainingError
+
+    with pytest.raises(TrainingError, match=r"would pin .* GiB of host memory .* this machine has"):
+        _choose_on_a_fake_gpu(six_layer_dir, monkeypatch, capacity=1, ram=1024, tokens=4096)

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from qlora_kit.planning.memory import Adapter, MemoryEstimate, Settings, estimate_memory
+from qlora_kit.errors import TrainingError
+from qlora_kit.planning.memory import HOST_SHARE, Adapter, MemoryEstimate, Settings, estimate_memory, host_ram
 from qlora_kit.planning.settings import fewest_layers, layouts, some_layers
 from qlora_kit.planning.shape import model_shape
 from qlora_kit.training.compiling import wants_compile
@@ -118,7 +119,7 @@ def choose_layout(
         settings = Settings(ckpt, off, loss, compiled)
         if some:  # checkpoint (or offload) the fewest layers for one pass of `wanted` tokens
             layers = model_shape(_base(model).config).layers
-            one_pass = lambda s: estimate_at(s, wanted).needed <= (1 - MARGIN) * capacity  # noqa: E731
+            one_pass = lambda s: _fits(estimate_at(s, wanted), capacity)  # noqa: E731
             k = fewest_layers(one_pass, settings, layers)
             if k is None:
                 continue
@@ -132,8 +133,22 @@ def choose_layout(
             )
     settings = last or Settings(True, device.type == "cuda", loss, compiled)
     tokens = max(row_tokens, _largest_that_fits(lambda t: estimate_at(settings, t), capacity, wanted))
-    return MemoryDecision(
-        settings, tokens if budget is not None else None, estimate_at(settings, tokens), capacity
+    estimate = estimate_at(settings, tokens)
+    _check_host(estimate, tokens)
+    return MemoryDecision(settings, tokens if budget is not None else None, estimate, capacity)
+
+
+def _check_host(estimate: MemoryEstimate, tokens: int) -> None:
+    """Refuse a layout whose offload would pin more than the host's share of its memory: the OS would
+    kill the run mid-step, with nothing saved."""
+    ram = host_ram()
+    if not estimate.host_bytes or ram is None or estimate.host_bytes <= HOST_SHARE * ram:
+        return
+    gib = 2**30
+    raise TrainingError(
+        f"activation offload would pin {estimate.host_bytes / gib:.1f} GiB of host memory for a pass of "
+        f"{tokens:,} tokens, and this machine has {ram / gib:.1f} GiB (offload may use {HOST_SHARE:.0%} of it): "
+        "shorten the rows (data.max_length) or train on a GPU with more memory"
     )
 
 
@@ -148,12 +163,19 @@ def _estimator(train_cfg: Any, model: Any) -> tuple[Any, str]:
     return estimate_at, loss
 
 
+def _fits(estimate: MemoryEstimate, capacity: int) -> bool:
+    """Whether ``estimate`` fits the device with the margin, and what it offloads fits the host's share."""
+    ram = host_ram()
+    host_ok = not estimate.host_bytes or ram is None or estimate.host_bytes <= HOST_SHARE * ram
+    return estimate.needed <= (1 - MARGIN) * capacity and host_ok
+
+
 def _largest_that_fits(estimate_at: Any, capacity: int, most: int) -> int:
-    """The largest token count up to ``most`` whose estimate fits with the margin (0 if none): bisection,
+    """The largest token count up to ``most`` whose estimate fits (:func:`_fits`; 0 if none): bisection,
     since memory grows with tokens."""
 
     def fits(tokens: int) -> bool:
-        return estimate_at(tokens).needed <= (1 - MARGIN) * capacity
+        return _fits(estimate_at(tokens), capacity)
 
     if fits(most):
         return most

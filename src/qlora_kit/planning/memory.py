@@ -42,6 +42,7 @@ fuses elementwise work, saving about ``a(I + 2h)`` B/token/layer fewer (:func:`c
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,8 @@ MIN_PAGED_SIZE = 100_000  # bitsandbytes: smaller state tensors are never paged
 CUDA_CONTEXT_BYTES = int(0.75 * GIB)
 """CUDA context, cuBLAS/cuDNN handles and workspaces: outside torch's counters. Assumed; calibrate
 on the GPU (``nvidia-smi`` used memory minus ``torch.cuda.memory_reserved`` in an idle process)."""
+HOST_SHARE = 0.7
+"""Most of the host's memory that offloading may pin: the process, the data and the OS need the rest."""
 ALLOCATOR_SLACK = 0.05
 """Reserved minus allocated at the peak, as a fraction of the peak. Assumed; calibrate on the GPU
 (``max_memory_reserved / max_memory_allocated - 1`` of the W2/W3 runs)."""
@@ -259,3 +262,11 @@ def _stored_per_token(shape: ModelShape, settings: Settings, layer: int, a: int)
     # offloaded inputs on the device: the one in use and the one prefetched; the others stay there
     in_flight = min(m, 2)
     return (k - m + in_flight) * inputs + (shape.layers - k) * layer, m * inputs
+
+
+def host_ram() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None

@@ -8,13 +8,20 @@ in tokens under them. Both need only the model's ``config.json``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
-from qlora_kit.planning.memory import GIB, Adapter, MemoryEstimate, Settings, estimate_memory
+from qlora_kit.planning.memory import (
+    GIB,
+    HOST_SHARE,
+    Adapter,
+    MemoryEstimate,
+    Settings,
+    estimate_memory,
+    host_ram,
+)
 from qlora_kit.planning.settings import fewest_layers, layouts, some_layers
 from qlora_kit.planning.shape import ModelShape, load_model_config, model_shape
 from qlora_kit.planning.speed import H200_PEAK_TFLOPS, SpeedEstimate, estimate_speed
@@ -138,8 +145,8 @@ def plan_run(
         plan.max_tokens = _max_tokens(
             lambda t: estimate_memory(shape, cfg.quant, adapter, settings, t, dtype_bytes), gpu
         )
-    ram = _host_ram()
-    if memory.host_bytes and ram and memory.host_bytes > 0.7 * ram:
+    ram = host_ram()
+    if memory.host_bytes and ram and memory.host_bytes > HOST_SHARE * ram:
         memory.notes.append(
             f"offload pins {memory.host_bytes / GIB:.0f} GiB of host memory; this machine has {ram / GIB:.0f}"
         )
@@ -248,13 +255,6 @@ def _gpu_bytes(gpu_memory_gib: float | None, budget_gib: float | None = None) ->
         return total
     budget = int(budget_gib * GIB)
     return budget if total is None else min(total, budget)
-
-
-def _host_ram() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system
-        return None
 
 
 def _verdict(needed: int, gpu: int) -> str:
