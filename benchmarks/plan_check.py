@@ -27,6 +27,7 @@ from w2_shapes import COMMON, SHAPES  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 H200_GIB = 139.8  # what torch reported as the device's memory in those runs
+HOST_GIB = 125.0  # the H200 machine's memory (`free -g`), which offload's pinned buffers are judged against
 WORKLOADS = {"W2-8B": ("8B", 2, 2048), "W2-1B": ("1B", 4, 2048), "W3": ("8B", 1, None)}
 DROPOUT = {"qlora_kit": 0.05, "qlora_kit_dropout0": 0.0}
 
@@ -116,7 +117,9 @@ def plan_as_run(cfg: Any, seq: int, memory: str | None) -> Any:
     ) -> Any:
         settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload,
                            checkpoint_layers=layers, offload_layers=offloaded)  # fmt: skip
-        return plan_run(cfg, gpu_memory_gib=H200_GIB, seq_tokens=seq, settings=settings)
+        return plan_run(
+            cfg, gpu_memory_gib=H200_GIB, seq_tokens=seq, settings=settings, host_memory_gib=HOST_GIB
+        )
 
     if memory:
 

@@ -505,3 +505,33 @@ def test_a_first_step_near_the_limit_offloads_every_layer():
         mp.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 95)
         assert check_first_step(some, torch.device("cuda")) is True
         assert check_first_step(every, torch.device("cuda")) is False  # nothing left to turn on
+
+
+def test_host_memory_limits_how_many_layers_offload(llama_8b, tmp_path, capsys):
+    import yaml
+
+    from qlora_kit.cli import main
+
+    path, shape = llama_8b
+    seq = 393216
+    cfg = _cfg(path, 1, seq, grad_checkpointing="auto", activation_offload="auto", loss={"kind": "fused"})
+    cfg = cfg.model_copy(update={"adapter": cfg.adapter.model_copy(update={"dropout": 0.0})})  # W3's
+
+    def choose(host):
+        return choose_settings(cfg, gpu_memory_gib=139.8, shape=shape, host_memory_gib=host)
+
+    roomy, unjudged, small = choose(125), choose(None), choose(64)
+    m = roomy.settings.offload_layers
+    assert roomy.verdict == "fits" and 0 < m < 32 and roomy.memory.host_bytes <= 0.7 * 125 * 2**30
+    assert unjudged.settings == roomy.settings  # the fewest layers that fit the GPU also fit 70% of 125 GiB
+    # 64 GiB of host memory: the fewest layers the GPU needs offloaded pin too much, so nothing fits
+    assert small.verdict == "does not fit" and small.memory.host_bytes > 0.7 * 64 * 2**30
+    assert any("more than 70% of the host's 64 GiB" in n for n in small.memory.notes)
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"model": {"name_or_path": str(path)}, "data": {"max_length": seq},
+                                   "adapter": {"dropout": 0.0}, "train": {"micro_batch_size": 1, "loss": "fused"}}))  # fmt: skip
+    assert main(["plan", str(run), "--gpu-memory", "139.8", "--host-memory", "64", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["verdict"] == "does not fit" and plan["host_memory_gib"] == 64
+    assert main(["plan", str(run), "--host-memory", "-1"]) == 2
+    assert "--host-memory: '-1' is not a finite number > 0" in capsys.readouterr().err

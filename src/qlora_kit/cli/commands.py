@@ -50,7 +50,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from qlora_kit.planning import plan_run
 
-    plan = plan_run(_load(args), gpu_memory_gib=args.gpu_memory, seq_tokens=args.seq_tokens)
+    plan = plan_run(_load(args), gpu_memory_gib=args.gpu_memory, seq_tokens=args.seq_tokens,
+                    host_memory_gib=args.host_memory)  # fmt: skip
     print(plan.to_json() if args.json else plan.to_text() + "\n" + _proposal(plan))
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 
 from qlora_kit.cli import commands as cmd
 from qlora_kit.cli import predict
-from qlora_kit.cli.args import Parser, name_value, positive_int
+from qlora_kit.cli.args import Parser, name_value, positive_float, positive_int
 
 
 def _with_config(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", help="predict a training step's GPU memory by component and its speed, from config.json alone"
     )
     _with_config(p)
-    p.add_argument("--gpu-memory", type=float, metavar="GiB", help="judge against this much GPU memory "
+    p.add_argument("--gpu-memory", type=positive_float, metavar="GiB", help="judge against this much GPU memory "
                    "(default: this machine's first GPU)")  # fmt: skip
+    p.add_argument("--host-memory", type=positive_float, metavar="GiB", help="judge activation offload's pinned memory "
+                   "against this much host memory, at most 70%% of it (default: this machine's, when "
+                   "--gpu-memory is not given and it has a GPU)")  # fmt: skip
     p.add_argument(
         "--seq-tokens", type=positive_int, metavar="N", help="tokens per row (default: data.max_length)"
     )

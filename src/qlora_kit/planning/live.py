@@ -119,7 +119,8 @@ def choose_layout(
         settings = Settings(ckpt, off, loss, compiled)
         if some:  # checkpoint (or offload) the fewest layers for one pass of `wanted` tokens
             layers = model_shape(_base(model).config).layers
-            one_pass = lambda s: _fits(estimate_at(s, wanted), capacity)  # noqa: E731
+            # the GPU side alone: it falls monotonically as layers are added (host memory is checked below)
+            one_pass = lambda s: estimate_at(s, wanted).needed <= (1 - MARGIN) * capacity  # noqa: E731
             k = fewest_layers(one_pass, settings, layers)
             if k is None:
                 continue

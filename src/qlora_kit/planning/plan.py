@@ -46,6 +46,8 @@ class Plan:
     gpu_memory_bytes: int | None = None
     max_tokens: int | None = None
     """The largest micro-batch (tokens) that fits with a margin under these settings."""
+    host_memory_bytes: int | None = None
+    """Host memory that offload's pinned buffers are judged against (None: not judged)."""
 
     @property
     def tokens(self) -> int:
@@ -57,7 +59,12 @@ class Plan:
         """``fits``, ``tight`` or ``does not fit``; None without a GPU memory size."""
         if self.gpu_memory_bytes is None:
             return None
-        return _verdict(self.memory.needed, self.gpu_memory_bytes)
+        return _verdict(self.memory, self.gpu_memory_bytes, self.host_memory_bytes)
+
+    @property
+    def fits_gpu(self) -> bool:
+        """Whether the GPU side fits with the margin, whatever the host side (None GPU size: False)."""
+        return self.gpu_memory_bytes is not None and _verdict(self.memory, self.gpu_memory_bytes) == "fits"
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as plain data (GiB rounded to 3 decimals)."""
@@ -69,6 +76,7 @@ class Plan:
             "peak_phase": self.memory.phase, "peak_allocated_gib": gib(self.memory.peak_allocated),
             "paged_optimizer_gib": gib(self.memory.paged_bytes), "needed_gib": gib(self.memory.needed),
             "gpu_memory_gib": None if self.gpu_memory_bytes is None else gib(self.gpu_memory_bytes),
+            "host_memory_gib": None if self.host_memory_bytes is None else gib(self.host_memory_bytes),
             "verdict": self.verdict, "max_tokens": self.max_tokens, "host_offload_gib": gib(self.memory.host_bytes),
             "tokens_per_s": round(self.speed.tokens_per_s), "step_seconds": round(self.speed.step_seconds, 3),
             "mfu": round(self.speed.mfu, 4), "notes": list(self.memory.notes),
@@ -97,7 +105,12 @@ class Plan:
         verdict = f" of {self.gpu_memory_bytes / GIB:.1f} GiB: {self.verdict}" if self.verdict else ""
         lines.append(f"{'needed':<{width}}{m.needed / GIB:>8.2f} GiB{verdict}")
         if m.host_bytes:
-            lines.append(f"{'pinned host memory (offload)':<{width}}{m.host_bytes / GIB:>8.2f} GiB")
+            host = (
+                ""
+                if self.host_memory_bytes is None
+                else f" of {self.host_memory_bytes / GIB:.1f} GiB host memory"
+            )
+            lines.append(f"{'pinned host memory (offload)':<{width}}{m.host_bytes / GIB:>8.2f} GiB{host}")
         sp = self.speed
         lines += ["", f"~{sp.tokens_per_s:,.0f} tokens/s ({sp.step_seconds:.2f} s per micro-step), MFU {sp.mfu:.1%} "
                   "(BENCHMARKS basis) at the assumed efficiency"]  # fmt: skip
@@ -116,6 +129,7 @@ def plan_run(
     shape: ModelShape | None = None,
     efficiency: float | None = None,
     peak_tflops: float = H200_PEAK_TFLOPS,
+    host_memory_gib: float | None = None,
 ) -> Plan:
     """Plan one micro-step of ``cfg``: ``train.micro_batch_size`` rows of ``seq_tokens`` tokens.
 
@@ -128,10 +142,14 @@ def plan_run(
         shape: the model's shape, when already built (default: from ``model.name_or_path``'s config.json).
         efficiency: executed FLOP/s over peak for the speed estimate (default: measured, by model size).
         peak_tflops: the GPU's bf16 dense peak.
+        host_memory_gib: host memory to judge offload's pinned buffers against (at most
+            :data:`~qlora_kit.planning.memory.HOST_SHARE` of it; default: this machine's when the GPU
+            judged is this machine's, else not judged).
     """
     shape = shape or shape_of(cfg)
     if settings is None and "auto" in (cfg.train.grad_checkpointing, cfg.train.activation_offload):
-        return choose_settings(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, shape=shape)
+        return choose_settings(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, shape=shape,
+                               host_memory_gib=host_memory_gib)  # fmt: skip
     settings = settings or settings_of(cfg, shape)
     seq = seq_tokens or cfg.data.max_length
     rows = cfg.train.micro_batch_size
@@ -140,16 +158,19 @@ def plan_run(
     speed = estimate_speed(shape, adapter, settings, rows * seq, seq, efficiency=efficiency,
                            peak_tflops=peak_tflops, dtype_bytes=dtype_bytes)  # fmt: skip
     gpu = _gpu_bytes(gpu_memory_gib, cfg.train.memory_budget_gib)
-    plan = Plan(cfg.model.name_or_path, shape, settings, rows, seq, memory, speed, gpu)
+    host = _host_bytes(host_memory_gib, gpu_memory_gib)
+    plan = Plan(
+        cfg.model.name_or_path, shape, settings, rows, seq, memory, speed, gpu, host_memory_bytes=host
+    )
     if gpu is not None:
         plan.max_tokens = _max_tokens(
-            lambda t: estimate_memory(shape, cfg.quant, adapter, settings, t, dtype_bytes), gpu
+            lambda t: estimate_memory(shape, cfg.quant, adapter, settings, t, dtype_bytes), gpu, host
         )
-    ram = host_ram()
+    ram = host if host is not None else host_ram()
     if memory.host_bytes and ram and memory.host_bytes > HOST_SHARE * ram:
-        memory.notes.append(
-            f"offload pins {memory.host_bytes / GIB:.0f} GiB of host memory; this machine has {ram / GIB:.0f}"
-        )
+        whose = "the host's" if host is not None else "this machine's"
+        memory.notes.append(f"offload pins {memory.host_bytes / GIB:.0f} GiB of host memory, more than "
+                            f"{HOST_SHARE:.0%} of {whose} {ram / GIB:.0f} GiB")  # fmt: skip
     if cfg.adapter.use_dora:
         memory.notes.append("adapter.use_dora: DoRA's extra activations and weight norms are not modelled")
     return plan
@@ -162,49 +183,51 @@ def choose_settings(
     seq_tokens: int | None = None,
     shape: ModelShape | None = None,
     loss: str | None = None,
+    host_memory_gib: float | None = None,
 ) -> Plan:
     """The cheapest settings under which a micro-step of ``cfg`` fits, as a :class:`Plan`.
 
     Tried in order of speed, among those the config allows (`auto` allows both): checkpointing off,
-    on for the fewest decoder layers that fit (`auto` checkpointing only), on for all, on with activation
-    offload; the loss stays as configured (or ``loss``). The first whose plan
-    `fits` (with the 10% margin) is returned; if none does, the last (its ``verdict`` says so, its
-    ``max_tokens`` says how many tokens would fit).
+    on for the fewest decoder layers that fit (`auto` checkpointing only), on for all, on for all with the
+    fewest layers offloaded that fit (`auto` offload only), on with every layer offloaded; the loss stays as
+    configured (or ``loss``). The first whose plan `fits` (with the 10% margin; offload's pinned memory
+    within the host's share when it is judged) is returned; if none does, the last (its ``verdict`` says
+    so, its ``max_tokens`` says how many tokens would fit).
     """
     shape = shape or shape_of(cfg)
     base = settings_of(cfg, shape)
     if loss is not None:
         base = replace(base, loss=loss)
+
+    def plan_with(settings: Settings) -> Plan:
+        return plan_run(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=settings,
+                        shape=shape, host_memory_gib=host_memory_gib)  # fmt: skip
+
     plan = None
     for checkpointing, offload, some in layouts(cfg.train.grad_checkpointing, cfg.train.activation_offload):
         settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload)
         if some:
-            chosen = _some_layers(cfg, settings, shape, gpu_memory_gib, seq_tokens)
+            chosen = _some_layers(plan_with, settings, shape)
             if chosen is not None:
                 return chosen
             continue
-        plan = plan_run(
-            cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=settings, shape=shape
-        )
+        plan = plan_with(settings)
         if plan.verdict in (None, "fits"):
             return plan
     assert plan is not None
     return plan
 
 
-def _some_layers(
-    cfg: Any, settings: Settings, shape: ModelShape, gpu_memory_gib: float | None, seq_tokens: int | None
-) -> Plan | None:
+def _some_layers(plan_with: Any, settings: Settings, shape: ModelShape) -> Plan | None:
     """The plan with the fewest decoder layers checkpointed (with offload: offloaded) that fits (with the
     margin), or None (no GPU size to fit, or some layers are not enough)."""
-    if _gpu_bytes(gpu_memory_gib, cfg.train.memory_budget_gib) is None:
+    if plan_with(settings).gpu_memory_bytes is None:
         return None  # nothing to fit: checkpoint all, as without a plan
-
-    def plan_with(s: Settings) -> Plan:
-        return plan_run(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=s, shape=shape)
-
-    k = fewest_layers(lambda s: plan_with(s).verdict == "fits", settings, shape.layers)
-    return None if k is None else plan_with(some_layers(settings, k))
+    # Search on the GPU side alone, which falls monotonically as layers are added; offloading more only
+    # pins more host memory, so if the fewest that fit the GPU are too many for the host, none will do.
+    k = fewest_layers(lambda s: plan_with(s).fits_gpu, settings, shape.layers)
+    chosen = None if k is None else plan_with(some_layers(settings, k))
+    return chosen if chosen is not None and chosen.verdict == "fits" else None
 
 
 # ------------------------------------------------------------------------- reading the config
@@ -257,18 +280,27 @@ def _gpu_bytes(gpu_memory_gib: float | None, budget_gib: float | None = None) ->
     return budget if total is None else min(total, budget)
 
 
-def _verdict(needed: int, gpu: int) -> str:
-    if needed <= (1 - MARGIN) * gpu:
+def _verdict(memory: MemoryEstimate, gpu: int, host: int | None = None) -> str:
+    if host is not None and memory.host_bytes > HOST_SHARE * host:
+        return "does not fit"  # the pinned buffers: what the Trainer's `auto` refuses too
+    if memory.needed <= (1 - MARGIN) * gpu:
         return "fits"
-    return "tight" if needed <= gpu else "does not fit"
+    return "tight" if memory.needed <= gpu else "does not fit"
 
 
-def _max_tokens(memory_at: Any, gpu: int) -> int:
+def _host_bytes(host_memory_gib: float | None, gpu_memory_gib: float | None) -> int | None:
+    """``--host-memory``; else this machine's memory when the GPU judged is this machine's; else None."""
+    if host_memory_gib is not None:
+        return int(host_memory_gib * GIB)
+    return host_ram() if gpu_memory_gib is None and torch.cuda.is_available() else None
+
+
+def _max_tokens(memory_at: Any, gpu: int, host: int | None = None) -> int:
     """The largest multiple of 64 tokens whose plan fits with the margin (0 if none)."""
     lo, hi = 0, _MAX_TOKENS // 64
     while lo < hi:  # memory grows with tokens: bisect
         mid = (lo + hi + 1) // 2
-        if _verdict(memory_at(64 * mid).needed, gpu) == "fits":
+        if _verdict(memory_at(64 * mid), gpu, host) == "fits":
             lo = mid
         else:
             hi = mid - 1
