@@ -13,19 +13,18 @@ from typing import Any
 
 import torch
 
+from qlora_kit.planning.from_config import adapter_of, dtype_bytes_of, settings_of, shape_of
 from qlora_kit.planning.memory import (
     GIB,
     HOST_SHARE,
-    Adapter,
     MemoryEstimate,
     Settings,
     estimate_memory,
     host_ram,
 )
 from qlora_kit.planning.settings import fewest_layers, layouts, some_layers
-from qlora_kit.planning.shape import ModelShape, load_model_config, model_shape
+from qlora_kit.planning.shape import ModelShape
 from qlora_kit.planning.speed import H200_PEAK_TFLOPS, SpeedEstimate, estimate_speed
-from qlora_kit.training.compiling import compile_decision
 
 MARGIN = 0.10
 """A plan `fits` when it needs at most 90% of the GPU's memory; up to 100% it is `tight`."""
@@ -153,7 +152,7 @@ def plan_run(
     settings = settings or settings_of(cfg, shape)
     seq = seq_tokens or cfg.data.max_length
     rows = cfg.train.micro_batch_size
-    adapter, dtype_bytes = adapter_of(cfg), _dtype_bytes(cfg)
+    adapter, dtype_bytes = adapter_of(cfg), dtype_bytes_of(cfg)
     memory = estimate_memory(shape, cfg.quant, adapter, settings, rows * seq, dtype_bytes)
     speed = estimate_speed(shape, adapter, settings, rows * seq, seq, efficiency=efficiency,
                            peak_tflops=peak_tflops, dtype_bytes=dtype_bytes)  # fmt: skip
@@ -228,42 +227,6 @@ def _some_layers(plan_with: Any, settings: Settings, shape: ModelShape) -> Plan 
     k = fewest_layers(lambda s: plan_with(s).fits_gpu, settings, shape.layers)
     chosen = None if k is None else plan_with(some_layers(settings, k))
     return chosen if chosen is not None and chosen.verdict == "fits" else None
-
-
-# ------------------------------------------------------------------------- reading the config
-
-
-def shape_of(cfg: Any) -> ModelShape:
-    """The :class:`ModelShape` of ``cfg.model`` (its config.json), with ``cfg.quant``'s skip list."""
-    config = load_model_config(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    return model_shape(config, list(getattr(cfg.quant, "skip_modules", [])), cfg.model.trust_remote_code)
-
-
-def candidate_settings(cfg: Any) -> list[tuple[bool, bool]]:
-    """``(checkpointing, offload)`` pairs the config allows, fastest first (`auto` allows both values)."""
-    t = cfg.train
-    return [(c, o) for c, o, some in layouts(t.grad_checkpointing, t.activation_offload) if not some]
-
-
-def settings_of(cfg: Any, shape: ModelShape) -> Settings:
-    """The config's checkpointing, offload, loss and compilation on a GPU; `auto` checkpointing or offload
-    plan as the first setting the config allows, `auto` loss as chunked."""
-    checkpointing, offload = candidate_settings(cfg)[0]
-    loss = getattr(cfg.train.loss, "kind", cfg.train.loss)
-    compiled, _ = compile_decision(cfg.train.compile, shape.hidden, "cuda", offloading=False)
-    return Settings(grad_checkpointing=checkpointing, activation_offload=offload,
-                    loss="chunked" if loss == "auto" else loss, compiled=compiled)  # fmt: skip
-
-
-def adapter_of(cfg: Any) -> Adapter:
-    """What the planner needs of ``cfg.adapter`` and ``cfg.train.optimizer``."""
-    a = cfg.adapter
-    return Adapter(r=a.r, dropout=a.dropout, target_modules=a.target_modules,
-                   modules_to_save=tuple(a.modules_to_save), optimizer=cfg.train.optimizer.kind)  # fmt: skip
-
-
-def _dtype_bytes(cfg: Any) -> int:
-    return 4 if cfg.quant.compute_dtype == "float32" else 2
 
 
 def _gpu_bytes(gpu_memory_gib: float | None, budget_gib: float | None = None) -> int | None:
