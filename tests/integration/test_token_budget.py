@@ -222,3 +222,20 @@ def test_offload_that_would_pin_most_of_the_host_memory_is_refused(six_layer_dir
 
     with pytest.raises(TrainingError, match=r"would pin .* GiB of host memory .* this machine has"):
         _choose_on_a_fake_gpu(six_layer_dir, monkeypatch, capacity=1, ram=1024, tokens=4096)
+
+
+def test_explicit_offload_that_would_pin_most_of_the_host_memory_is_refused(six_layer_dir, monkeypatch):
+    from qlora_kit.errors import TrainingError
+    from qlora_kit.planning import live
+
+    monkeypatch.setattr(live, "host_ram", lambda: 1024)
+    cfg = TrainConfig(
+        loss="standard", grad_checkpointing=True, activation_offload=True, micro_batch_tokens=None
+    )
+    with pytest.raises(TrainingError, match=r"would pin .* GiB of host memory"):
+        live.choose_layout(cfg, model(six_layer_dir), torch.device("cuda"), step_tokens=4096, row_tokens=4096,
+                           pass_tokens=4096)  # fmt: skip
+    monkeypatch.setattr(live, "host_ram", lambda: 64 * 2**30)
+    decision = live.choose_layout(cfg, model(six_layer_dir), torch.device("cuda"), step_tokens=4096,
+                                  row_tokens=4096, pass_tokens=4096)  # fmt: skip
+    assert decision.describe().startswith("checkpointing on, activation offload on, micro_batch_size rows")

@@ -95,8 +95,11 @@ def choose_layout(
 
     The fastest choice that fits the device with a margin wins: no checkpointing with one pass per step;
     else no checkpointing with passes of at least :data:`MIN_PASS_TOKENS`; else (`auto` checkpointing) the
-    fewest decoder layers checkpointed for one pass per step; else checkpointing (then offload) with the
-    largest passes that fit. On a CPU (host memory) a step is one pass, without checkpointing.
+    fewest decoder layers checkpointed for one pass per step; else checkpointing, then (`auto` offload) the
+    fewest layers offloaded, then every layer offloaded, with the largest passes that fit. Offload must also
+    leave the host its share (:data:`~qlora_kit.planning.memory.HOST_SHARE`): a layout that could only fit
+    by pinning more raises :class:`~qlora_kit.errors.TrainingError`. On a CPU (host memory) a step is one
+    pass, without checkpointing.
     """
     checkpointing, offload, budget = (
         train_cfg.grad_checkpointing,
@@ -107,9 +110,10 @@ def choose_layout(
         offload = False if offload == "auto" else offload  # nothing to offload to: it is all host memory
     wanted = {None: pass_tokens, "auto": step_tokens}.get(budget, budget)
     if "auto" not in (checkpointing, offload) and budget != "auto":
-        return MemoryDecision(
-            Settings(bool(checkpointing), bool(offload)), None if budget is None else wanted
-        )
+        settings = Settings(bool(checkpointing), bool(offload))
+        if settings.activation_offload:  # asked for explicitly: still refuse what the host cannot pin
+            _check_host(_estimator(train_cfg, model)[0](settings, wanted), wanted)
+        return MemoryDecision(settings, None if budget is None else wanted)
     capacity = _capacity(device, getattr(train_cfg, "memory_budget_gib", None))
     estimate_at, loss = _estimator(train_cfg, model)
     compiled = wants_compile(getattr(train_cfg, "compile", False), model, device, offloading=False)[0]
