@@ -50,3 +50,21 @@ def test_no_backend_change_on_cpu_or_for_other_rows():
     before = torch.backends.cuda.cudnn_sdp_enabled()
     with long_row_attention(torch.device("cpu"), True), long_row_attention(torch.device("cuda"), False):
         assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_evaluation_asks_for_the_long_row_kernel_per_batch(monkeypatch, tokenizer):
+    from contextlib import nullcontext
+
+    from qlora_kit.testing import make_tiny_llama
+    from qlora_kit.training import evaluation
+
+    asked = []
+    monkeypatch.setattr(
+        evaluation, "long_row_attention", lambda device, long: asked.append(long) or nullcontext()
+    )
+    model = make_tiny_llama(tokenizer=tokenizer)
+    data = rows(32, 8, 32)
+    result = evaluation.evaluate(
+        model, data, PaddedCollator(pad_token_id=0, pad_to_multiple_of=None), batch_size=1
+    )
+    assert asked == [True, False, True] and result["eval_tokens"] == 31 + 7 + 31

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from qlora_kit.model.quant import keep_4bit_weights_trainable
+from qlora_kit.training.kernels import is_long_plain_row, long_row_attention
 from qlora_kit.training.loss import LossFn, causal_lm_loss, count_supervised
 
 GENERATIONS_FILE = "generations.jsonl"
@@ -60,8 +61,10 @@ def evaluate(
         for start in starts:
             batch = collate_fn([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
             tokens += count_supervised(batch)  # on the CPU, before the move: no device sync
+            long_plain = is_long_plain_row(batch)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            loss_sum += loss_fn(model, batch).double()
+            with long_row_attention(torch.device(device), long_plain):
+                loss_sum += loss_fn(model, batch).double()
     if accelerator is not None:
         loss_sum, tokens = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(tokens, "sum")
     if tokens.item() == 0:
