@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from qlora_kit.model import ModelLoader, prepare_for_training
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.quant import Bnb4bit, NoQuant
 from qlora_kit.planning import Settings, choose_settings, estimate_memory, model_shape, plan_run
+from qlora_kit.planning.from_config import adapter_of
 from qlora_kit.planning.memory import (
     Adapter,
     adapter_bytes,
@@ -138,32 +140,43 @@ def _saved_bytes(model, tokens: int) -> int:
     return sum(seen.values())
 
 
-def _lora_model(path, adapter: AdapterBuilder.Config):
+def _lora_model(path, adapter: AdapterBuilder.Config, light: bool = True):
     model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
     prepare_for_training(model, grad_checkpointing=False)
     model.enable_input_require_grads()  # layer 0 then saves what every other layer saves
-    return AdapterBuilder(adapter).apply(model).train()
+    if light:
+        return AdapterBuilder(adapter).apply(model).train()
+    from peft import get_peft_model  # PEFT's own dropout modules, as compiled layers run them
+
+    return get_peft_model(model, AdapterBuilder(adapter).lora_config(model)).train()
 
 
 @pytest.mark.parametrize(
-    ("dims", "adapter"),
+    ("dims", "adapter", "light"),
     [
-        ({}, AdapterBuilder.Config(r=4, dropout=0.05)),
-        ({}, AdapterBuilder.Config(r=4, dropout=0.0)),
-        ({"intermediate_size": 320, "num_key_value_heads": 1}, AdapterBuilder.Config(r=8, dropout=0.0)),
-        ({"num_attention_heads": 6, "num_key_value_heads": 3}, AdapterBuilder.Config(r=8, dropout=0.1)),
-        ({}, AdapterBuilder.Config(r=4, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])),
+        ({}, AdapterBuilder.Config(r=4, dropout=0.05), True),
+        ({}, AdapterBuilder.Config(r=4, dropout=0.05), False),
+        ({}, AdapterBuilder.Config(r=4, dropout=0.0), True),
+        ({"intermediate_size": 320, "num_key_value_heads": 1}, AdapterBuilder.Config(r=8, dropout=0.0), True),
+        ({"num_attention_heads": 6, "num_key_value_heads": 3}, AdapterBuilder.Config(r=8, dropout=0.1), True),
+        (
+            {"num_attention_heads": 6, "num_key_value_heads": 3},
+            AdapterBuilder.Config(r=8, dropout=0.1),
+            False,
+        ),
+        ({}, AdapterBuilder.Config(r=4, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]), True),
     ],
 )
-def test_saved_bytes_per_token_equal_saved_tensor_hooks(tmp_path_factory, tokenizer, dims, adapter):
+def test_saved_bytes_per_token_equal_saved_tensor_hooks(tmp_path_factory, tokenizer, dims, adapter, light):
     one = _tiny_dir(tmp_path_factory, tokenizer, "one", num_hidden_layers=1, **dims)
     two = _tiny_dir(tmp_path_factory, tokenizer, "two", num_hidden_layers=2, **dims)
-    m1, m2 = _lora_model(one, adapter), _lora_model(two, adapter)
+    m1, m2 = _lora_model(one, adapter, light), _lora_model(two, adapter, light)
     s = {(t, n): _saved_bytes(m, t) for t in (32, 64) for n, m in ((1, m1), (2, m2))}
     per_layer = (s[64, 2] - s[64, 1] - s[32, 2] + s[32, 1]) / 32
     outside = (s[64, 1] - s[32, 1]) / 32 - per_layer
     shape = _shape(two)
-    planned = Adapter(r=adapter.r, dropout=adapter.dropout, target_modules=adapter.target_modules)
+    planned = Adapter(r=adapter.r, dropout=adapter.dropout, target_modules=adapter.target_modules,
+                      light_dropout=light)  # fmt: skip
     # CPU dropout keeps its mask in the input's dtype (2 B); CUDA's fused dropout keeps a bool mask (1 B)
     assert per_layer == layer_saved_per_token(shape, planned, act_bytes=2, mask_bytes=2)
     assert outside == outside_saved_per_token(shape, act_bytes=2)
@@ -247,7 +260,7 @@ def test_plans_are_within_15_percent_of_h200_measurements(
     path, shape = llama_8b if model == "8b" else llama_1b
     loss = {"kind": "fused" if compiled else "standard"}  # the compiled runs' `auto` loss on CUDA
     cfg = _cfg(path, rows, seq, grad_checkpointing=checkpointing, compile=compiled, loss=loss)
-    plan = plan_run(cfg, shape=shape)
+    plan = plan_run(cfg, shape=shape, adapter=replace(adapter_of(cfg), light_dropout=False))  # measured so
     assert plan.memory.peak_allocated / 2**30 == pytest.approx(peak_gib, rel=0.15)
     assert plan.speed.tokens_per_s == pytest.approx(tokens_per_s, rel=0.15)
 
@@ -382,17 +395,23 @@ def test_compiled_layers_plan_less_memory_and_more_speed_and_not_under_offload(l
     path, shape = llama_8b
     adapter = Adapter(r=16, optimizer="paged_adamw_8bit")
 
-    def plan(**settings):
+    def plan(light=True, **settings):
         s = Settings(**settings)
-        memory = estimate_memory(shape, _cfg(path, 2, 2048).quant, adapter, s, 4096)
+        memory = estimate_memory(
+            shape, _cfg(path, 2, 2048).quant, replace(adapter, light_dropout=light), s, 4096
+        )
         return memory.components["activations kept for backward"], estimate_speed(
             shape, adapter, s, 4096, 2048
         )
 
     (eager, eager_speed), (compiled, compiled_speed) = (
-        plan(grad_checkpointing=False, compiled=c) for c in (False, True)
+        plan(grad_checkpointing=False, compiled=c, light=False) for c in (False, True)
     )
     assert eager - compiled == 32 * 4096 * 2 * (14336 + 2 * 4096)  # a(I + 2h) per token and layer
+    # compiled layers run PEFT's dropout whatever the adapter says; eager ones the light dropout
+    assert plan(grad_checkpointing=False, compiled=True)[0] == compiled
+    light = plan(grad_checkpointing=False)[0]
+    assert eager - light == 32 * 4096 * (256360 - 184680)  # the module docstring's two per-layer figures
     assert compiled_speed.tokens_per_s > 1.2 * eager_speed.tokens_per_s  # the measured efficiencies
     offloaded = dict(grad_checkpointing=True, activation_offload=True)
     assert plan(**offloaded, compiled=True)[0] == plan(**offloaded)[0]  # compile is skipped under offload

@@ -14,6 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from qlora_kit.errors import ConfigError
+from qlora_kit.model.lora_dropout import use_light_dropout
 from qlora_kit.registry import adapters
 from qlora_kit.strict import StrictModel
 
@@ -150,10 +151,13 @@ class AdapterBuilder:
 
     def apply(self, model: nn.Module) -> Any:
         """Wrap ``model`` in a ``peft.PeftModel`` in which only adapter and `modules_to_save`
-        parameters require grad (the base, 4-bit or not, stays frozen)."""
+        parameters require grad (the base, 4-bit or not, stays frozen). LoRA dropout keeps no dropped
+        copy of its inputs for the backward pass (:mod:`~qlora_kit.model.lora_dropout`)."""
         from peft import get_peft_model
 
-        return get_peft_model(model, self.lora_config(model))
+        peft_model = get_peft_model(model, self.lora_config(model))
+        use_light_dropout(peft_model)
+        return peft_model
 
     # ----------------------------------------------------------------------------------- internals
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from qlora_kit.errors import TrainingError
+from qlora_kit.model.lora_dropout import LightDropoutLinear
 from qlora_kit.planning.memory import HOST_SHARE, Adapter, MemoryEstimate, Settings, estimate_memory, host_ram
 from qlora_kit.planning.settings import fewest_layers, layouts, some_layers
 from qlora_kit.planning.shape import model_shape
@@ -239,6 +240,7 @@ def _live_inputs(model: Any, train_cfg: Any) -> tuple[Any, Any, Adapter, int]:
         target_modules=sorted(getattr(peft_config, "target_modules", None) or []) or "all-linear",
         modules_to_save=tuple(getattr(peft_config, "modules_to_save", None) or ()),
         optimizer=train_cfg.optimizer.kind,
+        light_dropout=any(isinstance(m, LightDropoutLinear) for m in model.modules()),
     )
     floating = next((p for p in base.parameters() if p.is_floating_point()), None)
     dtype_bytes = floating.element_size() if floating is not None else 2

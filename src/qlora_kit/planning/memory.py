@@ -20,11 +20,14 @@ autocast, frozen base whose matmuls save no input) that one decoder layer saves 
 - each RMSNorm: its fp32 input copy and rsqrt: ``4h + 4`` (frozen weight: the bf16 product saves nothing)
 - attention: q, k, v, output ``a(2 q_dim + 2 kv_dim)``, fp32 logsumexp ``4 heads``
 - gated MLP: gate output, act(gate), up output: ``3aI``
-- LoRA, dropout > 0: per target the dropout mask (``mask`` B: 1 on CUDA's fused dropout, ``a`` on CPU)
-  and the dropped-out input ``a d_in``; dropout 0: each distinct input once (q/k/v share one, gate/up
-  one, o_proj reads the attention output SDPA keeps anyway); plus ``a r`` per target (lora_B's input).
+- LoRA with PEFT's dropout modules (dropout > 0; the library's own dropout falls back to them in compiled
+  layers): per target the dropout mask (``mask`` B: 1 on CUDA's fused dropout, ``a`` on CPU) and the
+  dropped-out input ``a d_in``. Dropout 0, or the library's light dropout
+  (:mod:`~qlora_kit.model.lora_dropout`): each distinct input once (q/k/v share one, gate/up one, o_proj
+  reads the attention output SDPA keeps anyway). Plus ``a r`` per target (lora_B's input).
 
-For the Llama-3-8B shape this is 256,360 B/token/layer (dropout 0.05), 184,680 with dropout 0. It was
+For the Llama-3-8B shape this is 256,360 B/token/layer with PEFT's dropout (0.05), 184,680 with dropout 0
+or the light dropout. It was
 checked to the byte against saved-tensor hooks on CPU (``tests/unit/test_planning.py``). Outside the
 layers: the final norm ``4h + 4`` and RoPE cos/sin. With checkpointing a layer keeps only its input
 (``a h``). Of the offloaded layers' inputs (the first ``offload_layers``, or all) only those in flight stay:
@@ -43,7 +46,7 @@ fuses elementwise work, saving about ``a(I + 2h)`` B/token/layer fewer (:func:`c
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qlora_kit.planning.settings import Adapter, Settings
@@ -179,7 +182,7 @@ def layer_saved_per_token(
     mlp = 3 * a * inter
     in_layer = set(shape.layer_linears())
     targets = [lin for lin in lora_targets(shape, adapter.target_modules) if lin in in_layer]
-    if adapter.dropout > 0:
+    if adapter.dropout > 0 and not adapter.light_dropout:
         lora = sum((mask_bytes + a) * lin.in_features for lin in targets)
     else:
         groups = {lin.input_group: lin.in_features for lin in targets if lin.input_group != "attn_out"}
@@ -235,6 +238,8 @@ def estimate_memory(
     components = weight_bytes(shape, quant.kind, getattr(quant, "double_quant", False), a)
     adapter_parts, paged = adapter_bytes(shape, adapter, a)
     components.update(adapter_parts)
+    if settings.compiles:  # compiled layers run PEFT's dropout (the light one would break the graph)
+        adapter = replace(adapter, light_dropout=False)
     layer = layer_saved_per_token(shape, adapter, a)
     if settings.compiles:
         layer -= compile_saving_per_token(shape, a)

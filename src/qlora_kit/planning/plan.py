@@ -17,6 +17,7 @@ from qlora_kit.planning.from_config import adapter_of, dtype_bytes_of, settings_
 from qlora_kit.planning.memory import (
     GIB,
     HOST_SHARE,
+    Adapter,
     MemoryEstimate,
     Settings,
     estimate_memory,
@@ -129,6 +130,7 @@ def plan_run(
     efficiency: float | None = None,
     peak_tflops: float = H200_PEAK_TFLOPS,
     host_memory_gib: float | None = None,
+    adapter: Adapter | None = None,
 ) -> Plan:
     """Plan one micro-step of ``cfg``: ``train.micro_batch_size`` rows of ``seq_tokens`` tokens.
 
@@ -144,6 +146,8 @@ def plan_run(
         host_memory_gib: host memory to judge offload's pinned buffers against (at most
             :data:`~qlora_kit.planning.memory.HOST_SHARE` of it; default: this machine's when the GPU
             judged is this machine's, else not judged).
+        adapter: override what the planner reads from ``cfg.adapter`` (e.g. ``light_dropout=False`` for
+            a model adapted with PEFT's own dropout).
     """
     shape = shape or shape_of(cfg)
     if settings is None and "auto" in (cfg.train.grad_checkpointing, cfg.train.activation_offload):
@@ -152,7 +156,7 @@ def plan_run(
     settings = settings or settings_of(cfg, shape)
     seq = seq_tokens or cfg.data.max_length
     rows = cfg.train.micro_batch_size
-    adapter, dtype_bytes = adapter_of(cfg), dtype_bytes_of(cfg)
+    adapter, dtype_bytes = adapter or adapter_of(cfg), dtype_bytes_of(cfg)
     memory = estimate_memory(shape, cfg.quant, adapter, settings, rows * seq, dtype_bytes)
     speed = estimate_speed(shape, adapter, settings, rows * seq, seq, efficiency=efficiency,
                            peak_tflops=peak_tflops, dtype_bytes=dtype_bytes)  # fmt: skip

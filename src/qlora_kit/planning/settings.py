@@ -70,6 +70,9 @@ class Adapter:
     target_modules: list[str] | str = "all-linear"
     modules_to_save: tuple[str, ...] = ()
     optimizer: str = "adamw_torch"
+    light_dropout: bool = True
+    """LoRA dropout inside ``lora_A``, keeping no dropped copies (what ``AdapterBuilder`` installs; it falls
+    back to PEFT's dropout in compiled layers). False: PEFT's own dropout modules."""
 
 
 def layouts(checkpointing: bool | str, offload: bool | str) -> list[tuple[bool, bool, bool]]:

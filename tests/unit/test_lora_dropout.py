@@ -1,0 +1,119 @@
+"""Light LoRA dropout: PEFT's numbers for the same mask, no dropped copies kept, reproducible, recompute-safe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.lora_dropout import LightDropoutLinear, _keep, use_light_dropout
+from qlora_kit.testing import make_tiny_llama
+
+
+def _lora(tokenizer, dropout: float, light: bool = True, checkpointing: bool = False):
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    cfg = AdapterBuilder.Config(r=4, alpha=8, dropout=dropout)
+    if light:
+        model = AdapterBuilder(cfg).apply(model)
+    else:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, AdapterBuilder(cfg).lora_config(model))
+    torch.manual_seed(1)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.02)
+    return model.train()
+
+
+def _step(model, seed: int = 3):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 300, (2, 24))
+    torch.manual_seed(seed)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return loss.detach(), grads
+
+
+def test_every_lora_a_gets_the_dropout_inside(tokenizer):
+    model = _lora(tokenizer, dropout=0.1)
+    lora_as = [m for n, m in model.named_modules() if n.endswith("lora_A.default")]
+    assert lora_as and all(type(m) is LightDropoutLinear and m.dropout_p == 0.1 for m in lora_as)
+    assert all(type(m) is nn.Identity for n, m in model.named_modules() if n.endswith("lora_dropout.default"))
+    assert use_light_dropout(model) == 0  # nothing left to change
+    assert use_light_dropout(_lora(tokenizer, dropout=0.0, light=False)) == 0  # no dropout: nothing to move
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_gradients_equal_dropout_then_linear_with_the_same_mask(autocast):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    layer = nn.Linear(16, 4, bias=False)
+    layer.__class__ = LightDropoutLinear
+    layer.dropout_p = 0.3
+    grad_out = torch.randn(3, 5, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        torch.manual_seed(7)
+        seed = int(torch.randint(0, 2**62, ()))  # the seed the layer will draw
+        torch.manual_seed(7)
+        out = layer(x)
+    out.backward(grad_out.to(out.dtype))
+    light = out.detach(), x.grad.clone(), layer.weight.grad.clone()
+    x.grad, layer.weight.grad = None, None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ref = nn.functional.linear(x * _keep(x, 0.3, seed), layer.weight)  # what nn.Dropout + Linear computes
+    ref.backward(grad_out.to(ref.dtype))
+    assert (_keep(x, 0.3, seed) == 0).float().mean().item() == pytest.approx(0.3, abs=0.1)
+    assert torch.equal(light[0], ref.detach())
+    assert torch.equal(light[1], x.grad) and torch.equal(light[2], layer.weight.grad)
+    assert light[2].dtype == torch.float32  # the fp32 adapter weight gets an fp32 gradient
+
+
+def test_dropped_inputs_are_not_kept_for_backward(tokenizer):
+    def saved_bytes(model) -> int:
+        """Bytes of the activations the forward keeps: parameters (and views of them) are not counted."""
+        total, seen = 0, set()
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+        def pack(t):
+            nonlocal total
+            key = (t.untyped_storage().data_ptr(), t.dtype, t.shape)
+            if key[0] not in params and key not in seen:
+                seen.add(key)
+                total += t.numel() * t.element_size()
+            return t
+
+        torch.manual_seed(0)
+        ids = torch.randint(0, 300, (2, 24))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids, labels=ids).loss.sum()  # saved tensors are what the forward keeps
+        return total
+
+    none = saved_bytes(_lora(tokenizer, dropout=0.0))
+    light = saved_bytes(_lora(tokenizer, dropout=0.1))
+    peft = saved_bytes(_lora(tokenizer, dropout=0.1, light=False))
+    assert light == none < peft  # as with dropout 0: each input once, no masks, no dropped copies
+
+
+def test_same_seed_same_numbers_and_dropout_is_active(tokenizer):
+    model = _lora(tokenizer, dropout=0.2)
+    (a, ga), (b, gb), (c, _) = _step(model, seed=3), _step(model, seed=3), _step(model, seed=4)
+    assert torch.equal(a, b) and all(torch.equal(ga[n], gb[n]) for n in ga)
+    assert not torch.equal(a, c)
+    model.eval()
+    with torch.no_grad():
+        ids = torch.randint(0, 300, (1, 8))
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)  # no dropout in eval
+
+
+def test_checkpointed_recompute_draws_the_same_masks(tokenizer):
+    plain_loss, plain = _step(_lora(tokenizer, dropout=0.2))
+    ckpt_loss, ckpt = _step(_lora(tokenizer, dropout=0.2, checkpointing=True))
+    assert torch.equal(plain_loss, ckpt_loss)
+    for name, grad in plain.items():
+        torch.testing.assert_close(ckpt[name], grad, rtol=0, atol=1e-7, msg=name)
