@@ -6,9 +6,18 @@ import pytest
 import torch
 from torch import nn
 
+from qlora_kit.model import lora_dropout
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.lora_dropout import LightDropoutLinear, _keep, use_light_dropout
 from qlora_kit.testing import make_tiny_llama
+
+
+@pytest.fixture(autouse=True)
+def light_on_the_cpu(monkeypatch):
+    # CUDA only in use (the CPU pays more for the second mask than the memory is worth); the arithmetic is
+    # the same on every device, so these tests run it on the CPU
+    monkeypatch.setattr(LightDropoutLinear, "devices", ("cuda", "cpu"))
+    monkeypatch.setattr(lora_dropout, "LIGHT_MIN_HIDDEN", 0)  # and on a tiny model
 
 
 def _lora(tokenizer, dropout: float, light: bool = True, checkpointing: bool = False):
@@ -117,3 +126,18 @@ def test_checkpointed_recompute_draws_the_same_masks(tokenizer):
     assert torch.equal(plain_loss, ckpt_loss)
     for name, grad in plain.items():
         torch.testing.assert_close(ckpt[name], grad, rtol=0, atol=1e-7, msg=name)
+
+
+def test_the_cpu_runs_peft_s_path_by_default(tokenizer, monkeypatch):
+    monkeypatch.setattr(LightDropoutLinear, "devices", ("cuda",))
+    light_loss, light = _step(_lora(tokenizer, dropout=0.2))
+    peft_loss, peft = _step(_lora(tokenizer, dropout=0.2, light=False))
+    assert torch.equal(light_loss, peft_loss)  # F.dropout draws the same masks as nn.Dropout
+    assert all(torch.equal(light[n], peft[n]) for n in peft)
+
+
+def test_narrow_models_keep_peft_s_dropout(tokenizer, monkeypatch):
+    monkeypatch.setattr(lora_dropout, "LIGHT_MIN_HIDDEN", 2048)
+    model = _lora(tokenizer, dropout=0.1)  # hidden 64
+    assert not any(isinstance(m, LightDropoutLinear) for m in model.modules())
+    assert use_light_dropout(model, min_hidden=64) == 2 * 7  # every adapted linear of the 2 layers

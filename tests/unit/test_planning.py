@@ -141,6 +141,8 @@ def _saved_bytes(model, tokens: int) -> int:
 
 
 def _lora_model(path, adapter: AdapterBuilder.Config, light: bool = True):
+    """With ``light``, the light dropout runs on the CPU too (tests that use it enable the CPU on
+    ``LightDropoutLinear.devices``)."""
     model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
     prepare_for_training(model, grad_checkpointing=False)
     model.enable_input_require_grads()  # layer 0 then saves what every other layer saves
@@ -167,7 +169,14 @@ def _lora_model(path, adapter: AdapterBuilder.Config, light: bool = True):
         ({}, AdapterBuilder.Config(r=4, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"]), True),
     ],
 )
-def test_saved_bytes_per_token_equal_saved_tensor_hooks(tmp_path_factory, tokenizer, dims, adapter, light):
+def test_saved_bytes_per_token_equal_saved_tensor_hooks(
+    tmp_path_factory, tokenizer, dims, adapter, light, monkeypatch
+):
+    from qlora_kit.model import lora_dropout
+    from qlora_kit.model.lora_dropout import LightDropoutLinear
+
+    monkeypatch.setattr(LightDropoutLinear, "devices", ("cuda", "cpu"))  # its bytes, measured on the CPU
+    monkeypatch.setattr(lora_dropout, "LIGHT_MIN_HIDDEN", 0)  # of a tiny model
     one = _tiny_dir(tmp_path_factory, tokenizer, "one", num_hidden_layers=1, **dims)
     two = _tiny_dir(tmp_path_factory, tokenizer, "two", num_hidden_layers=2, **dims)
     m1, m2 = _lora_model(one, adapter, light), _lora_model(two, adapter, light)
@@ -554,3 +563,13 @@ def test_host_memory_limits_how_many_layers_offload(llama_8b, tmp_path, capsys):
     assert plan["verdict"] == "does not fit" and plan["host_memory_gib"] == 64
     assert main(["plan", str(run), "--host-memory", "-1"]) == 2
     assert "--host-memory: '-1' is not a finite number > 0" in capsys.readouterr().err
+
+
+def test_plans_give_the_light_dropout_to_wide_models_only(llama_8b, tiny_llama_dir):
+    from qlora_kit.planning.from_config import adapter_of
+
+    path, shape = llama_8b
+    assert adapter_of(_cfg(path, 2, 2048), shape).light_dropout  # hidden 4096
+    assert not adapter_of(
+        _cfg(tiny_llama_dir, 2, 64), model_shape(load_model_config(str(tiny_llama_dir)))
+    ).light_dropout

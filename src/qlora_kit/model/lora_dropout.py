@@ -12,8 +12,8 @@ scale by ``1 / (1 - p)``), drawn from another stream: a seed taken from torch's 
 stay reproducible from ``seed``, resumed runs match (the CPU generator is checkpointed), and a checkpointed
 layer's recompute, which restores the CPU generator, draws the same masks.
 
-Not used where it would not pay or not work: in evaluation (no dropout), without gradients, inside
-``torch.compile`` (the compiler makes its own choice of what to keep; it would also break the graph on the
+Not used where it would not pay or not work: on the CPU (drawing masks twice costs more than the
+memory is worth there), in evaluation (no dropout), without gradients, inside ``torch.compile`` (the compiler makes its own choice of what to keep; it would also break the graph on the
 seed), for DoRA and other LoRA variants (PEFT feeds them the dropped input directly).
 """
 
@@ -30,11 +30,16 @@ class LightDropoutLinear(nn.Linear):
     """A LoRA ``lora_A`` projection with its dropout inside (see the module docstring)."""
 
     dropout_p: float = 0.0
+    devices: tuple[str, ...] = ("cuda",)
+    """Device types it runs light on. Not the CPU: drawing each mask twice there made a SmolLM2-135M step
+    (2 cores, `benchmarks/cpu_step.py`, runs interleaved) 6.44-6.57 s instead of 5.30-5.90 s, and host
+    memory is rarely the limit."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         light = (
             self.training
             and self.dropout_p > 0
+            and x.device.type in self.devices
             and self.bias is None
             and torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
@@ -77,12 +82,28 @@ def _keep(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return keep.mul_(1 / (1 - p))
 
 
-def use_light_dropout(model: nn.Module) -> int:
+LIGHT_MIN_HIDDEN = 2048
+"""Models at least this wide get the light dropout (:func:`use_light_dropout`): their activations are what
+limits a step's length. Narrower ones keep PEFT's dropout: their dropped copies are small and their steps
+are bound by host work, which the extra autograd function per adapter would add to (the threshold of
+``train.compile: auto`` too)."""
+
+
+def hidden_size(config: Any) -> int:
+    """The width of a transformers model config (``hidden_size``, GPT-2's ``n_embd``; 0 if neither)."""
+    return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or 0)
+
+
+def use_light_dropout(model: nn.Module, min_hidden: int | None = None) -> int:
     """Move the dropout of every plain LoRA ``lora_A`` linear of ``model`` inside it
-    (:class:`LightDropoutLinear`); returns how many were changed. Parameters, state-dict keys and the
-    saved adapter are unchanged."""
+    (:class:`LightDropoutLinear`) if the model is at least ``min_hidden`` wide (default
+    :data:`LIGHT_MIN_HIDDEN`); returns how many were changed. Parameters, state-dict keys and the saved
+    adapter are unchanged."""
     from peft.tuners.lora import LoraLayer
 
+    config = getattr(model, "config", None)
+    if hidden_size(config) < (LIGHT_MIN_HIDDEN if min_hidden is None else min_hidden):
+        return 0
     changed = 0
     for module in model.modules():
         if not isinstance(module, LoraLayer):

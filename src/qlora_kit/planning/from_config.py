@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qlora_kit.model.lora_dropout import LIGHT_MIN_HIDDEN
 from qlora_kit.planning.settings import Adapter, Settings, layouts
 from qlora_kit.planning.shape import ModelShape, load_model_config, model_shape
 from qlora_kit.training.compiling import compile_decision
@@ -32,10 +33,12 @@ def settings_of(cfg: Any, shape: ModelShape) -> Settings:
                     loss="chunked" if loss == "auto" else loss, compiled=compiled)  # fmt: skip
 
 
-def adapter_of(cfg: Any) -> Adapter:
-    """What the planner needs of ``cfg.adapter`` and ``cfg.train.optimizer``."""
+def adapter_of(cfg: Any, shape: ModelShape | None = None) -> Adapter:
+    """What the planner needs of ``cfg.adapter`` and ``cfg.train.optimizer`` (for a model of ``shape``:
+    whether ``AdapterBuilder`` gives it the light dropout)."""
     a = cfg.adapter
-    return Adapter(r=a.r, dropout=a.dropout, target_modules=a.target_modules,
+    light = shape is None or shape.hidden >= LIGHT_MIN_HIDDEN
+    return Adapter(r=a.r, dropout=a.dropout, target_modules=a.target_modules, light_dropout=light,
                    modules_to_save=tuple(a.modules_to_save), optimizer=cfg.train.optimizer.kind)  # fmt: skip
 
 

@@ -113,10 +113,10 @@ def choose_layout(
     if "auto" not in (checkpointing, offload) and budget != "auto":
         settings = Settings(bool(checkpointing), bool(offload))
         if settings.activation_offload:  # asked for explicitly: still refuse what the host cannot pin
-            _check_host(_estimator(train_cfg, model)[0](settings, wanted), wanted)
+            _check_host(_estimator(train_cfg, model, device)[0](settings, wanted), wanted)
         return MemoryDecision(settings, None if budget is None else wanted)
     capacity = _capacity(device, getattr(train_cfg, "memory_budget_gib", None))
-    estimate_at, loss = _estimator(train_cfg, model)
+    estimate_at, loss = _estimator(train_cfg, model, device)
     compiled = wants_compile(getattr(train_cfg, "compile", False), model, device, offloading=False)[0]
     floor = max(row_tokens, min(wanted, MIN_PASS_TOKENS))
     last = None
@@ -158,8 +158,8 @@ def _check_host(estimate: MemoryEstimate, tokens: int) -> None:
     )
 
 
-def _estimator(train_cfg: Any, model: Any) -> tuple[Any, str]:
-    shape, quant, adapter, dtype_bytes = _live_inputs(model, train_cfg)
+def _estimator(train_cfg: Any, model: Any, device: torch.device | None = None) -> tuple[Any, str]:
+    shape, quant, adapter, dtype_bytes = _live_inputs(model, train_cfg, device)
     loss = getattr(train_cfg.loss, "kind", "standard")
     loss = "chunked" if loss == "auto" else loss
 
@@ -219,8 +219,13 @@ def _capacity(device: torch.device, budget_gib: float | None = None) -> int:
     return min(total, budget) if budget else total
 
 
-def _live_inputs(model: Any, train_cfg: Any) -> tuple[Any, Any, Adapter, int]:
-    """Shape, quantization, adapter and compute-dtype bytes of a loaded (PEFT-wrapped) model."""
+def _live_inputs(
+    model: Any, train_cfg: Any, device: torch.device | None = None
+) -> tuple[Any, Any, Adapter, int]:
+    """Shape, quantization, adapter and compute-dtype bytes of a loaded (PEFT-wrapped) model that trains on
+    ``device`` (default: where its first parameter is)."""
+    if device is None:
+        device = next(model.parameters()).device
     base = _base(model)
     config = base.config
     qc = getattr(config, "quantization_config", None)
@@ -240,7 +245,8 @@ def _live_inputs(model: Any, train_cfg: Any) -> tuple[Any, Any, Adapter, int]:
         target_modules=sorted(getattr(peft_config, "target_modules", None) or []) or "all-linear",
         modules_to_save=tuple(getattr(peft_config, "modules_to_save", None) or ()),
         optimizer=train_cfg.optimizer.kind,
-        light_dropout=any(isinstance(m, LightDropoutLinear) for m in model.modules()),
+        light_dropout=device.type in LightDropoutLinear.devices
+        and any(isinstance(m, LightDropoutLinear) for m in model.modules()),
     )
     floating = next((p for p in base.parameters() if p.is_floating_point()), None)
     dtype_bytes = floating.element_size() if floating is not None else 2

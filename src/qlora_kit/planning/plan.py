@@ -156,7 +156,7 @@ def plan_run(
     settings = settings or settings_of(cfg, shape)
     seq = seq_tokens or cfg.data.max_length
     rows = cfg.train.micro_batch_size
-    adapter, dtype_bytes = adapter or adapter_of(cfg), dtype_bytes_of(cfg)
+    adapter, dtype_bytes = adapter or adapter_of(cfg, shape), dtype_bytes_of(cfg)
     memory = estimate_memory(shape, cfg.quant, adapter, settings, rows * seq, dtype_bytes)
     speed = estimate_speed(shape, adapter, settings, rows * seq, seq, efficiency=efficiency,
                            peak_tflops=peak_tflops, dtype_bytes=dtype_bytes)  # fmt: skip
