@@ -1,0 +1,65 @@
+"""The light LoRA dropout on a CUDA device: the same gradients as dropout + linear with the same mask under
+bf16 autocast, and the same numbers step after step through a checkpointed recompute (auto-skipped
+without a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qlora_kit.config import ModelConfig
+from qlora_kit.model import ModelLoader, lora_dropout, prepare_for_training
+from qlora_kit.model.adapters import AdapterBuilder
+from qlora_kit.model.lora_dropout import LightDropoutLinear, _keep
+from qlora_kit.model.quant import Bnb4bit
+
+pytestmark = pytest.mark.gpu
+
+
+def test_gradients_equal_dropout_then_linear_with_the_same_mask_on_cuda(gpu_device):
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 256, device=gpu_device, dtype=torch.bfloat16, requires_grad=True)
+    layer = nn.Linear(256, 16, bias=False, device=gpu_device)
+    layer.__class__ = LightDropoutLinear
+    layer.dropout_p = 0.1
+    grad_out = torch.randn(2, 64, 16, device=gpu_device, dtype=torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        torch.manual_seed(7)
+        seed = int(torch.randint(0, 2**62, ()))
+        torch.manual_seed(7)
+        out = layer(x)
+    out.backward(grad_out)
+    light = out.detach(), x.grad.clone(), layer.weight.grad.clone()
+    x.grad, layer.weight.grad = None, None
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = nn.functional.linear(x * _keep(x, 0.1, seed), layer.weight)
+    ref.backward(grad_out)
+    assert torch.equal(light[0], ref.detach())
+    torch.testing.assert_close(light[1], x.grad)
+    torch.testing.assert_close(light[2], layer.weight.grad)
+
+
+def test_checkpointed_steps_repeat_exactly(tiny_llama_dir, gpu_device, monkeypatch):
+    monkeypatch.setattr(lora_dropout, "LIGHT_MIN_HIDDEN", 0)  # the tiny model gets it too
+    ids = torch.randint(0, 300, (4, 256), generator=torch.Generator().manual_seed(0)).to(gpu_device)
+
+    def step(model):
+        torch.manual_seed(3)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(gpu_device)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad()
+        return loss.item(), grads
+
+    # eager attention: its backward has no atomics, so two runs of the same step are bit-identical
+    config = ModelConfig(name_or_path=str(tiny_llama_dir), attn_implementation="eager")
+    model, _ = ModelLoader(config, Bnb4bit.Config(), gpu_device).load()
+    prepare_for_training(model, grad_checkpointing=True)
+    light = AdapterBuilder(AdapterBuilder.Config(r=8, alpha=16, dropout=0.1)).apply(model).train()
+    assert any(isinstance(m, LightDropoutLinear) for m in light.modules())
+    (a, ga), (b, gb) = step(light), step(light)
+    assert a == b and all(torch.equal(x, y) for x, y in zip(ga, gb, strict=True))
