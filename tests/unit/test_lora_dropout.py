@@ -141,3 +141,10 @@ def test_narrow_models_keep_peft_s_dropout(tokenizer, monkeypatch):
     model = _lora(tokenizer, dropout=0.1)  # hidden 64
     assert not any(isinstance(m, LightDropoutLinear) for m in model.modules())
     assert use_light_dropout(model, min_hidden=64) == 2 * 7  # every adapted linear of the 2 layers
+
+
+def test_adapter_light_dropout_false_keeps_peft_s_modules(tokenizer):
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
+    model = AdapterBuilder(AdapterBuilder.Config(r=4, dropout=0.1, light_dropout=False)).apply(model)
+    assert not any(isinstance(m, LightDropoutLinear) for m in model.modules())
+    assert any(type(m) is nn.Dropout for m in model.modules())

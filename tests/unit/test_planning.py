@@ -573,3 +573,22 @@ def test_plans_give_the_light_dropout_to_wide_models_only(llama_8b, tiny_llama_d
     assert not adapter_of(
         _cfg(tiny_llama_dir, 2, 64), model_shape(load_model_config(str(tiny_llama_dir)))
     ).light_dropout
+
+
+def test_light_dropout_can_be_turned_off_from_the_command_line(llama_8b, tmp_path, capsys):
+    import yaml
+
+    from qlora_kit.cli import main
+
+    path, _ = llama_8b
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"model": {"name_or_path": str(path)}, "data": {"max_length": 2048},
+                                   "train": {"micro_batch_size": 2, "compile": False, "grad_checkpointing": False,
+                                             "activation_offload": False}}))  # fmt: skip
+
+    def kept(*overrides):
+        assert main(["plan", str(run), *overrides, "--gpu-memory", "139.8", "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["components_gib"]["activations kept for backward"]
+
+    light, peft = kept(), kept("adapter.light_dropout=false")
+    assert peft - light == pytest.approx(32 * 4096 * (256360 - 184680) / 2**30, abs=0.01)

@@ -37,7 +37,7 @@ def adapter_of(cfg: Any, shape: ModelShape | None = None) -> Adapter:
     """What the planner needs of ``cfg.adapter`` and ``cfg.train.optimizer`` (for a model of ``shape``:
     whether ``AdapterBuilder`` gives it the light dropout)."""
     a = cfg.adapter
-    light = shape is None or shape.hidden >= LIGHT_MIN_HIDDEN
+    light = getattr(a, "light_dropout", True) and (shape is None or shape.hidden >= LIGHT_MIN_HIDDEN)
     return Adapter(r=a.r, dropout=a.dropout, target_modules=a.target_modules, light_dropout=light,
                    modules_to_save=tuple(a.modules_to_save), optimizer=cfg.train.optimizer.kind)  # fmt: skip
 
