@@ -9,7 +9,7 @@ from torch import nn
 from qlora_kit.model import lora_dropout
 from qlora_kit.model.adapters import AdapterBuilder
 from qlora_kit.model.lora_dropout import LightDropoutLinear, _keep, use_light_dropout
-from qlora_kit.testing import make_tiny_llama
+from qlora_kit.testing import lora_step, make_tiny_llama
 
 
 @pytest.fixture(autouse=True)
@@ -39,14 +39,7 @@ def _lora(tokenizer, dropout: float, light: bool = True, checkpointing: bool = F
 
 
 def _step(model, seed: int = 3):
-    torch.manual_seed(0)
-    ids = torch.randint(0, 300, (2, 24))
-    torch.manual_seed(seed)
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad()
-    return loss.detach(), grads
+    return lora_step(model, ids_seed=0, dropout_seed=seed)
 
 
 def test_every_lora_a_gets_the_dropout_inside(tokenizer):

@@ -7,7 +7,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.testing import make_tiny_llama
+from qlora_kit.testing import lora_step, make_tiny_llama
 from qlora_kit.training.offload import (
     OffloadedCheckpoint,
     disable_offloaded_checkpointing,
@@ -33,14 +33,7 @@ def _model(tokenizer, checkpointing: bool):
 
 
 def _step(model, seed: int = 7, dropout_seed: int = 8):
-    torch.manual_seed(seed)
-    ids = torch.randint(0, 300, (2, TOKENS))
-    torch.manual_seed(dropout_seed)
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad()
-    return loss.detach(), grads
+    return lora_step(model, TOKENS, seed, dropout_seed)
 
 
 def _layers(model):

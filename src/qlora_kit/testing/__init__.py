@@ -11,6 +11,7 @@ from qlora_kit.testing.kit import (
     adapter_tensors,
     check_formatter,
     checkpoint_tensors,
+    lora_step,
     make_alpaca_rows,
     make_distilgpt2_shape,
     make_tiny_gguf,
@@ -22,6 +23,7 @@ from qlora_kit.testing.kit import (
 __all__ = [
     "adapter_tensors",
     "checkpoint_tensors",
+    "lora_step",
     "EOS_TOKEN",
     "check_formatter",
     "make_alpaca_rows",

@@ -281,3 +281,20 @@ def adapter_tensors(model: Any) -> dict[str, Any]:
     from peft import get_peft_model_state_dict
 
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def lora_step(
+    model: Any, tokens: int = 24, ids_seed: int = 7, dropout_seed: int = 8
+) -> tuple[Any, dict[str, Any]]:
+    """One forward and backward pass of ``model`` on 2 rows of random ids: the loss and a copy of every
+    trainable gradient (then zeroed). Seeds fix the ids and, separately, the dropout masks."""
+    import torch
+
+    torch.manual_seed(ids_seed)
+    ids = torch.randint(0, 300, (2, tokens))
+    torch.manual_seed(dropout_seed)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return loss.detach(), grads
