@@ -26,6 +26,15 @@ def fused_adamw_devices() -> set[str]:
 # ----------------------------------------------------------------------------------- transformers
 
 
+def decoder_layers(model: Any) -> list[Any]:
+    """The decoder layers of a transformers model (PEFT- or DDP-wrapped or not), in order: transformers 5.x
+    makes them subclass ``GradientCheckpointingLayer``, whose forward calls
+    ``self._gradient_checkpointing_func(...)`` when its ``gradient_checkpointing`` flag is on."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
 def attn_implementation(model: Any) -> str | None:
     """The attention implementation a loaded model uses (transformers 5 keeps it in the private
     ``config._attn_implementation``; there is no public accessor)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qlora_kit.compat import decoder_layers
+
 
 def prepare_for_training(model: Any, grad_checkpointing: bool | str) -> Any:
     """k-bit training preparation without peft's fp32 upcasting.
@@ -37,10 +39,7 @@ def set_grad_checkpointing(model: Any, enabled: bool, first_layers: int | None =
         getattr(model, f"{prefix}_checkpointing_enable")(**kwargs)
         disable_input_require_grads(model)  # transformers turns it on with checkpointing
         if first_layers is not None:
-            from transformers.modeling_layers import GradientCheckpointingLayer
-
-            layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-            for layer in layers[first_layers:]:
+            for layer in decoder_layers(model)[first_layers:]:
                 layer.gradient_checkpointing = False  # the flag transformers checks per layer
     elif not enabled and hasattr(model, f"{prefix}_checkpointing_disable"):
         getattr(model, f"{prefix}_checkpointing_disable")()

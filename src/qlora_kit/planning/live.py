@@ -18,7 +18,15 @@ import torch
 
 from qlora_kit.errors import TrainingError
 from qlora_kit.model.lora_dropout import LightDropoutLinear
-from qlora_kit.planning.memory import HOST_SHARE, Adapter, MemoryEstimate, Settings, estimate_memory, host_ram
+from qlora_kit.planning.memory import (
+    HOST_SHARE,
+    Adapter,
+    MemoryEstimate,
+    Settings,
+    estimate_memory,
+    host_ram,
+    pins_too_much,
+)
 from qlora_kit.planning.settings import fewest_layers, layouts, some_layers
 from qlora_kit.planning.shape import model_shape
 from qlora_kit.training.compiling import wants_compile
@@ -148,7 +156,7 @@ def _check_host(estimate: MemoryEstimate, tokens: int) -> None:
     """Refuse a layout whose offload would pin more than the host's share of its memory: the OS would
     kill the run mid-step, with nothing saved."""
     ram = host_ram()
-    if not estimate.host_bytes or ram is None or estimate.host_bytes <= HOST_SHARE * ram:
+    if not pins_too_much(estimate.host_bytes, ram):
         return
     gib = 2**30
     raise TrainingError(
@@ -171,9 +179,7 @@ def _estimator(train_cfg: Any, model: Any, device: torch.device | None = None) -
 
 def _fits(estimate: MemoryEstimate, capacity: int) -> bool:
     """Whether ``estimate`` fits the device with the margin, and what it offloads fits the host's share."""
-    ram = host_ram()
-    host_ok = not estimate.host_bytes or ram is None or estimate.host_bytes <= HOST_SHARE * ram
-    return estimate.needed <= (1 - MARGIN) * capacity and host_ok
+    return estimate.needed <= (1 - MARGIN) * capacity and not pins_too_much(estimate.host_bytes, host_ram())
 
 
 def _largest_that_fits(estimate_at: Any, capacity: int, most: int) -> int:

@@ -275,3 +275,8 @@ def host_ram() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not a POSIX system
         return None
+
+
+def pins_too_much(host_bytes: int, ram: int | None) -> bool:
+    """Whether offload's ``host_bytes`` of pinned buffers pass :data:`HOST_SHARE` of ``ram`` (unknown: no)."""
+    return bool(host_bytes) and ram is not None and host_bytes > HOST_SHARE * ram

@@ -22,6 +22,7 @@ from qlora_kit.planning.memory import (
     Settings,
     estimate_memory,
     host_ram,
+    pins_too_much,
 )
 from qlora_kit.planning.settings import fewest_layers, layouts, some_layers
 from qlora_kit.planning.shape import ModelShape
@@ -170,7 +171,7 @@ def plan_run(
             lambda t: estimate_memory(shape, cfg.quant, adapter, settings, t, dtype_bytes), gpu, host
         )
     ram = host if host is not None else host_ram()
-    if memory.host_bytes and ram and memory.host_bytes > HOST_SHARE * ram:
+    if pins_too_much(memory.host_bytes, ram):
         whose = "the host's" if host is not None else "this machine's"
         memory.notes.append(f"offload pins {memory.host_bytes / GIB:.0f} GiB of host memory, more than "
                             f"{HOST_SHARE:.0%} of {whose} {ram / GIB:.0f} GiB")  # fmt: skip
@@ -210,6 +211,8 @@ def choose_settings(
     for checkpointing, offload, some in layouts(cfg.train.grad_checkpointing, cfg.train.activation_offload):
         settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload)
         if some:
+            if _gpu_bytes(gpu_memory_gib, cfg.train.memory_budget_gib) is None:
+                continue  # nothing to fit: checkpoint (offload) every layer, as without a plan
             chosen = _some_layers(plan_with, settings, shape)
             if chosen is not None:
                 return chosen
@@ -223,9 +226,7 @@ def choose_settings(
 
 def _some_layers(plan_with: Any, settings: Settings, shape: ModelShape) -> Plan | None:
     """The plan with the fewest decoder layers checkpointed (with offload: offloaded) that fits (with the
-    margin), or None (no GPU size to fit, or some layers are not enough)."""
-    if plan_with(settings).gpu_memory_bytes is None:
-        return None  # nothing to fit: checkpoint all, as without a plan
+    margin), or None (some layers are not enough)."""
     # Search on the GPU side alone, which falls monotonically as layers are added; offloading more only
     # pins more host memory, so if the fewest that fit the GPU are too many for the host, none will do.
     k = fewest_layers(lambda s: plan_with(s).fits_gpu, settings, shape.layers)
@@ -248,7 +249,7 @@ def _gpu_bytes(gpu_memory_gib: float | None, budget_gib: float | None = None) ->
 
 
 def _verdict(memory: MemoryEstimate, gpu: int, host: int | None = None) -> str:
-    if host is not None and memory.host_bytes > HOST_SHARE * host:
+    if pins_too_much(memory.host_bytes, host):
         return "does not fit"  # the pinned buffers: what the Trainer's `auto` refuses too
     if memory.needed <= (1 - MARGIN) * gpu:
         return "fits"

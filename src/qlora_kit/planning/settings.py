@@ -35,8 +35,7 @@ class Settings:
 
     def describe_offload(self, layers: int) -> str:
         """``on``, ``off`` or ``on for M of N layers``: the offload part of a log line."""
-        m = self.offloaded(layers)
-        return "off" if m == 0 else "on" if m == layers else f"on for {m} of {layers} layers"
+        return _some_of(self.offloaded(layers), layers)
 
     def checkpointed(self, layers: int) -> int:
         """How many of the model's ``layers`` decoder layers these settings checkpoint."""
@@ -46,8 +45,7 @@ class Settings:
 
     def describe(self, layers: int) -> str:
         """``on``, ``off`` or ``on for K of N layers``: the checkpointing part of a log line."""
-        k = self.checkpointed(layers)
-        return "off" if k == 0 else "on" if k == layers else f"on for {k} of {layers} layers"
+        return _some_of(self.checkpointed(layers), layers)
 
     def can_lean_more(self) -> bool:
         """Whether some layer keeps more than it could: checkpointing off or for some layers only, or with
@@ -59,6 +57,10 @@ class Settings:
     def compiles(self) -> bool:
         """The decoder layers run compiled (compilation is not combined with activation offload)."""
         return self.compiled and not self.activation_offload
+
+
+def _some_of(k: int, layers: int) -> str:
+    return "off" if k == 0 else "on" if k == layers else f"on for {k} of {layers} layers"
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def estimate_speed(
     )
     useful = 4 * (layer_matmul + shape.head.numel) + 3 * seq * shape.hidden * shape.layers
     attention = 6 * seq * shape.q_dim * shape.layers  # causal: half of 12 x seq x q_dim per layer
-    share = settings.checkpointed(shape.layers) / shape.layers if settings.grad_checkpointing else 0.0
+    share = settings.checkpointed(shape.layers) / shape.layers
     executed = 4 * (layer_matmul + shape.head.numel) + 6 * lora + attention
     executed += share * (2 * layer_matmul + 2 * lora + attention / 3)  # checkpointed layers: forward twice
     if settings.loss == "chunked":

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from qlora_kit.compat import decoder_layers
+
 logger = logging.getLogger(__name__)
 
 AUTO_MIN_HIDDEN = 2048
@@ -82,10 +84,9 @@ def compile_decoder_layers(model: Any) -> int:
             ``GradientCheckpointingLayer`` (transformers 5.x).
     """
     import torch._dynamo
-    from transformers.modeling_layers import GradientCheckpointingLayer
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = decoder_layers(model)
     for layer in layers:
         layer.compile()  # nn.Module.compile: its __call__ runs the compiled forward, checkpointing kept
     logger.info(

@@ -63,7 +63,7 @@ def evaluate(
             tokens += count_supervised(batch)  # on the CPU, before the move: no device sync
             long_plain = is_long_plain_row(batch)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with long_row_attention(torch.device(device), long_plain):
+            with long_row_attention(device, long_plain):
                 loss_sum += loss_fn(model, batch).double()
     if accelerator is not None:
         loss_sum, tokens = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(tokens, "sum")

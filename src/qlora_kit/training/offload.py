@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qlora_kit.compat import decoder_layers
 from qlora_kit.training.offloader import (
     CHUNK_BYTES,
     MIN_OFFLOAD_BYTES,
@@ -169,11 +170,7 @@ def _transformers_model(model: nn.Module) -> nn.Module:
 
 
 def _checkpointed_layers(base: nn.Module) -> list[nn.Module]:
-    # transformers 5.x: decoder layers subclass GradientCheckpointingLayer, whose forward calls
-    # `self._gradient_checkpointing_func(partial(forward, self, **kwargs), *args)`.
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = decoder_layers(base)
     if not layers:
         raise ValueError(f"{type(base).__name__} has no GradientCheckpointingLayer to offload")
     return layers
