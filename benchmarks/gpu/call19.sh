@@ -7,7 +7,7 @@ set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src QLORA_KIT_COMMIT=$1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 RUN=$2; L=/tmp/qk-logs; mkdir -p $L; touch $OUT/results.jsonl
-for v in one=train.max_steps=8 p2048=train.micro_batch_tokens=2048 lean16=train.memory_budget_gib=16; do
+for v in one=train.seed=0 p2048=train.micro_batch_tokens=2048 lean16=train.memory_budget_gib=16; do
   name=${v%%=*}
   python3 benchmarks/harness.py --run-id $RUN --workloads W2-8B --systems qlora_kit:$name --variant $v \
     --ours-overrides "train.callbacks=[{kind: profile, start: 3, steps: 2, path: $OUT/prof-$name}]" \
