@@ -119,3 +119,44 @@ def test_scheduler_applies_the_factor_to_the_optimizer(kind):
         scheduler.step()
     assert seen == pytest.approx([1e-3 * lr_factor(cfg.scheduler, s, 10) for s in range(10)])
     assert all(not saved for saved in scheduler.state_dict()["lr_lambdas"])  # only numbers in checkpoints
+
+
+def _three_steps(optimizer, model, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 128, generator=gen)).pow(2).mean().backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("kind", ["adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"])
+def test_bitsandbytes_kinds_step_without_a_sync_per_parameter_and_update_the_same(kind, monkeypatch):
+    import bitsandbytes as bnb
+    import bitsandbytes.optim.optimizer as bnb_optimizer
+
+    cfg = TrainConfig(optimizer={"kind": kind, "lr": 1e-2, "weight_decay": 0.01}).optimizer
+    stock_class = getattr(bnb.optim, type(cfg.build()).bnb_class)
+    syncs = []
+    monkeypatch.setattr(bnb_optimizer, "sync_gpu", lambda t: syncs.append(t))
+    torch.manual_seed(0)
+    ours_model, stock_model = _Adapted(), _Adapted()
+    stock_model.load_state_dict(ours_model.state_dict())
+    ours = build_optimizer(cfg, ours_model)
+    stock = stock_class(param_groups(stock_model, 0.01), lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+
+    _three_steps(ours, ours_model)
+    assert syncs == []  # bitsandbytes' per-parameter sync_gpu was skipped...
+    assert (
+        bnb_optimizer.sync_gpu is not None and bnb_optimizer.sync_gpu.__name__ == "<lambda>"
+    )  # ...and restored
+    _three_steps(stock, stock_model)
+    assert len(syncs) >= 3 * 5  # the stock step waits once per parameter (5 trainable tensors)
+
+    assert isinstance(ours, stock_class) and type(ours).__name__ == stock_class.__name__
+    for a, b in zip(ours_model.parameters(), stock_model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the same update to the bit
+    for p_ours, p_stock in zip(ours_model.parameters(), stock_model.parameters(), strict=True):
+        if p_ours.requires_grad:
+            for key, value in ours.state[p_ours].items():
+                other = stock.state[p_stock][key]
+                assert torch.equal(value, other) if torch.is_tensor(value) else value == other
