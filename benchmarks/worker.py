@@ -51,6 +51,10 @@ def make_session(spec: dict[str, Any]) -> Any:
         import qlora_kit.training.optim as optim
 
         optim.one_sync_step = lambda cls: cls
+    if os.environ.get("QK_BENCH_ACT_BUDGET"):  # experiment: the compiler's own activation memory budget
+        import torch._functorch.config as functorch_config
+
+        functorch_config.activation_memory_budget = float(os.environ["QK_BENCH_ACT_BUDGET"])
     return OursSession(model_dir, device, spec["overrides"], optimizer=spec["optimizer"])
 
 
