@@ -55,6 +55,10 @@ def make_session(spec: dict[str, Any]) -> Any:
         import torch._functorch.config as functorch_config
 
         functorch_config.activation_memory_budget = float(os.environ["QK_BENCH_ACT_BUDGET"])
+    if os.environ.get("QK_BENCH_RNG_RECOMPUTE") == "1":  # experiment: dropout masks recomputed, not saved
+        import torch._functorch.config as functorch_config
+
+        functorch_config.functionalize_rng_ops = True
     return OursSession(model_dir, device, spec["overrides"], optimizer=spec["optimizer"])
 
 
