@@ -23,8 +23,10 @@ ORDER = ["W1", "W1-seed-exact", "W2-1B", "W2-8B", "W3", "W4-single", "W4-ddp", "
 
 
 def latest_runs(rows: list[dict[str, Any]], include_tiny: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """workload -> the rows of the latest run_id that measured it (ratios recomputed within that run)."""
-    rows = [r for r in rows if include_tiny or not r.get("tiny")]
+    """workload -> the rows of the latest run_id that measured it (ratios recomputed within that run).
+    Rows marked ``experiment`` (a profiled run, an A/B through a benchmark-only switch) are never "latest":
+    RESULTS.md's reading sections discuss them."""
+    rows = [r for r in rows if (include_tiny or not r.get("tiny")) and not r.get("experiment")]
     out: dict[str, list[dict[str, Any]]] = {}
     for workload in sorted({r["workload"] for r in rows}, key=lambda w: (ORDER + [w]).index(w)):
         mine = [r for r in rows if r["workload"] == workload]

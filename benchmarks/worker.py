@@ -47,10 +47,6 @@ def make_session(spec: dict[str, Any]) -> Any:
                              optimizer=spec["optimizer"])  # fmt: skip
     from ours import OursSession
 
-    if os.environ.get("QK_BENCH_STOCK_BNB_STEP") == "1":  # A/B of the one-sync step: bitsandbytes' own step
-        import qlora_kit.training.optim as optim
-
-        optim.one_sync_step = lambda cls: cls
     if os.environ.get("QK_BENCH_ACT_BUDGET"):  # experiment: the compiler's own activation memory budget
         import torch._functorch.config as functorch_config
 

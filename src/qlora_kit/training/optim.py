@@ -15,7 +15,6 @@ from pydantic import Field
 from qlora_kit.compat import fused_adamw_devices
 from qlora_kit.registry import optimizers
 from qlora_kit.strict import StrictModel
-from qlora_kit.training.bnb_step import one_sync_step
 
 
 class AdamWOptions(StrictModel):
@@ -75,9 +74,8 @@ class AdamWTorch:
 
 
 class _BnbAdamW(AdamWTorch):
-    """A bitsandbytes AdamW class, named by ``bnb_class``, stepping without bitsandbytes' device
-    synchronisation per parameter (:func:`~qlora_kit.training.bnb_step.one_sync_step`); also runs on the
-    CPU (the paged variants fall back to unpaged state there)."""
+    """A bitsandbytes AdamW class, named by ``bnb_class``; also runs on the CPU (the paged variants fall
+    back to unpaged state there)."""
 
     bnb_class: ClassVar[str]
 
@@ -85,7 +83,7 @@ class _BnbAdamW(AdamWTorch):
         import bitsandbytes as bnb
 
         groups = param_groups(model, self.config.weight_decay)
-        return one_sync_step(getattr(bnb.optim, self.bnb_class))(groups, **self._kwargs())
+        return getattr(bnb.optim, self.bnb_class)(groups, **self._kwargs())
 
 
 @optimizers.register("adamw_8bit")
