@@ -38,7 +38,10 @@ MARGIN = 0.10
 
 
 MIN_PASS_TOKENS = 4096
-"""A pass this big keeps a GPU busy: below it, recomputing (checkpointing) beats more, smaller passes."""
+"""A pass this big keeps a GPU busy: below it, recomputing (checkpointing) beats more, smaller passes. The
+host's work is per pass (bitsandbytes' matmul dispatch, launches): on an H200 the 8B shape's two 2,048-token
+passes ran at 9,331 tokens/s against 11,632 for one of 4,096, and under a 16 GiB budget 6,212 (18 layers
+checkpointed) against 9,012 (26 layers), run 2026-11-30o."""
 
 
 @dataclass(frozen=True)
