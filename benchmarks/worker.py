@@ -51,6 +51,10 @@ def make_session(spec: dict[str, Any]) -> Any:
         import torch._functorch.config as functorch_config
 
         functorch_config.activation_memory_budget = float(os.environ["QK_BENCH_ACT_BUDGET"])
+    if os.environ.get("QK_BENCH_LIGHT_COMPILED") == "1":  # A/B: the light dropout inside compiled layers
+        from qlora_kit.model.lora_dropout import LightDropoutLinear
+
+        LightDropoutLinear.in_compiled = True
     if os.environ.get("QK_BENCH_RNG_RECOMPUTE") == "1":  # experiment: dropout masks recomputed, not saved
         import torch._functorch.config as functorch_config
 

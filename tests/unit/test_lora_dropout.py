@@ -6,9 +6,16 @@ import pytest
 import torch
 from torch import nn
 
+from qlora_kit.compat import decoder_layers
 from qlora_kit.model import lora_dropout
 from qlora_kit.model.adapters import AdapterBuilder
-from qlora_kit.model.lora_dropout import LightDropoutLinear, _keep, use_light_dropout
+from qlora_kit.model.lora_dropout import (
+    LightDropoutLinear,
+    _compiled_dropped_linear,
+    _keep,
+    layer_seed,
+    use_light_dropout,
+)
 from qlora_kit.testing import lora_step, make_tiny_llama
 
 
@@ -76,26 +83,27 @@ def test_gradients_equal_dropout_then_linear_with_the_same_mask(autocast):
     assert light[2].dtype == torch.float32  # the fp32 adapter weight gets an fp32 gradient
 
 
+def saved_bytes(model) -> int:
+    """Bytes of the activations the forward keeps: parameters (and views of them) are not counted."""
+    total, seen = 0, set()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.dtype, t.shape)
+        if key[0] not in params and key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return t
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 300, (2, 24))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids).loss.sum()  # saved tensors are what the forward keeps
+    return total
+
+
 def test_dropped_inputs_are_not_kept_for_backward(tokenizer):
-    def saved_bytes(model) -> int:
-        """Bytes of the activations the forward keeps: parameters (and views of them) are not counted."""
-        total, seen = 0, set()
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-        def pack(t):
-            nonlocal total
-            key = (t.untyped_storage().data_ptr(), t.dtype, t.shape)
-            if key[0] not in params and key not in seen:
-                seen.add(key)
-                total += t.numel() * t.element_size()
-            return t
-
-        torch.manual_seed(0)
-        ids = torch.randint(0, 300, (2, 24))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=ids, labels=ids).loss.sum()  # saved tensors are what the forward keeps
-        return total
-
     none = saved_bytes(_lora(tokenizer, dropout=0.0))
     light = saved_bytes(_lora(tokenizer, dropout=0.1))
     peft = saved_bytes(_lora(tokenizer, dropout=0.1, light=False))
@@ -141,3 +149,68 @@ def test_adapter_light_dropout_false_keeps_peft_s_modules(tokenizer):
     model = AdapterBuilder(AdapterBuilder.Config(r=4, dropout=0.1, light_dropout=False)).apply(model)
     assert not any(isinstance(m, LightDropoutLinear) for m in model.modules())
     assert any(type(m) is nn.Dropout for m in model.modules())
+
+
+def _compiled(model):
+    """``model`` with its decoder layers compiled as ``train.compile`` does, by AOT autograd without
+    inductor's code generation (the partitioner decides what is kept, as on a GPU)."""
+    torch._dynamo.reset()
+    for layer in decoder_layers(model):
+        layer.compile(backend="aot_eager")
+    return model
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_compiled_form_computes_dropout_then_linear(compiled, autocast):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    layer = nn.Linear(16, 4, bias=False)
+    layer.__class__ = LightDropoutLinear
+    layer.dropout_p = 0.3
+    layer.seed_base, layer.seed_offset = torch.tensor(123), torch.tensor(4)
+    grad_out = torch.randn(3, 5, 4)
+    fn = (
+        torch.compile(_compiled_dropped_linear, backend="aot_eager") if compiled else _compiled_dropped_linear
+    )
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = fn(x, layer)
+    out.backward(grad_out.to(out.dtype))
+    light = out.detach(), x.grad.clone(), layer.weight.grad.clone()
+    x.grad, layer.weight.grad = None, None
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        x_in = x.to(out.dtype)  # custom ops see no autocast: the layer casts its input first
+        keep = _keep(x_in, 0.3, layer_seed(torch.tensor(123), torch.tensor(4)))
+        ref = nn.functional.linear(x_in * keep, layer.weight)
+    ref.backward(grad_out.to(ref.dtype))
+    assert (keep == 0).float().mean().item() == pytest.approx(0.3, abs=0.1)
+    torch.testing.assert_close(light[0], ref.detach())
+    torch.testing.assert_close(light[1], x.grad)
+    torch.testing.assert_close(light[2], layer.weight.grad)
+    assert light[2].dtype == torch.float32
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_compiled_light_dropout_is_seeded_per_pass_and_recompute_safe(tokenizer, monkeypatch, checkpointing):
+    monkeypatch.setattr(LightDropoutLinear, "in_compiled", True)
+    plain = _compiled(_lora(tokenizer, dropout=0.2))
+    (a, ga), (b, gb), (c, _) = _step(plain, seed=3), _step(plain, seed=3), _step(plain, seed=4)
+    assert torch.equal(a, b) and all(torch.equal(ga[n], gb[n]) for n in ga)  # reproducible from the seed
+    assert not torch.equal(a, c)  # a new pass, new masks
+    none_loss, _ = _step(_compiled(_lora(tokenizer, dropout=0.0)), seed=3)
+    assert not torch.equal(a, none_loss)  # the dropout is active
+    if checkpointing:  # recomputed layers draw the masks of their forward pass
+        ckpt_loss, ckpt = _step(_compiled(_lora(tokenizer, dropout=0.2, checkpointing=True)), seed=3)
+        torch.testing.assert_close(ckpt_loss, a, rtol=0, atol=1e-6)
+        for name, grad in ga.items():
+            torch.testing.assert_close(ckpt[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_compiled_light_dropout_keeps_no_dropped_copies(tokenizer, monkeypatch):
+    peft = saved_bytes(_compiled(_lora(tokenizer, dropout=0.1)))
+    monkeypatch.setattr(LightDropoutLinear, "in_compiled", True)
+    light = saved_bytes(_compiled(_lora(tokenizer, dropout=0.1)))
+    none = saved_bytes(_compiled(_lora(tokenizer, dropout=0.0)))
+    assert light < peft
+    assert light <= none + 2 * 7 * 2 * 8  # dropout 0's activations and two 8-byte seeds per adapted linear
