@@ -256,6 +256,7 @@ def _live_inputs(
         optimizer=train_cfg.optimizer.kind,
         light_dropout=device.type in LightDropoutLinear.devices
         and any(isinstance(m, LightDropoutLinear) for m in model.modules()),
+        light_in_compiled=LightDropoutLinear.in_compiled,
     )
     floating = next((p for p in base.parameters() if p.is_floating_point()), None)
     dtype_bytes = floating.element_size() if floating is not None else 2

@@ -238,7 +238,7 @@ def estimate_memory(
     components = weight_bytes(shape, quant.kind, getattr(quant, "double_quant", False), a)
     adapter_parts, paged = adapter_bytes(shape, adapter, a)
     components.update(adapter_parts)
-    if settings.compiles:  # compiled layers run PEFT's dropout (the light one would break the graph)
+    if settings.compiles and not adapter.light_in_compiled:  # compiled layers run PEFT's dropout
         adapter = replace(adapter, light_dropout=False)
     layer = layer_saved_per_token(shape, adapter, a)
     if settings.compiles:

@@ -75,6 +75,8 @@ class Adapter:
     light_dropout: bool = True
     """LoRA dropout inside ``lora_A``, keeping no dropped copies (what ``AdapterBuilder`` installs; it falls
     back to PEFT's dropout in compiled layers). False: PEFT's own dropout modules."""
+    light_in_compiled: bool = False
+    """The light dropout runs in compiled layers too (``LightDropoutLinear.in_compiled``)."""
 
 
 def layouts(checkpointing: bool | str, offload: bool | str) -> list[tuple[bool, bool, bool]]:
