@@ -74,6 +74,7 @@ def latest_rows(path: Path, runs: list[str] | None = None) -> list[dict[str, Any
     ]
     if runs:
         return [r for r in ours if r["run_id"] in runs]
+    ours = [r for r in ours if not r.get("experiment")]  # switched by benchmark-only variables: not planned
     latest = {r["workload"]: r["run_id"] for r in sorted(ours, key=lambda r: r["run_id"])}
     return [r for r in ours if r["run_id"] == latest[r["workload"]]]
 
@@ -87,10 +88,14 @@ def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
         ran.get("train", {}),
         ran.get("adapter", {}).get("dropout", DROPOUT.get(row["system"], 0.05)),
     )
+    memory = (row.get("config") or {}).get("memory")
+    per_pass = re.search(r"(\d+) tokens per forward pass", memory or "")
+    if per_pass:  # a run that split its steps (`train.micro_batch_tokens`) is planned per pass
+        rows = max(1, min(rows, int(per_pass[1]) // seq))
     cfg = run_config(
         shapes[shape], rows, seq, dropout, train.get("compile", False), train.get("memory_budget_gib")
     )
-    plan = plan_as_run(cfg, seq, (row.get("config") or {}).get("memory"))
+    plan = plan_as_run(cfg, seq, memory)
     predicted = plan.memory.peak_allocated / 2**30
     return {
         "run_id": row["run_id"], "workload": row["workload"], "system": row["system"], "tokens": rows * seq,

@@ -23,6 +23,10 @@ With it the plans predict (measured in brackets; the two points above are the fi
 8B with checkpointing 6,427 tokens/s (6,157), 8B at 1 x 65,536 tokens 2,642 (~2,430: 27 s per step),
 1B with checkpointing 27,853 (28,882). Pass your own efficiency for
 another GPU or another kernel set.
+
+A pass is also bounded by the host's work, per decoder layer and pass, not per token
+(:data:`HOST_SECONDS_PER_LAYER`): it decides small passes of a large model (the 8B shape's 2,048-token passes
+ran at 9,331 tokens/s where the device alone would allow ~11,500).
 """
 
 from __future__ import annotations
@@ -46,6 +50,14 @@ LONG_ROW_ATTENTION_TFLOPS = 550.0
 65,536-131,072 tokens, FLOPs counted as 2 x seq x q_dim per token and layer forward, 3.5 times that with the
 backward (flash: 327-334). Rows of :data:`~qlora_kit.training.kernels.LONG_ROW_TOKENS` or more train with
 it; shorter rows' attention is in the fitted efficiency."""
+HOST_SECONDS_PER_LAYER = 6.9e-3
+"""Host time of one decoder layer's forward and backward in one pass (Python, dispatch, launches), which
+bounds a pass whose device work is shorter: 8B shape, compiled layers, 7 adapted 4-bit linears per layer,
+one H200 machine (run 2026-11-30o): two 2,048-token passes took 0.439 s a step, 0.220 s each, where the device
+was busy 0.184 s per pass (run p's profile). Eager layers cost the host more: not measured."""
+HOST_SECONDS_PER_RECOMPUTED_LAYER = 6.1e-3
+"""Host time of one checkpointed layer's recomputed forward, same run: 18 of 32 layers checkpointed in
+2,048-token passes took 0.330 s a pass (6,212 tokens/s)."""
 HOST_LINK_GBPS = 25.0
 """Assumed effective pinned host<->device copy rate, GB/s (PCIe Gen5 x16 reaches ~50); measure it."""
 
@@ -63,6 +75,9 @@ class SpeedEstimate:
     """Useful FLOP/s over peak (BENCHMARKS.md's MFU)."""
     offload_seconds: float = 0.0
     """Host copies of a step (hidden behind compute while shorter than it)."""
+    host_seconds: float = 0.0
+    """The host's work for the pass (:data:`HOST_SECONDS_PER_LAYER`): the step's floor when the device's
+    work is shorter."""
 
 
 def estimate_speed(
@@ -103,11 +118,13 @@ def estimate_speed(
     if settings.offloaded(shape.layers):  # out in the forward pass, back in the backward pass
         moved = 2 * settings.offloaded(shape.layers) * tokens * shape.hidden * dtype_bytes
         offload = moved / (HOST_LINK_GBPS * 1e9)
-    step = max(compute, offload)
+    host = shape.layers * HOST_SECONDS_PER_LAYER
+    host += settings.checkpointed(shape.layers) * HOST_SECONDS_PER_RECOMPUTED_LAYER
+    step = max(compute, offload, host)
     return SpeedEstimate(
         tokens_per_s=tokens / step, step_seconds=step, useful_flops_per_token=useful,
         executed_flops_per_token=executed, mfu=tokens * useful / step / (peak_tflops * 1e12),
-        offload_seconds=offload,
+        offload_seconds=offload, host_seconds=host,
     )  # fmt: skip
 
 
