@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,17 @@ def system_table(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         name, _, overrides = item.partition("=")
         table[f"qlora_kit:{name}"] = {**SYSTEMS["qlora_kit"], "overrides": overrides.split(",")}
     return table
+
+
+EXPERIMENT_PREFIX = "QK_BENCH_"
+"""Environment variables that switch a W2/W3 worker into an experiment (worker.py's ``make_session``):
+``QK_BENCH_ACT_BUDGET`` (torch's activation memory budget for compiled layers), ``QK_BENCH_RNG_RECOMPUTE``
+(``functionalize_rng_ops``), ``QK_BENCH_LIGHT_COMPILED`` (the light LoRA dropout in compiled layers)."""
+
+
+def experiment_switches(env: Mapping[str, str]) -> str:
+    """The experiment switches set in ``env``, as ``NAME=value`` words ('' when none)."""
+    return " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k.startswith(EXPERIMENT_PREFIX) and v)
 
 
 def unavailable(info: dict[str, Any], device: str) -> str | None:
@@ -261,6 +273,9 @@ class Harness:
         row.update(result)
         if row["command_seconds"] is None:
             row["command_seconds"] = row.get("process_seconds")
+        switches = experiment_switches(os.environ)
+        if switches:  # measured through a benchmark-only switch: never a "latest" result (results_table.py)
+            row["experiment"] = f"switched by {switches}"
         append_row(self.args.out, row)
         print(f"[harness] {workload:<14}{system:<22}{row['status']:<8}" + _brief(row), flush=True)
 

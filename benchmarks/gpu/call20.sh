@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU call 20 (one H200, carry .whl): bitsandbytes optimizers without their per-parameter device sync. The
 # optimizer GPU tests, then W2-8B defaults, the 16 GiB budget and the HF loop in one run, then the budget's
-# step profiled again (syncs per step: 451 in call 19).
+# step profiled again (syncs per step: 451 in call 19). The one-sync step was removed after run r: 14dbf3f only.
 #   bash benchmarks/gpu/call20.sh COMMIT RUN_ID
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

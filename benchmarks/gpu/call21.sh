@@ -2,6 +2,7 @@
 # GPU call 21 (one H200, carry .whl): the one-sync optimizer step measured alone. W2-8B (paged AdamW 8-bit)
 # defaults and the 16 GiB budget, each with the library's step and with bitsandbytes' own
 # (QK_BENCH_STOCK_BNB_STEP=1, system names :stockstep), in one run; first the optimizer GPU test again.
+# The one-sync step did not pay and was removed after this run, with its switch: the script runs on 30b796b only.
 #   bash benchmarks/gpu/call21.sh COMMIT RUN_ID
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

@@ -120,3 +120,21 @@ def test_tiny_harness_run(tmp_path):
         assert [p["seq"] for p in w3["probes"]] == [64, 128, 256, 384, 320]
         assert [p["ok"] for p in w3["probes"]] == [True, True, True, False, False]
     assert rows[("W3", "qlora_kit")]["ratio"] == 1.0
+
+
+def test_experiment_rows_are_marked_and_never_the_latest_results():
+    """A row measured through a benchmark-only switch (QK_BENCH_*) says so, and neither the latest-results
+    table nor plan_check takes its run as a workload's latest."""
+    from harness import experiment_switches
+    from results_table import latest_runs
+
+    assert experiment_switches({"QK_BENCH_ACT_BUDGET": "0.5", "PATH": "/bin", "QK_BENCH_X": ""}) == (
+        "QK_BENCH_ACT_BUDGET=0.5"
+    )
+    assert experiment_switches({"HOME": "/root"}) == ""
+    base = {"workload": "W2-8B", "system": "qlora_kit", "status": "ok", "tokens_per_s": 1.0, "ratio": None}
+    rows = [
+        {**base, "run_id": "a", "date": "2026-11-30T10:00:00"},
+        {**base, "run_id": "b", "date": "2026-11-30T11:00:00", "experiment": "switched by QK_BENCH_X=1"},
+    ]
+    assert [r["run_id"] for r in latest_runs(rows)["W2-8B"]] == ["a"]
