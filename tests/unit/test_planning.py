@@ -378,6 +378,9 @@ def test_plan_command_prints_the_table_the_verdict_and_the_settings(llama_8b, tm
     assert (
         f"checkpointing on for {k} of 32 layers" in out and "settings: train.grad_checkpointing=auto" in out
     )
+    assert "bound by the host" not in out  # 4,096 tokens per pass keep the device the bottleneck
+    assert main(["plan", str(cfg), "train.micro_batch_size=1", "--gpu-memory", "139.8"]) == 0
+    assert "bound by the host's work per pass" in capsys.readouterr().out  # 2,048 do not (run 2026-11-30o)
 
 
 def test_a_memory_budget_caps_what_the_plan_may_use(llama_8b, tmp_path, capsys):

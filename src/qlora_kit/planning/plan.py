@@ -115,6 +115,8 @@ class Plan:
         sp = self.speed
         lines += ["", f"~{sp.tokens_per_s:,.0f} tokens/s ({sp.step_seconds:.2f} s per micro-step), MFU {sp.mfu:.1%} "
                   "(BENCHMARKS basis) at the assumed efficiency"]  # fmt: skip
+        if sp.host_seconds >= sp.step_seconds:  # the device would finish first: bigger passes cost no more
+            lines.append("bound by the host's work per pass: more tokens per pass would run faster")
         if self.max_tokens is not None:
             lines.append(f"largest micro-batch that fits with these settings: {self.max_tokens:,} tokens")
         lines += [f"note: {n}" for n in m.notes]
