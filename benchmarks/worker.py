@@ -55,6 +55,10 @@ def make_session(spec: dict[str, Any]) -> Any:
         from qlora_kit.model.lora_dropout import LightDropoutLinear
 
         LightDropoutLinear.in_compiled = True
+    if os.environ.get("QK_BENCH_COMPILE_MODE"):  # experiment: torch.compile's mode for the decoder layers
+        import qlora_kit.training.compiling as compiling
+
+        compiling.COMPILE_MODE = os.environ["QK_BENCH_COMPILE_MODE"]
     if os.environ.get("QK_BENCH_RNG_RECOMPUTE") == "1":  # experiment: dropout masks recomputed, not saved
         import torch._functorch.config as functorch_config
 

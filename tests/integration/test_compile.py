@@ -76,3 +76,19 @@ def test_auto_stays_eager_with_several_processes(monkeypatch):
         "auto: off with 2 processes (not measured under DDP / FSDP; set true to try)",
     )
     assert wants_compile(True, model, torch.device("cuda"), False)[0]  # explicit: kept
+
+
+def test_compile_mode_reaches_every_decoder_layer(tokenizer, monkeypatch):
+    """`compiling.COMPILE_MODE` (an experiment, e.g. CUDA graphs through "reduce-overhead") is passed to each
+    layer's torch.compile; unset, torch's default mode."""
+    from qlora_kit.testing import make_tiny_llama
+    from qlora_kit.training import compiling
+
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
+    seen = []
+    for layer in model.model.layers:
+        monkeypatch.setattr(layer, "compile", lambda **kw: seen.append(kw))
+    assert compiling.compile_decoder_layers(model) == 2 and seen == [{}, {}]
+    monkeypatch.setattr(compiling, "COMPILE_MODE", "reduce-overhead")
+    seen.clear()
+    assert compiling.compile_decoder_layers(model) == 2 and seen == [{"mode": "reduce-overhead"}] * 2

@@ -32,6 +32,11 @@ AUTO_MIN_HIDDEN = 2048
 """``train.compile: auto`` compiles models with a hidden size at least this (the 1B shape, the smallest
 measured to gain: +9% to +23%)."""
 
+COMPILE_MODE: str | None = None
+"""torch.compile's ``mode`` for the decoder layers (None: its default). ``"reduce-overhead"`` adds CUDA
+graphs, which would remove the host's per-pass work where shapes repeat; not yet measured, so not a setting
+(the benchmarks' W2 worker sets it from ``QK_BENCH_COMPILE_MODE``)."""
+
 RECOMPILE_LIMIT = 32
 """Graphs torch may compile per layer function: the first layer (its input needs no gradient) and the
 others, padded and packed passes (with and without a mask), static then dynamic shapes; torch's default
@@ -87,8 +92,11 @@ def compile_decoder_layers(model: Any) -> int:
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     layers = decoder_layers(model)
+    options = {"mode": COMPILE_MODE} if COMPILE_MODE else {}
     for layer in layers:
-        layer.compile()  # nn.Module.compile: its __call__ runs the compiled forward, checkpointing kept
+        layer.compile(
+            **options
+        )  # nn.Module.compile: its __call__ runs the compiled forward, checkpointing kept
     logger.info(
         "train.compile: %d decoder layers compiled (the first steps include compilation)", len(layers)
     )
