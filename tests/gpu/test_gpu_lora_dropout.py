@@ -83,9 +83,11 @@ def test_compiled_light_dropout_matches_its_checkpointed_recompute(tiny_llama_di
         for layer in decoder_layers(model):
             layer.compile()
         torch.manual_seed(3)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+        assert "qlora_kit::lora_dropped_linear" in {e.key for e in prof.key_averages()}  # not PEFT's dropout
         return loss.item(), {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}
 
     (plain_loss, plain), (ckpt_loss, ckpt) = run(False), run(True)

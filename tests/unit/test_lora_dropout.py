@@ -195,7 +195,12 @@ def test_the_compiled_form_computes_dropout_then_linear(compiled, autocast):
 def test_compiled_light_dropout_is_seeded_per_pass_and_recompute_safe(tokenizer, monkeypatch, checkpointing):
     monkeypatch.setattr(LightDropoutLinear, "in_compiled", True)
     plain = _compiled(_lora(tokenizer, dropout=0.2))
-    (a, ga), (b, gb), (c, _) = _step(plain, seed=3), _step(plain, seed=3), _step(plain, seed=4)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        a, ga = _step(plain, seed=3)
+    ran = {event.key for event in prof.key_averages()}
+    # the light ops ran, not PEFT's dropout (which would pass the checks below as well)
+    assert {"qlora_kit::lora_dropped_linear", "qlora_kit::lora_dropped_linear_backward"} <= ran
+    (b, gb), (c, _) = _step(plain, seed=3), _step(plain, seed=4)
     assert torch.equal(a, b) and all(torch.equal(ga[n], gb[n]) for n in ga)  # reproducible from the seed
     assert not torch.equal(a, c)  # a new pass, new masks
     none_loss, _ = _step(_compiled(_lora(tokenizer, dropout=0.0)), seed=3)
