@@ -8,6 +8,7 @@ seconds per step after warm-up, one JSON line per system, each system in its own
     python benchmarks/cpu_step.py --system plain --grad-checkpointing off
     python benchmarks/cpu_step.py --system ours --profile /tmp/ours.prof  # cProfile of the timed steps
     python benchmarks/cpu_step.py --system ours --ours-overrides train.mixed_precision=bf16
+    python benchmarks/cpu_step.py --device cuda --model DIR --batch 8 --seq 32   # a GPU's per-step host work
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--torch-profile", help="write torch.profiler's op table (by input shape) of the timed steps here"
     )
     ap.add_argument("--model", help="model dir (default: the quickstart GGUF's cached conversion)")
+    ap.add_argument("--device", default="cpu", help="where both systems train (cuda: the per-step host work)")
+    ap.add_argument(
+        "--compile-mode", help="torch.compile's mode for qlora_kit's compiled layers (compiling.COMPILE_MODE)"
+    )
     return ap.parse_args(argv)
 
 
@@ -78,10 +83,14 @@ def session(args: argparse.Namespace, path: str):
             [] if args.grad_checkpointing == "default" else [f"train.grad_checkpointing={str(gc).lower()}"]
         )
         overrides = [*checkpointing, f"adapter.dropout={args.dropout}", *args.ours_overrides]
-        return OursSession(path, "cpu", overrides, optimizer="adamw_torch")
+        if args.compile_mode:
+            from qlora_kit.training import compiling
+
+            compiling.COMPILE_MODE = args.compile_mode
+        return OursSession(path, args.device, overrides, optimizer="adamw_torch")
     from peers.hf_loop import HFLoopSession
 
-    sess = HFLoopSession(path, "cpu", dropout=args.dropout, optimizer="adamw_torch", grad_checkpointing=gc)
+    sess = HFLoopSession(path, args.device, dropout=args.dropout, optimizer="adamw_torch", grad_checkpointing=gc)
     if args.plain_eval_mode:
         sess.model.train = lambda mode=True: sess.model  # the loop's model.train() becomes a no-op
     return sess
@@ -93,11 +102,14 @@ def profiled(args: argparse.Namespace):
     if args.torch_profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+        with profile(activities=activities, record_shapes=True) as prof:
             yield
         table = prof.key_averages(group_by_input_shape=True).table(
             sort_by="self_cpu_time_total", row_limit=60
         )
+        if args.device == "cuda":  # where the host's time goes by op, then the device's
+            table += "\n" + prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
         Path(args.torch_profile).write_text(table, encoding="utf-8")
     elif args.profile:
         profiler = cProfile.Profile()

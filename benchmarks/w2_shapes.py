@@ -1,7 +1,8 @@
 """Random-weight models of the W2/W3 shapes, written once per machine as bf16 safetensors.
 
 Llama-3-8B (hidden 4096, 32 layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256) and
-Llama-3.2-1B (hidden 2048, 16 layers, intermediate 8192, tied embeddings); speed does not depend on
+Llama-3.2-1B (hidden 2048, 16 layers, intermediate 8192, tied embeddings), and SmolLM2-135M's shape (the
+quickstart's model: hidden 576, 30 layers, for per-step host work); speed does not depend on
 weight values, so the weights are N(0, 0.02) (norms 1), drawn on the GPU in bf16 shard by shard and
 written straight to safetensors: no module init on the CPU, no fp32 copy. Each directory also holds a
 tokenizer (``qlora_kit.testing.make_tokenizer``; Unsloth needs one there) and ``bench_meta.json``.
@@ -23,12 +24,16 @@ SHAPES: dict[str, dict[str, Any]] = {
                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False),
     "1B": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+    "135M": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),  # SmolLM2-135M
 }  # fmt: skip
 TINY: dict[str, dict[str, Any]] = {  # --tiny: the same code paths on the CPU in seconds
     "8B": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False),
     "1B": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
+    "135M": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
 }  # fmt: skip
 COMMON = dict(rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5)
 SHARD_BYTES = 4 * 2**30
