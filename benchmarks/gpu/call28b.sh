@@ -28,3 +28,7 @@ python3 benchmarks/harness.py --run-id $RUN --workloads W1 --systems qlora_kit,q
 tail -5 $OUT/quickstart_c1.txt; tail -5 $OUT/quickstart_c2.txt
 grep -h "compile\|train: 120\|\[.*s\]" $OUT/quickstart_c2.log | cut -c1-170
 grep -E "\] W1" $OUT/call28b.txt
+# the step with CUDA graphs (call 28a ran out of time before it)
+timeout 90 python3 benchmarks/cpu_step.py --device cuda --model /tmp/qk-shapes/llama-135M --batch 8 --seq 32 --steps 40 \
+  --warmup 6 --grad-checkpointing off --dropout 0 --system ours --ours-overrides train.compile=true \
+  --compile-mode reduce-overhead 2>$OUT/graphs.err | tail -1 | cut -c1-300
