@@ -28,3 +28,28 @@ def test_compiled_layers_train_the_same_losses_as_eager_on_gpu(tiny_run_config, 
     assert "train.compile: 2 decoder layers compiled" in capsys.readouterr().err
     assert counters["stats"]["unique_graphs"] > 0 and not counters["graph_break"]
     assert _losses(tmp_path / "compiled") == pytest.approx(_losses(tmp_path / "run"), rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_train_the_same_losses_as_eager_with_accumulation(
+    tiny_run_config, tmp_path, gpu_device, capsys
+):
+    """`train.compile=cuda_graphs` with two passes per step, each padded to one shape: every step's loss as
+    eager (the gradients copied out of the graphs' memory, or the second pass's replay would corrupt the
+    first's: pytorch/pytorch#169545)."""
+    cfg = tiny_run_config(max_steps=4, micro_batch_size=2, grad_accum=2, micro_batch_tokens=None, log_every=1)
+    common = [
+        str(cfg),
+        "adapter.dropout=0",
+        "data.padding=max_length",
+        "data.packing=false",
+        "data.max_length=64",
+    ]
+    assert main(["train", *common, "train.compile=false"]) == 0
+    capsys.readouterr()
+    graphs = tmp_path / "graphs"
+    assert main(["train", *common, "train.compile=cuda_graphs", f"output_dir={graphs}", "-v"]) == 0
+    assert "train.compile: cuda_graphs: on, with CUDA graphs" in capsys.readouterr().err
+    eager = _losses(tmp_path / "run")
+    assert len(eager) == 4
+    assert _losses(graphs) == pytest.approx(eager, rel=1e-4)

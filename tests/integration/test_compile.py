@@ -92,3 +92,73 @@ def test_compile_mode_reaches_every_decoder_layer(tokenizer, monkeypatch):
     monkeypatch.setattr(compiling, "COMPILE_MODE", "reduce-overhead")
     seen.clear()
     assert compiling.compile_decoder_layers(model) == 2 and seen == [{"mode": "reduce-overhead"}] * 2
+
+
+def test_cuda_graphs_setting_is_auto_off_cuda(tiny_run_config, capsys):
+    """`train.compile=cuda_graphs` from the command line: accepted, and on the CPU it decides as `auto`."""
+    assert main(["train", str(tiny_run_config(max_steps=1)), "train.compile=cuda_graphs", "-v"]) == 0
+    err = capsys.readouterr().err
+    assert "train.compile: cuda_graphs: CUDA only, so auto: off on cpu" in err
+    assert "decoder layers compiled" not in err
+
+
+def test_a_bad_compile_setting_names_the_field(tiny_run_config, capsys):
+    assert main(["train", str(tiny_run_config(max_steps=1)), "train.compile=graphs"]) != 0
+    err = capsys.readouterr().err
+    assert "train.compile" in err and "cuda_graphs" in err
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [
+        ("cuda_graphs", "cuda", True),
+        ("cuda_graphs", "cpu", False),
+        (True, "cuda", False),
+        ("auto", "cuda", False),
+    ],
+)
+def test_uses_cuda_graphs(setting, device, expected):
+    import torch
+
+    from qlora_kit.training.compiling import compile_decision, uses_cuda_graphs
+
+    assert uses_cuda_graphs(setting, torch.device(device)) is expected
+    if expected:  # CUDA graphs compile whatever the model's width
+        assert compile_decision(setting, 64, device, offloading=False)[0]
+
+
+def test_each_pass_is_marked_for_cuda_graphs(tiny_run_config, tmp_path, monkeypatch):
+    """With CUDA graphs the loop marks the start of every forward pass (two per step here), so a replay may
+    reuse the previous pass's graph memory; without them it marks none."""
+    from qlora_kit.training import loop, session
+
+    marks = []
+    monkeypatch.setattr(loop, "begin_pass", lambda: marks.append(1))
+    cfg = str(tiny_run_config(max_steps=3, micro_batch_size=2, grad_accum=2, micro_batch_tokens=None))
+    assert main(["train", cfg]) == 0
+    assert marks == []
+    monkeypatch.setattr(session, "compile_if_wanted", lambda *a, **k: 2)  # as if two layers were compiled
+    monkeypatch.setattr(session, "uses_cuda_graphs", lambda setting, device: setting == "cuda_graphs")
+    assert main(["train", cfg, "train.compile=cuda_graphs", f"output_dir={tmp_path / 'graphs'}"]) == 0
+    assert len(marks) == 6
+
+
+def test_gradients_are_copied_out_and_still_accumulate(tokenizer):
+    """`copy_gradients_out`: each backward's gradient reaches `.grad` as a copy (a CUDA graph's output
+    would be overwritten by the next replay), and accumulation over passes still sums them."""
+    import torch
+
+    from qlora_kit.testing import make_tiny_llama
+    from qlora_kit.training.compiling import copy_gradients_out
+
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=1)
+    weight = model.model.layers[0].mlp.down_proj.weight
+    incoming = []
+    weight.register_hook(lambda g: incoming.append(g.data_ptr()))  # runs first: the backward's own tensor
+    assert copy_gradients_out(model) == sum(1 for p in model.parameters() if p.requires_grad)
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert weight.grad.data_ptr() != incoming[0]  # without the copy, autograd keeps the backward's tensor
+    first = weight.grad.clone()
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.testing.assert_close(weight.grad, 2 * first)

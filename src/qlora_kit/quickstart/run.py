@@ -48,9 +48,19 @@ def smollm2_gguf() -> Path:
     )
 
 
-def quickstart_config(output_dir: str | Path, steps: int, data_dir: Path, export: str = "merged") -> Any:
-    """The quickstart's :class:`~qlora_kit.config.RunConfig` (shown in ``run_config.yaml``)."""
+def quickstart_config(
+    output_dir: str | Path, steps: int, data_dir: Path, export: str = "merged", cuda: bool | None = None
+) -> Any:
+    """The quickstart's :class:`~qlora_kit.config.RunConfig` (shown in ``run_config.yaml``).
+
+    On CUDA (``cuda``; default: whether torch sees a GPU) the layers run as CUDA graphs and every pass is
+    padded to ``max_length``: the model is so small that the host's work per pass bounds a GPU step, and
+    graphs replay only passes of a shape they recorded (0.27 s per step eager, 0.039 s with graphs on an
+    H200, benchmarks/gpu/call28a.sh)."""
     from qlora_kit.config.io import load_config
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    fixed_shape = {"padding": "max_length", "packing": False} if cuda else {}
 
     return load_config({
         "output_dir": str(output_dir),
@@ -61,12 +71,12 @@ def quickstart_config(output_dir: str | Path, steps: int, data_dir: Path, export
             "source": {"path": str(data_dir / "train.jsonl")},
             "eval": {"source": {"path": str(data_dir / "eval.jsonl")}},
             "formatter": {"kind": "chatml"},  # SmolLM2's own format, without its default system prompt
-            "max_length": 64,
+            "max_length": 64, **fixed_shape,
         },
         "train": {
             "max_steps": steps, "micro_batch_size": MICRO_BATCH, "grad_accum": 1,
             # short sequences on a small model: recomputation would only cost time
-            "grad_checkpointing": False,
+            "grad_checkpointing": False, "compile": "cuda_graphs" if cuda else "auto",
             "optimizer": {"kind": "adamw_torch", "lr": 2e-3},
             "scheduler": {"kind": "linear", "warmup_ratio": 0.05},
             "log_every": 10, "seed": 0,

@@ -10,6 +10,16 @@ the 1B shape +9% to +23%, after 18-23 s of compilation in the first step; distil
 whose step is bound by work outside the layers). On 2 CPU cores SmolLM2-135M's step got slower. Hence
 ``auto``: on for CUDA models at least :data:`AUTO_MIN_HIDDEN` wide, off otherwise.
 
+``cuda_graphs`` compiles the layers with CUDA graphs too (torch.compile's "reduce-overhead" mode): each
+layer's kernels are recorded once per pass shape and replayed with one launch, which removes most of the
+host's work per pass. It pays where the host bounds the step and passes repeat one shape (``data.padding:
+max_length``): SmolLM2-135M's step (8 x 32 tokens, H200, benchmarks/gpu/call28a.sh) took 0.27 s eager,
+0.13 s compiled and 0.039 s with CUDA graphs. Each new shape records new graphs, so shapes that change
+every pass lose most of the gain. On other devices it is ``auto``. Two things the loop does for it: marks
+the start of each pass (:func:`begin_pass`), and has each trainable parameter's gradient copied out of
+the graphs' memory (:func:`copy_gradients_out`): a later pass's replay would otherwise overwrite a
+gradient still being accumulated (pytorch/pytorch#169545).
+
 Costs: compilation in the first steps (tens of seconds, less with inductor's cache warm) and again when a
 pass's shape changes (torch then compiles a dynamic-shape graph once). Evaluation runs the layers eagerly:
 a no-grad graph would be one more compilation for a few passes. Not combined with activation offloading:
@@ -32,10 +42,12 @@ AUTO_MIN_HIDDEN = 2048
 """``train.compile: auto`` compiles models with a hidden size at least this (the 1B shape, the smallest
 measured to gain: +9% to +23%)."""
 
+CUDA_GRAPHS = "cuda_graphs"
+"""The ``train.compile`` setting that compiles with CUDA graphs (see the module docstring)."""
+
 COMPILE_MODE: str | None = None
-"""torch.compile's ``mode`` for the decoder layers (None: its default). ``"reduce-overhead"`` adds CUDA
-graphs, which would remove the host's per-pass work where shapes repeat; not yet measured, so not a setting
-(the benchmarks' W2 worker sets it from ``QK_BENCH_COMPILE_MODE``)."""
+"""torch.compile's ``mode`` for the decoder layers where ``train.compile`` does not choose one (None: its
+default; the benchmarks' W2 worker sets it from ``QK_BENCH_COMPILE_MODE``)."""
 
 RECOMPILE_LIMIT = 32
 """Graphs torch may compile per layer function: the first layer (its input needs no gradient) and the
@@ -57,12 +69,17 @@ def compile_decision(
 ) -> tuple[bool, str]:
     """:func:`wants_compile` from the model's hidden size, the device type and the number of training
     processes (the planner has no model). ``auto`` stays off under DDP / FSDP: not measured there."""
-    if setting is not True and setting != "auto":
+    if setting is not True and setting not in ("auto", CUDA_GRAPHS):
         return False, "off"
     if offloading:
         return False, "skipped: activation offloading is on (the two are not combined)"
     if setting is True:
         return True, "on"
+    if setting == CUDA_GRAPHS:
+        if device_type == "cuda":
+            return True, "cuda_graphs: on, with CUDA graphs (one recording per pass shape)"
+        decided, why = compile_decision("auto", hidden, device_type, offloading, processes)
+        return decided, f"cuda_graphs: CUDA only, so {why}"
     if device_type != "cuda":
         return False, f"auto: off on {device_type} (it pays on CUDA only)"
     if processes > 1:
@@ -78,21 +95,53 @@ def compile_if_wanted(model: Any, setting: bool | str, device: torch.device, off
     compiling, why = wants_compile(setting, model, device, offloading)
     if setting is not False:
         logger.info("train.compile: %s", why)
-    return compile_decoder_layers(model) if compiling else 0
+    if not compiling:
+        return 0
+    graphs = uses_cuda_graphs(setting, device)
+    if graphs:
+        copy_gradients_out(model)
+    return compile_decoder_layers(model, "reduce-overhead" if graphs else COMPILE_MODE)
 
 
-def compile_decoder_layers(model: Any) -> int:
+def uses_cuda_graphs(setting: bool | str, device: torch.device) -> bool:
+    """Whether ``train.compile`` (``setting``) records CUDA graphs on ``device``."""
+    return setting == CUDA_GRAPHS and device.type == "cuda"
+
+
+def begin_pass() -> None:
+    """Mark a new training pass for CUDA graphs: the previous pass's graph outputs are no longer needed,
+    so the next replay may reuse their memory (without it, torch takes its slow path: "pending, uninvoked
+    backwards")."""
+    torch.compiler.cudagraph_mark_step_begin()
+
+
+def copy_gradients_out(model: Any) -> int:
+    """Hook every trainable parameter of ``model`` so the gradient it accumulates is a copy: a CUDA graph's
+    backward returns gradients in the graph's own memory, which the next pass's replay overwrites, so
+    accumulating over passes would silently go wrong (pytorch/pytorch#169545). Returns how many were hooked.
+    """
+    hooked = 0
+    for param in model.parameters():
+        if param.requires_grad:
+            param.register_hook(torch.clone)
+            hooked += 1
+    return hooked
+
+
+def compile_decoder_layers(model: Any, mode: str | None = None) -> int:
     """Compile each decoder layer of ``model`` in place; returns how many were compiled.
 
     Args:
         model: a transformers causal LM, PEFT-wrapped or not, whose decoder layers subclass
             ``GradientCheckpointingLayer`` (transformers 5.x).
+        mode: torch.compile's ``mode`` (default: :data:`COMPILE_MODE`).
     """
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     layers = decoder_layers(model)
-    options = {"mode": COMPILE_MODE} if COMPILE_MODE else {}
+    mode = mode or COMPILE_MODE
+    options = {"mode": mode} if mode else {}
     for layer in layers:
         layer.compile(
             **options

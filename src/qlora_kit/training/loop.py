@@ -21,6 +21,7 @@ from qlora_kit.data.collate import PaddedCollator
 from qlora_kit.errors import ConfigError, InterruptedRun, TrainingError
 from qlora_kit.training.batches import BatchPlanner, Window
 from qlora_kit.training.callbacks import Callback, CallbackList
+from qlora_kit.training.compiling import begin_pass
 from qlora_kit.training.distributed import local_tensor
 from qlora_kit.training.evaluation import evaluate
 from qlora_kit.training.guards import check_finite_loss, check_gradients_flow, oom_message
@@ -147,6 +148,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=s.device)
         for i, batch in enumerate(window.batches):
             last = i == len(window.batches) - 1  # gradients are all-reduced once, after the last
+            if s.cuda_graphs:
+                begin_pass()
             with s.no_sync(last), long_row_attention(s.device, window.long_plain[i]):
                 batch_loss = s.loss_fn(s.model, batch)  # summed token cross-entropy
                 acc.backward(batch_loss * scale)

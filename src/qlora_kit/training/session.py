@@ -24,7 +24,7 @@ from qlora_kit.planning.live import check_first_step
 from qlora_kit.training.accelerator import flat_config, make_accelerator
 from qlora_kit.training.batches import Window
 from qlora_kit.training.checkpoint import CheckpointManager, read_state_file
-from qlora_kit.training.compiling import compile_if_wanted
+from qlora_kit.training.compiling import compile_if_wanted, uses_cuda_graphs
 from qlora_kit.training.distributed import (
     check_fsdp_settings,
     check_sharded_forward,
@@ -138,7 +138,8 @@ class TrainingSession:
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(acc.device)
         self._offload = apply_memory_layout(model, self.memory)
-        compile_if_wanted(model, cfg.compile, acc.device, offloading=self._offload is not None)
+        compiled = compile_if_wanted(model, cfg.compile, acc.device, offloading=self._offload is not None)
+        self.cuda_graphs = bool(compiled) and uses_cuda_graphs(cfg.compile, acc.device)  # see loop._step
         keep_4bit_weights_trainable(model)
         model.train()
         optimizer = cfg.optimizer.build().create(model)
