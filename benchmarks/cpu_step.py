@@ -90,7 +90,9 @@ def session(args: argparse.Namespace, path: str):
         return OursSession(path, args.device, overrides, optimizer="adamw_torch")
     from peers.hf_loop import HFLoopSession
 
-    sess = HFLoopSession(path, args.device, dropout=args.dropout, optimizer="adamw_torch", grad_checkpointing=gc)
+    sess = HFLoopSession(
+        path, args.device, dropout=args.dropout, optimizer="adamw_torch", grad_checkpointing=gc
+    )
     if args.plain_eval_mode:
         sess.model.train = lambda mode=True: sess.model  # the loop's model.train() becomes a no-op
     return sess

