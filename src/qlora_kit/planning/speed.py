@@ -54,7 +54,12 @@ HOST_SECONDS_PER_LAYER = 6.9e-3
 """Host time of one decoder layer's forward and backward in one pass (Python, dispatch, launches), which
 bounds a pass whose device work is shorter: 8B shape, compiled layers, 7 adapted 4-bit linears per layer,
 one H200 machine (run 2026-11-30o): two 2,048-token passes took 0.439 s a step, 0.220 s each, where the device
-was busy 0.184 s per pass (run p's profile). Eager layers cost the host more: not measured."""
+was busy 0.184 s per pass (run p's profile). Eager layers cost more: :data:`HOST_SECONDS_PER_EAGER_LAYER`."""
+HOST_SECONDS_PER_EAGER_LAYER = 9.0e-3
+"""The same for an eager (not compiled) layer: SmolLM2-135M's shape (30 layers, 7 adapted 4-bit linears each,
+torch AdamW), 8 x 32 tokens, one H200 machine (benchmarks/gpu/call28a.sh): 0.27 s a step, all of it host
+time, the optimizer and loss included. The same step compiled took 0.133 s (4.4 ms a layer, all in), so
+the compiled figure above, fitted on the 8B shape, is conservative for small layers."""
 HOST_SECONDS_PER_RECOMPUTED_LAYER = 6.1e-3
 """Host time of one checkpointed layer's recomputed forward, same run: 18 of 32 layers checkpointed in
 2,048-token passes took 0.330 s a pass (6,212 tokens/s)."""
@@ -118,7 +123,7 @@ def estimate_speed(
     if settings.offloaded(shape.layers):  # out in the forward pass, back in the backward pass
         moved = 2 * settings.offloaded(shape.layers) * tokens * shape.hidden * dtype_bytes
         offload = moved / (HOST_LINK_GBPS * 1e9)
-    host = shape.layers * HOST_SECONDS_PER_LAYER
+    host = shape.layers * (HOST_SECONDS_PER_LAYER if settings.compiles else HOST_SECONDS_PER_EAGER_LAYER)
     host += settings.checkpointed(shape.layers) * HOST_SECONDS_PER_RECOMPUTED_LAYER
     step = max(compute, offload, host)
     return SpeedEstimate(
