@@ -58,7 +58,7 @@ def quickstart_config(
     (benchmarks/RESULTS.md, calls 26c and 28b) a second run trained in 29.5 s against 35.8 s eager, 47 s
     in all against 58 s, 64/64 correct both ways. CUDA graphs (``train.compile: cuda_graphs``) made the
     steps faster still (0.06 s against 0.3 s) but need every pass padded to one shape, and that run
-    scored 61/64, so they are not used here."""
+    scored 61/64 (cause not yet found), so they are not used here."""
     from qlora_kit.config.io import load_config
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
