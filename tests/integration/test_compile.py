@@ -156,6 +156,7 @@ def test_gradients_are_copied_out_and_still_accumulate(tokenizer):
     incoming = []
     weight.register_hook(lambda g: incoming.append(g.data_ptr()))  # runs first: the backward's own tensor
     assert copy_gradients_out(model) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert copy_gradients_out(model) == 0  # a model trained again is not hooked twice
     ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
     model(input_ids=ids, labels=ids).loss.backward()
     assert weight.grad.data_ptr() != incoming[0]  # without the copy, autograd keeps the backward's tensor

@@ -19,9 +19,9 @@ runs, and the compiled layer keeps its masks and dropped copies (8.5 GiB of the 
 4,096 tokens on an H200, run 2026-11-30s). :attr:`LightDropoutLinear.in_compiled` turns on a compile-friendly
 form: two custom ops the compiler treats as opaque, pure functions of their inputs (the mask's seed comes
 from two CPU scalars, one drawn per forward pass, one per layer, so nothing breaks the graph and a
-recompute, by checkpointing or by the compiler's partitioner, draws the same mask). Tested on the CPU;
-off until its speed is measured on a GPU (its ops run outside inductor's fusion, with a dispatch cost per
-call).
+recompute, by checkpointing or by the compiler's partitioner, draws the same mask). Off: on an H200 (run
+2026-11-30u) it took the 8B shape's defaults from 31.9 to 23.3 GiB but ran 6% slower, and 24% slower
+under a 16 GiB budget (its ops run outside inductor's fusion, each mask drawn from a new generator).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ max_length``): SmolLM2-135M's step (8 x 32 tokens, H200, benchmarks/gpu/call28a.
 every pass lose most of the gain. On other devices it is ``auto``. Two things the loop does for it: marks
 the start of each pass (:func:`begin_pass`), and has each trainable parameter's gradient copied out of
 the graphs' memory (:func:`copy_gradients_out`): a later pass's replay would otherwise overwrite a
-gradient still being accumulated (pytorch/pytorch#169545). Measured on the GPU: one pass per step (the
-quickstart's losses with graphs equal those compiled without them); the GPU test of accumulation over
+gradient still being accumulated (pytorch/pytorch#169545). On the GPU, graphs without the mark and the
+copies gave the quickstart's compiled losses exactly; with them (and passes padded to 64 tokens) the
+quickstart scored 61/64, cause not yet found (benchmarks/RESULTS.md); the GPU test of accumulation over
 passes (tests/gpu/test_gpu_compile.py) is written but has not run yet.
 
 Costs: compilation in the first steps (tens of seconds, less with inductor's cache warm) and again when a
@@ -124,11 +125,13 @@ def copy_gradients_out(model: Any) -> int:
     """Hook every trainable parameter of ``model`` so the gradient it accumulates is a copy: a CUDA graph's
     backward returns gradients in the graph's own memory, which the next pass's replay overwrites, so
     accumulating over passes would silently go wrong (pytorch/pytorch#169545). Returns how many were hooked.
+    A parameter is hooked once, however often the model is trained again.
     """
     hooked = 0
     for param in model.parameters():
-        if param.requires_grad:
+        if param.requires_grad and not getattr(param, "_qlora_kit_grad_copied", False):
             param.register_hook(torch.clone)
+            param._qlora_kit_grad_copied = True
             hooked += 1
     return hooked
 
@@ -147,10 +150,8 @@ def compile_decoder_layers(model: Any, mode: str | None = None) -> int:
     layers = decoder_layers(model)
     mode = mode or COMPILE_MODE
     options = {"mode": mode} if mode else {}
-    for layer in layers:
-        layer.compile(
-            **options
-        )  # nn.Module.compile: its __call__ runs the compiled forward, checkpointing kept
+    for layer in layers:  # nn.Module.compile: its __call__ runs the compiled forward, checkpointing kept
+        layer.compile(**options)
     logger.info(
         "train.compile: %d decoder layers compiled (the first steps include compilation)", len(layers)
     )
