@@ -86,6 +86,10 @@ class DataConfig(StrictModel):
     across examples. `auto` (with `padding: longest` and an attention that keeps packed examples apart):
     each pass is packed when that removes at least 20% of its padded positions (always with flash
     attention's variable-length kernels), padded otherwise. Same loss either way."""
+    pad_to_multiple_of: int | None = Field(default=None, gt=0)
+    """Round each pass's length up to a multiple of this: a padded batch's width, a packed row's total
+    (filled with one masked example). Default: 8 for padded batches, no rounding for packed rows. Fewer
+    distinct shapes, which `train.cuda_graphs` records once each."""
     group_by_length: bool = False
     """Batch examples of similar length together (less padding), shuffled by group."""
     skip_bad_rows: bool = False

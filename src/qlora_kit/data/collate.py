@@ -90,12 +90,23 @@ class PackedCollator:
     """
 
     flash_kwargs: bool = False
+    pad_to_multiple_of: int | None = None
+    """Round the row's length up to a multiple of this with one more example of ``pad_token_id``, never a
+    label (fewer distinct shapes for ``train.cuda_graphs``)."""
+    pad_token_id: int = 0
 
     def tokens(self, lengths: Sequence[int]) -> int:
-        """Positions a packed batch of rows of these ``lengths`` computes: their sum (no padding)."""
-        return sum(lengths)
+        """Positions a packed batch of rows of these ``lengths`` computes: their sum, rounded up."""
+        return sum(lengths) + self._filler(lengths)
+
+    def _filler(self, lengths: Sequence[int]) -> int:
+        multiple = self.pad_to_multiple_of or 1
+        return -sum(lengths) % multiple
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        filler = self._filler([len(r["input_ids"]) for r in rows])
+        if filler:  # an example of its own: positions restart, so nothing attends across it
+            rows = [*rows, {"input_ids": [self.pad_token_id] * filler, "labels": [IGNORE_INDEX] * filler}]
         lengths = [len(r["input_ids"]) for r in rows]
         input_ids = torch.cat([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows])
         labels = torch.cat([torch.as_tensor(r["labels"], dtype=torch.long) for r in rows])
@@ -159,19 +170,20 @@ def make_collator(data_cfg: Any, tokenizer: Any, *, attn_implementation: str | N
             cannot keep examples apart falls back to padding, with a warning.
     """
     supported = attn_implementation is None or attn_implementation in PACKING_ATTENTION
-    flash = str(attn_implementation).startswith("flash_attention")
     pad_id = pad_token_id(tokenizer)
+    multiple = getattr(data_cfg, "pad_to_multiple_of", None)
+    packed = PackedCollator(flash_kwargs=str(attn_implementation).startswith("flash_attention"),
+                            pad_to_multiple_of=multiple, pad_token_id=pad_id)  # fmt: skip
+    padded_multiple = multiple or 8
     if data_cfg.packing == "auto" and data_cfg.padding == "longest" and supported:
-        return AutoPackCollator(
-            PaddedCollator(pad_id, pad_to_multiple_of=8), PackedCollator(flash_kwargs=flash)
-        )
+        return AutoPackCollator(PaddedCollator(pad_id, pad_to_multiple_of=padded_multiple), packed)
     if data_cfg.packing is True:
         if supported:
-            return PackedCollator(flash_kwargs=flash)
+            return packed
         warnings.warn(
             f"data.packing: attention implementation {attn_implementation!r} cannot keep packed examples "
             f"apart (supported: {', '.join(PACKING_ATTENTION)}); padding each batch instead",
             stacklevel=2,
         )
     max_length = data_cfg.max_length if data_cfg.padding == "max_length" else None
-    return PaddedCollator(pad_token_id=pad_id, pad_to_multiple_of=8, max_length=max_length)
+    return PaddedCollator(pad_token_id=pad_id, pad_to_multiple_of=padded_multiple, max_length=max_length)

@@ -13,7 +13,8 @@ stay reproducible from ``seed``, resumed runs match (the CPU generator is checkp
 layer's recompute, which restores the CPU generator, draws the same masks.
 
 Not used where it would not pay or not work: on the CPU (drawing masks twice costs more than the
-memory is worth there), in evaluation (no dropout), without gradients, for DoRA and other LoRA variants
+memory is worth there), in evaluation (no dropout), without gradients, while a CUDA graph is recorded
+(``train.cuda_graphs``: the seed drawn on the host would be frozen into the graph), for DoRA and other LoRA variants
 (PEFT feeds them the dropped input directly), and by default inside ``torch.compile``: there PEFT's dropout
 runs, and the compiled layer keeps its masks and dropped copies (8.5 GiB of the 8B shape's 31.8 GiB at
 4,096 tokens on an H200, run 2026-11-30s). :attr:`LightDropoutLinear.in_compiled` turns on a compile-friendly
@@ -60,6 +61,7 @@ class LightDropoutLinear(nn.Linear):
             and self.bias is None
             and torch.is_grad_enabled()
             and (not compiling or (self.in_compiled and self.seed_base is not None))
+            and not (x.is_cuda and torch.cuda.is_current_stream_capturing())  # a graph would freeze the seed
         )
         if not light:
             return F.linear(F.dropout(x, self.dropout_p, self.training), self.weight, self.bias)

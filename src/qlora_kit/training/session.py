@@ -35,6 +35,7 @@ from qlora_kit.training.distributed import (
     reshard_root,
 )
 from qlora_kit.training.evaluation import GENERATIONS_FILE
+from qlora_kit.training.layer_graphs import graph_layers_if_wanted
 from qlora_kit.training.layout import StepLayout, apply_memory_layout, lean_on_every_layer
 from qlora_kit.training.result import TrainResult
 from qlora_kit.training.resume import adapter_fingerprint, check_resumable, data_fingerprint
@@ -140,6 +141,7 @@ class TrainingSession:
         self._offload = apply_memory_layout(model, self.memory)
         compiled = compile_if_wanted(model, cfg.compile, acc.device, offloading=self._offload is not None)
         self.cuda_graphs = bool(compiled) and uses_cuda_graphs(cfg.compile, acc.device)  # see loop._step
+        self._graphs = graph_layers_if_wanted(model, cfg.cuda_graphs, acc.device, compiled=bool(compiled))
         keep_4bit_weights_trainable(model)
         model.train()
         optimizer = cfg.optimizer.build().create(model)
@@ -256,9 +258,10 @@ class TrainingSession:
             acc.free_memory()
 
     def _release(self) -> None:
-        if getattr(self, "_offload", None) is not None:
-            self._offload.remove()
-            self._offload = None
+        for name in ("_offload", "_graphs"):  # hooks and recorded graphs (their memory) go with the run
+            if getattr(self, name, None) is not None:
+                getattr(self, name).remove()
+                setattr(self, name, None)
         self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)  # restores the model's own forward
         keep_4bit_weights_trainable(self.model)
 

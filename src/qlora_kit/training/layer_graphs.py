@@ -1,0 +1,217 @@
+"""`train.cuda_graphs`: every decoder layer's forward and backward recorded as CUDA graphs, per pass shape.
+
+A small model's GPU step is bound by the host, not the device: each LoRA layer runs a dozen small ops
+(4-bit dequantisation, matmuls, dropout, scaling, adds), each a Python call and a kernel launch, and a
+135M-parameter Llama's step of 8 x 32 tokens took 0.27 s on an H200 for about 5,700 launches
+(benchmarks/gpu/call28a.sh). A CUDA graph replays a recorded sequence of kernels with one launch.
+:func:`torch.cuda.make_graphed_callables` records a module's forward and backward as two graphs inside one
+autograd node, from the eager code as it is: no compilation, so no compile time in the first steps.
+
+How :class:`LayerGraphs` uses it:
+
+* **Per pass shape.** A recording is valid for the shapes, dtypes and gradient flags of a layer's tensor
+  inputs and the values of its other arguments (its *signature*). At the first training pass of a new
+  signature, every layer is recorded at once, in one memory pool shared by all recordings: passes run one
+  at a time, forwards in layer order and backwards in reverse, the order they were recorded in, so
+  recordings can reuse each other's memory. Later passes of that signature replay the graphs; inputs are
+  copied into the graphs' own tensors first. Batches of few shapes (``data.padding: max_length``, or
+  ``data.pad_to_multiple_of``) record few times; at most :data:`MAX_SIGNATURES` are recorded, and passes
+  of further shapes run eagerly.
+* **Eager where it cannot record.** Evaluation and generation (no gradients), checkpointed layers (their
+  recompute happens outside the recorded backward) and arguments that are neither tensors nor plain
+  values run eagerly. So do signatures whose recording failed (e.g. flash attention's variable-length
+  kernels read lengths on the host): a warning names the error once.
+* **Gradients.** The backward graph returns gradients in its own memory, which the next replay
+  overwrites: each trainable parameter's gradient is copied out before it is accumulated
+  (:func:`~qlora_kit.training.compiling.copy_gradients_out`), so accumulation over passes is exact.
+* **Randomness.** Dropout draws from the CUDA generator, whose offset every replay advances, so masks
+  differ from pass to pass as in eager mode. The light LoRA dropout (:mod:`qlora_kit.model.lora_dropout`)
+  takes its seed on the host, which a graph would freeze: while recording it runs PEFT's form instead.
+* **Autocast** runs without its cast cache while recording (make_graphed_callables requires it); the
+  cache only saves re-casting a weight used twice in one forward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+
+from qlora_kit.compat import decoder_layers
+from qlora_kit.training.compiling import copy_gradients_out
+
+logger = logging.getLogger(__name__)
+
+MAX_SIGNATURES = 16
+"""Pass shapes recorded at most; passes of further shapes run eagerly (each recording keeps its inputs,
+outputs and gradient buffers for every layer)."""
+
+WARMUP_PASSES = 2
+"""Eager forward + backward passes on the sample inputs before a recording (lazy initialisation, e.g.
+cuBLAS workspaces, must not happen inside a graph)."""
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of a decoder layer, split into its tensors and the rest (:func:`split_call`)."""
+
+    tensors: tuple[torch.Tensor, ...]
+    rebuild: Callable[[Sequence[torch.Tensor]], tuple[tuple[Any, ...], dict[str, Any]]]
+    signature: Hashable
+
+
+def split_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall | None:
+    """``args`` and ``kwargs`` as tensors, a function that puts tensors back in their places, and the
+    call's signature; None when an argument is neither a tensor nor a plain hashable value (a cache)."""
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    slots = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+    others = tuple((i, leaf) for i, leaf in enumerate(leaves) if not isinstance(leaf, torch.Tensor))
+    if not all(isinstance(value, (type(None), bool, int, float, str)) for _, value in others):
+        return None
+    tensors = tuple(leaves[i] for i in slots)
+
+    def rebuild(new: Sequence[torch.Tensor]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        filled = list(leaves)
+        for i, tensor in zip(slots, new, strict=True):
+            filled[i] = tensor
+        return pytree.tree_unflatten(filled, spec)
+
+    shapes = tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in tensors)
+    return LayerCall(tensors, rebuild, (str(spec), others, shapes))
+
+
+class _Surface(nn.Module):
+    """A layer as a module of tensors only, what make_graphed_callables records: its parameters are the
+    layer's (so they get gradients), its forward the layer's own (below any wrapper of ``forward``)."""
+
+    def __init__(self, layer: nn.Module, forward: Callable[..., Any], call: LayerCall):
+        super().__init__()
+        self.layer = layer
+        self._forward, self._rebuild = forward, call.rebuild
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        args, kwargs = self._rebuild(tensors)
+        return self._forward(*args, **kwargs)
+
+
+class LayerGraphs:
+    """Records and replays ``layers`` (a model's decoder layers, in call order) as CUDA graphs; see the
+    module docstring. Installs itself as each layer's ``forward``; :meth:`remove` restores them."""
+
+    def __init__(self, layers: Sequence[nn.Module], max_signatures: int = MAX_SIGNATURES):
+        self.layers = list(layers)
+        self.originals = [layer.forward for layer in self.layers]
+        self.max_signatures = max_signatures
+        self.recordings: dict[Hashable, list[tuple[Hashable, Callable[..., Any]] | None]] = {}
+        self.failed: set[Hashable] = set()
+        self.current: list[tuple[Hashable, Callable[..., Any]] | None] | None = None
+        self.replays = 0
+        self._pool: Any = None
+        for index, layer in enumerate(self.layers):
+            layer.forward = functools.partial(self._forward, index)
+
+    def remove(self) -> None:
+        """Give every layer its own forward back (the recordings are dropped)."""
+        for layer, original in zip(self.layers, self.originals, strict=True):
+            layer.forward = original
+        self.recordings.clear()
+        self.current = None
+
+    def _forward(self, index: int, *args: Any, **kwargs: Any) -> Any:
+        layer, original = self.layers[index], self.originals[index]
+        eager = not (layer.training and torch.is_grad_enabled()) or getattr(
+            layer, "gradient_checkpointing", False
+        )
+        call = None if eager else split_call(args, kwargs)
+        if call is None:
+            return original(*args, **kwargs)
+        if index == 0:
+            self.current = self._recording_for(call)
+        entry = self.current[index] if self.current is not None else None
+        if entry is None or entry[0] != call.signature:
+            return original(*args, **kwargs)  # e.g. a layer whose inputs differ from the first layer's
+        self.replays += index == 0
+        return entry[1](*call.tensors)
+
+    def _recording_for(self, call: LayerCall) -> list[tuple[Hashable, Callable[..., Any]] | None] | None:
+        """The recording of the first layer's ``call`` signature, made now if it is new (and allowed)."""
+        found = self.recordings.get(call.signature)
+        if found is not None or call.signature in self.failed:
+            return found
+        if len(self.recordings) >= self.max_signatures:
+            return None
+        try:
+            found = self._record(call)
+        except Exception as error:  # noqa: BLE001 - any failure to record means: run this shape eagerly
+            self.failed.add(call.signature)
+            logger.warning("cuda_graphs: recording a pass shape failed, it runs eagerly (%s: %s)",
+                           type(error).__name__, error)  # fmt: skip
+            return None
+        self.recordings[call.signature] = found
+        logger.info("cuda_graphs: recorded %d layers for a new pass shape (%d so far)",
+                    len(self.layers), len(self.recordings))  # fmt: skip
+        return found
+
+    def _record(self, call: LayerCall) -> list[tuple[Hashable, Callable[..., Any]] | None]:
+        """Record every layer for ``call``'s signature (the first layer's); each later layer is recorded
+        for the same call with the hidden states (the first tensor) requiring gradients once an earlier
+        layer has trainable parameters, as its input then will."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        shared = tuple(t.detach().clone() for t in call.tensors[1:])  # masks, positions: read-only
+        hidden = call.tensors[0]
+        needs_grad = hidden.requires_grad
+        surfaces, samples, signatures = [], [], []
+        for layer, original in zip(self.layers, self.originals, strict=True):
+            sample = (hidden.detach().clone().requires_grad_(needs_grad), *shared)
+            layer_call = split_call(*call.rebuild(sample))
+            assert layer_call is not None  # the same structure as ``call``
+            surfaces.append(_Surface(layer, original, layer_call))
+            samples.append(sample)
+            signatures.append(layer_call.signature)
+            needs_grad = needs_grad or any(p.requires_grad for p in layer.parameters())
+        with _recording_autocast(hidden.device.type):
+            graphed = torch.cuda.make_graphed_callables(
+                tuple(surfaces), tuple(samples), num_warmup_iters=WARMUP_PASSES, allow_unused_input=True,
+                pool=self._pool,
+            )  # fmt: skip
+        return list(zip(signatures, graphed, strict=True))
+
+
+def _recording_autocast(device_type: str) -> Any:
+    """The current autocast state without its cast cache (which make_graphed_callables refuses)."""
+    enabled = torch.is_autocast_enabled(device_type)
+    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), enabled=enabled,
+                          cache_enabled=False)  # fmt: skip
+
+
+def graph_layers_if_wanted(
+    model: Any, wanted: bool, device: torch.device, *, compiled: bool
+) -> LayerGraphs | None:
+    """Install :class:`LayerGraphs` on ``model``'s decoder layers if ``train.cuda_graphs`` (``wanted``) can
+    be honoured here; otherwise say why not (a warning) and return None."""
+    if not wanted:
+        return None
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun for every process
+    why_not = (
+        f"CUDA only (this run is on {device.type})" if device.type != "cuda"
+        else "the layers are compiled (train.compile: cuda_graphs records compiled layers)" if compiled
+        else f"one process only ({processes} here; not tested under DDP / FSDP)" if processes > 1
+        else None
+    )  # fmt: skip
+    if why_not:
+        logger.warning("train.cuda_graphs: off: %s", why_not)
+        return None
+    copy_gradients_out(model)
+    graphs = LayerGraphs(decoder_layers(model))
+    logger.info(
+        "train.cuda_graphs: %d decoder layers recorded at the first pass of each shape", len(graphs.layers)
+    )
+    return graphs
