@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="where the model, data and run go (default: a temporary dir)")
     parser.add_argument("--heldout", type=int, default=99, help="rows held out for the response loss")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke check)")
+    parser.add_argument("--profile", help="write a cProfile of the `qlora-kit train` process here")
     parser.add_argument("overrides", nargs="*", help="extra dotted overrides for `qlora-kit train`")
     return parser.parse_args(argv)
 
@@ -118,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir, train, held = prepare(work, args.tokenizer, args.data, args.heldout)
     n_train = len(json.loads(train.read_text(encoding="utf-8")))
     run_dir = work / "run"
+    profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []  # the host's time, by function
     command = [
-        sys.executable, "-m", "qlora_kit.cli", "train", str(Path(args.config).resolve()),
+        sys.executable, *profile, "-m", "qlora_kit.cli", "train", str(Path(args.config).resolve()),
         f"model.name_or_path={model_dir}", f"data.source.path={train}", f"data.subset.n={n_train}",
         f"output_dir={run_dir}", *([f"train.max_steps={args.max_steps}"] if args.max_steps else []),
         *args.overrides,

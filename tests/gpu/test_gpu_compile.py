@@ -43,7 +43,7 @@ def test_cuda_graphs_train_the_same_losses_as_eager_with_accumulation(
         "adapter.dropout=0",
         "data.padding=max_length",
         "data.packing=false",
-        "data.max_length=64",
+        "data.max_length=128",
     ]
     assert main(["train", *common, "train.compile=false"]) == 0
     capsys.readouterr()

@@ -20,7 +20,7 @@ def _losses(run_dir):
 @pytest.mark.parametrize(
     "layout",
     [
-        ["data.padding=max_length", "data.packing=false", "data.max_length=64", "train.micro_batch_tokens=null"],
+        ["data.padding=max_length", "data.packing=false", "data.max_length=128", "train.micro_batch_tokens=null"],
         ["data.packing=true", "data.pad_to_multiple_of=64"],
     ],
     ids=["padded-two-passes", "packed-rounded"],
