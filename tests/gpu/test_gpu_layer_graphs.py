@@ -20,12 +20,19 @@ def _losses(run_dir):
 @pytest.mark.parametrize(
     "layout",
     [
-        ["data.padding=max_length", "data.packing=false", "data.max_length=128", "train.micro_batch_tokens=null"],
+        [
+            "data.padding=max_length",
+            "data.packing=false",
+            "data.max_length=128",
+            "train.micro_batch_tokens=null",
+        ],
         ["data.packing=true", "data.pad_to_multiple_of=64"],
     ],
     ids=["padded-two-passes", "packed-rounded"],
 )
-def test_recorded_layers_train_the_same_losses_as_eager(tiny_run_config, tmp_path, gpu_device, capsys, layout):
+def test_recorded_layers_train_the_same_losses_as_eager(
+    tiny_run_config, tmp_path, gpu_device, capsys, layout
+):
     """Two passes a step (padded) or one packed pass rounded to 64 tokens: every step's loss as eager, so
     the gradients of a pass survive the next pass's replay (they are copied out of the graphs' memory)."""
     cfg = tiny_run_config(max_steps=4, micro_batch_size=2, grad_accum=2, log_every=1)
@@ -35,7 +42,10 @@ def test_recorded_layers_train_the_same_losses_as_eager(tiny_run_config, tmp_pat
     graphs = tmp_path / "graphs"
     assert main(["train", *common, "train.cuda_graphs=true", f"output_dir={graphs}", "-v"]) == 0
     err = capsys.readouterr().err
-    assert "train.cuda_graphs: 2 decoder layers recorded" in err and "recorded 2 layers for a new pass shape" in err
+    assert (
+        "train.cuda_graphs: 2 decoder layers recorded" in err
+        and "recorded 2 layers for a new pass shape" in err
+    )
     eager = _losses(tmp_path / "run")
     assert len(eager) == 4
     assert _losses(graphs) == pytest.approx(eager, rel=1e-4)
@@ -64,11 +74,11 @@ def test_replays_draw_new_dropout_masks(tiny_llama_dir, gpu_device, monkeypatch,
     graphs = graph_layers_if_wanted(model, True, gpu_device, compiled=False)
     model.train()
     ids = torch.arange(1, 33, device=gpu_device)[None]
-    first, second = (model(input_ids=ids).logits for _ in range(2))
+    first, second = (model(input_ids=ids, use_cache=False).logits for _ in range(2))
     assert graphs.replays == 2 and len(graphs.recordings) == 1
     assert not torch.equal(first, second)
     model.eval()
     with torch.no_grad():
-        model(input_ids=ids)
+        model(input_ids=ids, use_cache=False)
     assert graphs.replays == 2  # evaluation ran eagerly
     graphs.remove()

@@ -143,13 +143,14 @@ def test_each_pass_is_marked_for_cuda_graphs(tiny_run_config, tmp_path, monkeypa
     assert len(marks) == 6
 
 
-def test_gradients_are_copied_out_and_still_accumulate(tokenizer):
-    """`copy_gradients_out`: each backward's gradient reaches `.grad` as a copy (a CUDA graph's output
-    would be overwritten by the next replay), and accumulation over passes still sums them."""
+def test_gradients_are_copied_out_and_still_accumulate(tokenizer, monkeypatch):
+    """`copy_gradients_out`: in a step of several passes each backward's gradient reaches `.grad` as a copy
+    (a CUDA graph's output would be overwritten by the next replay), and accumulation over passes still
+    sums them; in a step of one pass, no copy is made."""
     import torch
 
     from qlora_kit.testing import make_tiny_llama
-    from qlora_kit.training.compiling import copy_gradients_out
+    from qlora_kit.training.compiling import GradientCopies, copy_gradients_out
 
     model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=1)
     weight = model.model.layers[0].mlp.down_proj.weight
@@ -163,3 +164,7 @@ def test_gradients_are_copied_out_and_still_accumulate(tokenizer):
     first = weight.grad.clone()
     model(input_ids=ids, labels=ids).loss.backward()
     torch.testing.assert_close(weight.grad, 2 * first)
+    monkeypatch.setattr(GradientCopies, "several_passes", False)
+    weight.grad = None
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert weight.grad.data_ptr() == incoming[-1]  # one pass: the backward's own tensor, no copy

@@ -44,12 +44,16 @@ def test_quickstart_shortened(tmp_path, capsys):
     assert report["example"]["answer"]  # the exported model, reloaded from disk, answered
 
 
-def test_quickstart_compiles_its_layers_on_cuda_only(tmp_path):
-    """On CUDA the quickstart compiles its decoder layers (the host bounds its steps there); on the CPU it
-    keeps `auto` (off there). The data layout is the same on both."""
+def test_quickstart_records_its_layers_on_cuda_only(tmp_path):
+    """On CUDA the quickstart records its decoder layers as CUDA graphs (the host bounds its steps there),
+    with every pass rounded to one shape; on the CPU it keeps `auto` compilation (off there) and packs
+    without rounding. The rows and the steps are the same on both."""
     from qlora_kit.quickstart.run import quickstart_config
 
     gpu = quickstart_config(tmp_path, 4, tmp_path, cuda=True)
     cpu = quickstart_config(tmp_path, 4, tmp_path, cuda=False)
-    assert (gpu.train.compile, cpu.train.compile) == (True, "auto")
-    assert gpu.data == cpu.data
+    assert (gpu.train.cuda_graphs, gpu.train.compile) == (True, False)
+    assert (cpu.train.cuda_graphs, cpu.train.compile) == (False, "auto")
+    assert (gpu.data.pad_to_multiple_of, cpu.data.pad_to_multiple_of) == (64, None)
+    assert gpu.data.model_copy(update={"pad_to_multiple_of": None}) == cpu.data
+    assert gpu.train.model_copy(update={"cuda_graphs": False, "compile": "auto"}) == cpu.train

@@ -121,19 +121,32 @@ def begin_pass() -> None:
     torch.compiler.cudagraph_mark_step_begin()
 
 
+class GradientCopies:
+    """Whether the hooks of :func:`copy_gradients_out` copy: only a step of several passes needs it (with one
+    pass, the optimizer reads ``.grad`` before the next replay, and a copy per parameter would cost a
+    kernel launch each). The loop sets :attr:`several_passes` before each step."""
+
+    several_passes: bool = True
+
+
 def copy_gradients_out(model: Any) -> int:
-    """Hook every trainable parameter of ``model`` so the gradient it accumulates is a copy: a CUDA graph's
-    backward returns gradients in the graph's own memory, which the next pass's replay overwrites, so
-    accumulating over passes would silently go wrong (pytorch/pytorch#169545). Returns how many were hooked.
-    A parameter is hooked once, however often the model is trained again.
+    """Hook every trainable parameter of ``model`` so the gradient it accumulates is a copy while a step
+    has several passes (:class:`GradientCopies`): a CUDA graph's backward returns gradients in the graph's
+    own memory, which the next pass's replay overwrites, so accumulating over passes would silently go
+    wrong (pytorch/pytorch#169545). Returns how many were hooked. A parameter is hooked once, however often
+    the model is trained again.
     """
     hooked = 0
     for param in model.parameters():
         if param.requires_grad and not getattr(param, "_qlora_kit_grad_copied", False):
-            param.register_hook(torch.clone)
+            param.register_hook(_copy_when_accumulating)
             param._qlora_kit_grad_copied = True
             hooked += 1
     return hooked
+
+
+def _copy_when_accumulating(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clone() if GradientCopies.several_passes else grad
 
 
 def compile_decoder_layers(model: Any, mode: str | None = None) -> int:

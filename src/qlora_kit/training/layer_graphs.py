@@ -108,6 +108,7 @@ class LayerGraphs:
     def __init__(self, layers: Sequence[nn.Module], max_signatures: int = MAX_SIGNATURES):
         self.layers = list(layers)
         self.originals = [layer.forward for layer in self.layers]
+        self._own_forward = ["forward" in vars(layer) for layer in self.layers]
         self.max_signatures = max_signatures
         self.recordings: dict[Hashable, list[tuple[Hashable, Callable[..., Any]] | None]] = {}
         self.failed: set[Hashable] = set()
@@ -119,8 +120,11 @@ class LayerGraphs:
 
     def remove(self) -> None:
         """Give every layer its own forward back (the recordings are dropped)."""
-        for layer, original in zip(self.layers, self.originals, strict=True):
-            layer.forward = original
+        for layer, original, own in zip(self.layers, self.originals, self._own_forward, strict=True):
+            if own:  # the layer had a forward of its own (another wrapper): put it back
+                layer.forward = original
+            else:
+                del layer.forward  # the class's forward again
         self.recordings.clear()
         self.current = None
 

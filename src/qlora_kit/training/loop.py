@@ -21,7 +21,7 @@ from qlora_kit.data.collate import PaddedCollator
 from qlora_kit.errors import ConfigError, InterruptedRun, TrainingError
 from qlora_kit.training.batches import BatchPlanner, Window
 from qlora_kit.training.callbacks import Callback, CallbackList
-from qlora_kit.training.compiling import begin_pass
+from qlora_kit.training.compiling import GradientCopies, begin_pass
 from qlora_kit.training.distributed import local_tensor
 from qlora_kit.training.evaluation import evaluate
 from qlora_kit.training.guards import check_finite_loss, check_gradients_flow, oom_message
@@ -146,6 +146,7 @@ class Trainer:
             return
         scale = acc.num_processes / n_tokens  # DDP averages gradients over processes: undo that
         loss_sum = torch.zeros((), device=s.device)
+        GradientCopies.several_passes = len(window.batches) > 1  # out of CUDA graphs' memory, if recorded
         for i, batch in enumerate(window.batches):
             last = i == len(window.batches) - 1  # gradients are all-reduced once, after the last
             if s.cuda_graphs:

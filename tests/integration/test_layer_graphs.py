@@ -1,0 +1,106 @@
+"""`train.cuda_graphs` without a GPU: what decides to record, replay or run eagerly (the recording itself,
+torch.cuda.make_graphed_callables, is replaced by one that runs the same surfaces eagerly; the real one
+runs in tests/gpu/test_gpu_layer_graphs.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from qlora_kit.cli import main
+from qlora_kit.testing import make_tiny_llama
+from qlora_kit.training import layer_graphs
+from qlora_kit.training.layer_graphs import LayerGraphs, split_call
+
+
+@pytest.fixture
+def fake_recording(monkeypatch):
+    """make_graphed_callables as eager calls of its surfaces; records what it was asked to record."""
+    asked = []
+
+    def fake(surfaces, samples, **kwargs):
+        asked.append([tuple(t.shape for t in sample) for sample in samples])
+        return tuple(surfaces)
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    monkeypatch.setattr(
+        layer_graphs, "_recording_autocast", lambda device_type: torch.autocast("cpu", enabled=False)
+    )
+    return asked
+
+
+def _train_step(model, ids):
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    return loss.item(), grads
+
+
+def test_one_recording_per_pass_shape_and_the_same_numbers(tokenizer, fake_recording):
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
+    short, long = torch.arange(1, 9)[None], torch.arange(1, 17)[None]
+    expected = [_train_step(model, ids) for ids in (short, long, short)]
+    graphs = LayerGraphs(model.model.layers)
+    got = [_train_step(model, ids) for ids in (short, long, short)]
+    assert [len(a) for a in fake_recording] == [2, 2]  # both layers, once per shape (8, then 16 tokens)
+    assert fake_recording[0][0][0] == (1, 8, 64) and fake_recording[1][0][0] == (1, 16, 64)
+    assert graphs.replays == 3 and len(graphs.recordings) == 2
+    for (loss, grads), (ref_loss, ref_grads) in zip(got, expected, strict=True):
+        assert loss == pytest.approx(ref_loss)
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r)
+    with torch.no_grad():
+        model(input_ids=short, use_cache=False)
+    assert graphs.replays == 3  # evaluation runs the layers eagerly
+    graphs.remove()
+    assert "forward" not in vars(model.model.layers[0])  # the layer's own forward again
+
+
+def test_a_failed_recording_runs_that_shape_eagerly_and_says_so(tokenizer, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", broken)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    monkeypatch.setattr(
+        layer_graphs, "_recording_autocast", lambda device_type: torch.autocast("cpu", enabled=False)
+    )
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
+    graphs = LayerGraphs(model.model.layers)
+    ids = torch.arange(1, 9)[None]
+    with caplog.at_level(logging.WARNING, logger="qlora_kit.training.layer_graphs"):
+        _train_step(model, ids)
+        _train_step(model, ids)
+    assert graphs.replays == 0 and len(graphs.failed) == 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "cuda_graphs: recording a pass shape failed, it runs eagerly "
+        "(RuntimeError: operation not permitted when stream is capturing)"
+    ) == 1  # once per shape, not per pass
+
+
+def test_at_most_max_signatures_shapes_are_recorded(tokenizer, fake_recording):
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=1)
+    graphs = LayerGraphs(model.model.layers, max_signatures=2)
+    for n in (4, 8, 12, 4):
+        _train_step(model, torch.arange(1, n + 1)[None])
+    assert len(fake_recording) == 2 and graphs.replays == 3  # 12 tokens ran eagerly; 4 replayed again
+
+
+def test_split_call_puts_tensors_back_and_refuses_other_objects():
+    x, mask = torch.ones(2, 3), torch.zeros(1, 1, 3, 3, dtype=torch.bool)
+    call = split_call((x,), {"attention_mask": mask, "position_embeddings": (x, x), "use_cache": False})
+    assert len(call.tensors) == 4
+    args, kwargs = call.rebuild([t + 1 for t in call.tensors])
+    assert torch.equal(args[0], x + 1) and kwargs["use_cache"] is False
+    assert split_call((x,), {"cache": object()}) is None  # e.g. a DynamicCache: run eagerly
+    other = split_call((x[:1],), {"attention_mask": mask, "position_embeddings": (x, x), "use_cache": False})
+    assert other.signature != call.signature
+
+
+def test_cuda_graphs_on_the_cpu_trains_eagerly_and_says_why(tiny_run_config, capsys):
+    assert main(["train", str(tiny_run_config(max_steps=1)), "train.cuda_graphs=true"]) == 0
+    assert "train.cuda_graphs: off: CUDA only (this run is on cpu)" in capsys.readouterr().err
