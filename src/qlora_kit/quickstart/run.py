@@ -53,12 +53,11 @@ def quickstart_config(
 ) -> Any:
     """The quickstart's :class:`~qlora_kit.config.RunConfig` (shown in ``run_config.yaml``).
 
-    On CUDA (``cuda``; default: whether torch sees a GPU) the decoder layers are compiled: the model is so
-    small that the host's work per pass bounds a GPU step, and compiled layers halve it. On an H200
-    (benchmarks/RESULTS.md, calls 26c and 28b) a second run trained in 29.5 s against 35.8 s eager, 47 s
-    in all against 58 s, 64/64 correct both ways. CUDA graphs (``train.compile: cuda_graphs``) made the
-    steps faster still (0.06 s against 0.3 s) but need every pass padded to one shape, and that run
-    scored 61/64 (cause not yet found), so they are not used here."""
+    On CUDA (``cuda``; default: whether torch sees a GPU) the decoder layers are recorded as CUDA graphs
+    (``train.cuda_graphs``) and every pass rounded to 64 tokens, so one shape is recorded once: the model
+    is so small that the host's work per pass bounds a GPU step. On an H200 (benchmarks/RESULTS.md, call
+    33a) a second run trained in 8.0 s, 30 s in all, 64/64 correct; compiled layers took 29.5 s and 47 s.
+    No evaluation before training: the base model's held-out loss is scored anyway."""
     from qlora_kit.config.io import load_config
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -78,7 +77,7 @@ def quickstart_config(
             "max_steps": steps, "micro_batch_size": MICRO_BATCH, "grad_accum": 1,
             # short sequences on a small model: recomputation would only cost time
             "grad_checkpointing": False, "compile": False if cuda else "auto", "cuda_graphs": cuda,
-            "eval_at_start": False,  # the base model's held-out loss is scored before training anyway
+            "eval_at_start": False,
             "optimizer": {"kind": "adamw_torch", "lr": 2e-3},
             "scheduler": {"kind": "linear", "warmup_ratio": 0.05},
             "log_every": 10, "seed": 0,

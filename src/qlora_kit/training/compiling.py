@@ -18,10 +18,11 @@ max_length``): SmolLM2-135M's step (8 x 32 tokens, H200, benchmarks/gpu/call28a.
 every pass lose most of the gain. On other devices it is ``auto``. Two things the loop does for it: marks
 the start of each pass (:func:`begin_pass`), and has each trainable parameter's gradient copied out of
 the graphs' memory (:func:`copy_gradients_out`): a later pass's replay would otherwise overwrite a
-gradient still being accumulated (pytorch/pytorch#169545). On the GPU, graphs without the mark and the
-copies gave the quickstart's compiled losses exactly; with them (and passes padded to 64 tokens) the
-quickstart scored 61/64, cause not yet found (benchmarks/RESULTS.md); the GPU test of accumulation over
-passes (tests/gpu/test_gpu_compile.py) is written but has not run yet.
+gradient still being accumulated (pytorch/pytorch#169545); only in steps of several passes
+(:class:`GradientCopies`). The GPU test of accumulation over passes (tests/gpu/test_gpu_compile.py) passes
+(call 33a). The quickstart with every pass padded to 64 tokens scored 61/64 this way (call 29, cause not
+found); ``train.cuda_graphs`` (:mod:`~qlora_kit.training.layer_graphs`) records the eager layers instead,
+without compilation, and is what the quickstart uses (64/64).
 
 Costs: compilation in the first steps (tens of seconds, less with inductor's cache warm) and again when a
 pass's shape changes (torch then compiles a dynamic-shape graph once). Evaluation runs the layers eagerly:
