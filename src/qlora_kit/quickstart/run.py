@@ -77,7 +77,7 @@ def quickstart_config(
             "max_steps": steps, "micro_batch_size": MICRO_BATCH, "grad_accum": 1,
             # short sequences on a small model: recomputation would only cost time
             "grad_checkpointing": False, "compile": False if cuda else "auto", "cuda_graphs": cuda,
-            "eval_at_start": False,
+            "eval_at_start": False, "eval_batch_size": 64,  # the held-out rows in one pass
             "optimizer": {"kind": "adamw_torch", "lr": 2e-3},
             "scheduler": {"kind": "linear", "warmup_ratio": 0.05},
             "log_every": 10, "seed": 0,
