@@ -27,6 +27,9 @@ REPORT_FILE = "quickstart_report.json"
 MICRO_BATCH = 8
 DEFAULT_STEPS = 120
 DEFAULT_EVAL_ROWS = 64
+SCORE_BATCH = 64
+"""Held-out rows per scoring pass and per generation batch: the default 64 in one. Fewer passes: the
+host's work per pass, not its rows, bounds a small model's pass on a GPU (benchmarks/RESULTS.md)."""
 
 
 def smollm2_gguf() -> Path:
@@ -108,12 +111,12 @@ def score(
     from qlora_kit.generation import complete, prompt_ids
     from qlora_kit.training.evaluation import evaluate
 
-    loss = evaluate(model, encoded, collate, batch_size=32)["eval_loss"]
+    loss = evaluate(model, encoded, collate, batch_size=SCORE_BATCH)["eval_loss"]
     prompts = [prompt_ids(formatter, tokenizer, formatter.prompt_example(r["instruction"])) for r in rows]
     stops = formatter.stop_token_ids(tokenizer)
     answers: list[str] = []
-    for start in range(0, len(prompts), 32):
-        answers += complete(model, tokenizer, prompts[start : start + 32], stops, max_new_tokens=24)
+    for start in range(0, len(prompts), SCORE_BATCH):
+        answers += complete(model, tokenizer, prompts[start : start + SCORE_BATCH], stops, max_new_tokens=24)
     accuracy = exact_match(answers, [r["output"] for r in rows])
     correct = round(accuracy * len(rows))
     return Score(loss, accuracy, correct, len(rows)), answers
