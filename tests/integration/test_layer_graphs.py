@@ -104,3 +104,44 @@ def test_split_call_puts_tensors_back_and_refuses_other_objects():
 def test_cuda_graphs_on_the_cpu_trains_eagerly_and_says_why(tiny_run_config, capsys):
     assert main(["train", str(tiny_run_config(max_steps=1)), "train.cuda_graphs=true"]) == 0
     assert "train.cuda_graphs: off: CUDA only (this run is on cpu)" in capsys.readouterr().err
+
+
+def _train_section(**settings):
+    from qlora_kit.config import TrainConfig
+
+    return TrainConfig(**settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "compiled_layers", "recorder"),
+    [
+        ({"cuda_graphs": True}, 0, True),  # compile auto yields: the eager layers are recorded
+        ({"cuda_graphs": True, "compile": True}, 2, False),  # compiled layers are not recorded
+        ({"compile": "auto"}, None, False),  # auto decides alone (no recorder)
+    ],
+)
+def test_speed_up_layers_lets_cuda_graphs_keep_the_layers_eager(tokenizer, monkeypatch, settings, compiled_layers,
+                                                               recorder):  # fmt: skip
+    """On a (pretend) CUDA device: what `train.compile` and `train.cuda_graphs` together do to the layers."""
+    asked = []
+    monkeypatch.setattr(layer_graphs, "compile_if_wanted",
+                        lambda model, setting, device, offloading: asked.append(setting) or (2 if setting else 0))  # fmt: skip
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
+    marks, graphs = layer_graphs.speed_up_layers(
+        model, _train_section(**settings), torch.device("cuda"), False
+    )
+    assert asked == [False if compiled_layers == 0 else settings.get("compile", "auto")]
+    assert marks is False and (graphs is not None) is recorder
+    if graphs is not None:
+        graphs.remove()
+
+
+def test_checkpointed_layers_are_named_as_running_eagerly(tokenizer, caplog):
+    from qlora_kit.model.prepare import set_grad_checkpointing
+
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
+    set_grad_checkpointing(model, True, first_layers=1)
+    with caplog.at_level(logging.WARNING, logger="qlora_kit.training.layer_graphs"):
+        graphs = layer_graphs.graph_layers_if_wanted(model, True, torch.device("cuda"), compiled=False)
+    assert "train.cuda_graphs: 1 of 2 decoder layers are checkpointed and run eagerly" in caplog.text
+    graphs.remove()

@@ -64,7 +64,8 @@ class TrainConfig(StrictModel):
     """Record each decoder layer's forward and backward as CUDA graphs at the first training pass of each
     shape and replay them after (one launch per layer and pass; no compilation): for small models whose
     GPU steps the host bounds: the quickstart on an H200 trained in 7.0 s against 29.5 s compiled, 64/64
-    both. CUDA only, one process, layers not checkpointed or compiled (those run eagerly, with a log line);
+    both. CUDA only, one process, layers not checkpointed or compiled (`compile: auto` then stays off; an
+    explicit `compile: true` wins and nothing is recorded; a log line says which);
     passes of few shapes (`data.pad_to_multiple_of`, `data.padding: max_length`) record few times."""
     memory_budget_gib: float | None = Field(default=None, gt=0)
     """Most device memory (GiB) the `auto` settings may plan a step to use (default: the device's). They

@@ -45,7 +45,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from qlora_kit.compat import decoder_layers
-from qlora_kit.training.compiling import copy_gradients_out
+from qlora_kit.training.compiling import compile_if_wanted, copy_gradients_out, uses_cuda_graphs
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +196,20 @@ def _recording_autocast(device_type: str) -> Any:
                           cache_enabled=False)  # fmt: skip
 
 
+def speed_up_layers(
+    model: Any, cfg: Any, device: torch.device, offloading: bool
+) -> tuple[bool, LayerGraphs | None]:
+    """Compile ``model``'s decoder layers and/or record them as CUDA graphs, as the ``train`` section
+    ``cfg`` asks (``compile``, ``cuda_graphs``) and this device allows. ``cuda_graphs: true`` with
+    ``compile: auto`` keeps the layers eager, so they can be recorded (an explicit ``compile: true``
+    records nothing: its layers are compiled). Returns whether compiled layers record CUDA graphs
+    (``compile: cuda_graphs``; the loop then marks each pass) and the recorder of eager layers, if any."""
+    setting = False if cfg.cuda_graphs and cfg.compile == "auto" else cfg.compile
+    compiled = bool(compile_if_wanted(model, setting, device, offloading=offloading))
+    graphs = graph_layers_if_wanted(model, cfg.cuda_graphs, device, compiled=compiled)
+    return compiled and uses_cuda_graphs(setting, device), graphs
+
+
 def graph_layers_if_wanted(
     model: Any, wanted: bool, device: torch.device, *, compiled: bool
 ) -> LayerGraphs | None:
@@ -214,7 +228,12 @@ def graph_layers_if_wanted(
         logger.warning("train.cuda_graphs: off: %s", why_not)
         return None
     copy_gradients_out(model)
-    graphs = LayerGraphs(decoder_layers(model))
+    layers = decoder_layers(model)
+    checkpointed = sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers)
+    if checkpointed:
+        logger.warning("train.cuda_graphs: %d of %d decoder layers are checkpointed and run eagerly "
+                       "(set train.grad_checkpointing: false to record them all)", checkpointed, len(layers))  # fmt: skip
+    graphs = LayerGraphs(layers)
     logger.info(
         "train.cuda_graphs: %d decoder layers recorded at the first pass of each shape", len(graphs.layers)
     )

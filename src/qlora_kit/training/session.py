@@ -25,7 +25,6 @@ from qlora_kit.planning.live import check_first_step
 from qlora_kit.training.accelerator import flat_config, make_accelerator
 from qlora_kit.training.batches import Window
 from qlora_kit.training.checkpoint import CheckpointManager, read_state_file
-from qlora_kit.training.compiling import compile_if_wanted, uses_cuda_graphs
 from qlora_kit.training.distributed import (
     check_fsdp_settings,
     check_sharded_forward,
@@ -36,7 +35,7 @@ from qlora_kit.training.distributed import (
     reshard_root,
 )
 from qlora_kit.training.evaluation import GENERATIONS_FILE
-from qlora_kit.training.layer_graphs import graph_layers_if_wanted
+from qlora_kit.training.layer_graphs import speed_up_layers
 from qlora_kit.training.layout import StepLayout, apply_memory_layout, lean_on_every_layer
 from qlora_kit.training.result import TrainResult
 from qlora_kit.training.resume import adapter_fingerprint, check_resumable, data_fingerprint
@@ -140,9 +139,8 @@ class TrainingSession:
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(acc.device)
         self._offload = apply_memory_layout(model, self.memory)
-        compiled = compile_if_wanted(model, cfg.compile, acc.device, offloading=self._offload is not None)
-        self.cuda_graphs = bool(compiled) and uses_cuda_graphs(cfg.compile, acc.device)  # see loop._step
-        self._graphs = graph_layers_if_wanted(model, cfg.cuda_graphs, acc.device, compiled=bool(compiled))
+        # cuda_graphs: the compiled layers record graphs (the loop marks passes); _graphs: eager ones do
+        self.cuda_graphs, self._graphs = speed_up_layers(model, cfg, acc.device, self._offload is not None)
         keep_4bit_weights_trainable(model)
         model.train()
         optimizer = cfg.optimizer.build().create(model)
