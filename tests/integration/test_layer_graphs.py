@@ -145,3 +145,23 @@ def test_checkpointed_layers_are_named_as_running_eagerly(tokenizer, caplog):
         graphs = layer_graphs.graph_layers_if_wanted(model, True, torch.device("cuda"), compiled=False)
     assert "train.cuda_graphs: 1 of 2 decoder layers are checkpointed and run eagerly" in caplog.text
     graphs.remove()
+
+
+def test_with_the_first_layers_checkpointed_the_others_are_recorded(tokenizer, fake_recording):
+    """The planner checkpoints the first layers when memory is short: those run eagerly, the pass's
+    recording is chosen at the first layer that is not checkpointed, and the numbers stay eager's."""
+    from qlora_kit.model.prepare import set_grad_checkpointing
+
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=3)
+    set_grad_checkpointing(model, True, first_layers=1)
+    ids = torch.arange(1, 9)[None]
+    expected = [_train_step(model, ids) for _ in range(2)]
+    graphs = LayerGraphs(model.model.layers)
+    got = [_train_step(model, ids) for _ in range(2)]
+    assert [len(asked) for asked in fake_recording] == [2]  # layers 1 and 2, once
+    assert graphs.replays == 2
+    for (loss, grads), (ref_loss, ref_grads) in zip(got, expected, strict=True):
+        assert loss == pytest.approx(ref_loss)
+        for g, r in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, r)
+    graphs.remove()

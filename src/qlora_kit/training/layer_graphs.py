@@ -11,9 +11,9 @@ How :class:`LayerGraphs` uses it:
 
 * **Per pass shape.** A recording is valid for the shapes, dtypes and gradient flags of a layer's tensor
   inputs and the values of its other arguments (its *signature*). At the first training pass of a new
-  signature, every layer is recorded at once, in one memory pool shared by all recordings: passes run one
-  at a time, forwards in layer order and backwards in reverse, the order they were recorded in, so
-  recordings can reuse each other's memory. Later passes of that signature replay the graphs; inputs are
+  signature (that of the first layer not checkpointed), every layer not checkpointed is recorded at
+  once, in one memory pool shared by all recordings: passes run one at a time, forwards in layer order
+  and backwards in reverse, the order they were recorded in, so recordings can reuse each other's memory. Later passes of that signature replay the graphs; inputs are
   copied into the graphs' own tensors first. Batches of few shapes (``data.padding: max_length``, or
   ``data.pad_to_multiple_of``) record few times; at most :data:`MAX_SIGNATURES` are recorded, and passes
   of further shapes run eagerly.
@@ -22,8 +22,8 @@ How :class:`LayerGraphs` uses it:
   values run eagerly. So do signatures whose recording failed (e.g. flash attention's variable-length
   kernels read lengths on the host): a warning names the error once.
 * **Gradients.** The backward graph returns gradients in its own memory, which the next replay
-  overwrites: each trainable parameter's gradient is copied out before it is accumulated
-  (:func:`~qlora_kit.training.compiling.copy_gradients_out`), so accumulation over passes is exact.
+  overwrites: in a step of several passes each trainable parameter's gradient is copied out before it is
+  accumulated (:func:`~qlora_kit.training.compiling.copy_gradients_out`), so accumulation is exact.
 * **Randomness.** Dropout draws from the CUDA generator, whose offset every replay advances, so masks
   differ from pass to pass as in eager mode. The light LoRA dropout (:mod:`qlora_kit.model.lora_dropout`)
   takes its seed on the host, which a graph would freeze: while recording it runs PEFT's form instead.
@@ -87,6 +87,10 @@ def split_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall | Non
     return LayerCall(tensors, rebuild, (str(spec), others, shapes))
 
 
+Entry = tuple[Hashable, Callable[..., Any]]
+"""A recorded layer: the signature it was recorded for, and its graphed forward."""
+
+
 class _Surface(nn.Module):
     """A layer as a module of tensors only, what make_graphed_callables records: its parameters are the
     layer's (so they get gradients), its forward the layer's own (below any wrapper of ``forward``)."""
@@ -110,9 +114,9 @@ class LayerGraphs:
         self.originals = [layer.forward for layer in self.layers]
         self._own_forward = ["forward" in vars(layer) for layer in self.layers]
         self.max_signatures = max_signatures
-        self.recordings: dict[Hashable, list[tuple[Hashable, Callable[..., Any]] | None]] = {}
+        self.recordings: dict[Hashable, list[Entry | None]] = {}
         self.failed: set[Hashable] = set()
-        self.current: list[tuple[Hashable, Callable[..., Any]] | None] | None = None
+        self.current: list[Entry | None] | None = None
         self.replays = 0
         self._pool: Any = None
         for index, layer in enumerate(self.layers):
@@ -130,63 +134,78 @@ class LayerGraphs:
 
     def _forward(self, index: int, *args: Any, **kwargs: Any) -> Any:
         layer, original = self.layers[index], self.originals[index]
-        eager = not (layer.training and torch.is_grad_enabled()) or getattr(
-            layer, "gradient_checkpointing", False
-        )
+        eager = not (layer.training and torch.is_grad_enabled()) or _checkpointed(layer)
         call = None if eager else split_call(args, kwargs)
         if call is None:
             return original(*args, **kwargs)
-        if index == 0:
-            self.current = self._recording_for(call)
+        if index == self._first_recordable():
+            self.current = self._recording_for(call, index)
         entry = self.current[index] if self.current is not None else None
         if entry is None or entry[0] != call.signature:
             return original(*args, **kwargs)  # e.g. a layer whose inputs differ from the first layer's
-        self.replays += index == 0
+        self.replays += index == self._first_recordable()
         return entry[1](*call.tensors)
 
-    def _recording_for(self, call: LayerCall) -> list[tuple[Hashable, Callable[..., Any]] | None] | None:
-        """The recording of the first layer's ``call`` signature, made now if it is new (and allowed)."""
-        found = self.recordings.get(call.signature)
-        if found is not None or call.signature in self.failed:
+    def _first_recordable(self) -> int:
+        """The first layer that is not checkpointed (-1: none): its call chooses the pass's recording."""
+        return next((i for i, layer in enumerate(self.layers) if not _checkpointed(layer)), -1)
+
+    def _recording_for(self, call: LayerCall, start: int) -> list[Entry | None] | None:
+        """The recording for ``call``, the first recordable layer's (``start``), made now if it is new (and
+        allowed)."""
+        key = (start, call.signature)
+        found = self.recordings.get(key)
+        if found is not None or key in self.failed:
             return found
         if len(self.recordings) >= self.max_signatures:
             return None
         try:
-            found = self._record(call)
+            found = self._record(call, start)
         except Exception as error:  # noqa: BLE001 - any failure to record means: run this shape eagerly
-            self.failed.add(call.signature)
+            self.failed.add(key)
             logger.warning("cuda_graphs: recording a pass shape failed, it runs eagerly (%s: %s)",
                            type(error).__name__, error)  # fmt: skip
             return None
-        self.recordings[call.signature] = found
+        self.recordings[key] = found
         logger.info("cuda_graphs: recorded %d layers for a new pass shape (%d so far)",
-                    len(self.layers), len(self.recordings))  # fmt: skip
+                    sum(e is not None for e in found), len(self.recordings))  # fmt: skip
         return found
 
-    def _record(self, call: LayerCall) -> list[tuple[Hashable, Callable[..., Any]] | None]:
-        """Record every layer for ``call``'s signature (the first layer's); each later layer is recorded
-        for the same call with the hidden states (the first tensor) requiring gradients once an earlier
-        layer has trainable parameters, as its input then will."""
+    def _record(self, call: LayerCall, start: int) -> list[Entry | None]:
+        """Record the layers from ``start`` on that are not checkpointed, for ``call``'s signature; each
+        later layer with the hidden states (the first tensor) requiring gradients once an earlier layer
+        has trainable parameters, as its input then will."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         shared = tuple(t.detach().clone() for t in call.tensors[1:])  # masks, positions: read-only
         hidden = call.tensors[0]
         needs_grad = hidden.requires_grad
-        surfaces, samples, signatures = [], [], []
-        for layer, original in zip(self.layers, self.originals, strict=True):
-            sample = (hidden.detach().clone().requires_grad_(needs_grad), *shared)
-            layer_call = split_call(*call.rebuild(sample))
-            assert layer_call is not None  # the same structure as ``call``
-            surfaces.append(_Surface(layer, original, layer_call))
-            samples.append(sample)
-            signatures.append(layer_call.signature)
+        indices, surfaces, samples, signatures = [], [], [], []
+        for index in range(start, len(self.layers)):
+            layer = self.layers[index]
+            if not _checkpointed(layer):
+                sample = (hidden.detach().clone().requires_grad_(needs_grad), *shared)
+                layer_call = split_call(*call.rebuild(sample))
+                assert layer_call is not None  # the same structure as ``call``
+                indices.append(index)
+                surfaces.append(_Surface(layer, self.originals[index], layer_call))
+                samples.append(sample)
+                signatures.append(layer_call.signature)
             needs_grad = needs_grad or any(p.requires_grad for p in layer.parameters())
         with _recording_autocast(hidden.device.type):
             graphed = torch.cuda.make_graphed_callables(
                 tuple(surfaces), tuple(samples), num_warmup_iters=WARMUP_PASSES, allow_unused_input=True,
                 pool=self._pool,
             )  # fmt: skip
-        return list(zip(signatures, graphed, strict=True))
+        entries: list[Entry | None] = [None] * len(self.layers)
+        for index, signature, function in zip(indices, signatures, graphed, strict=True):
+            entries[index] = (signature, function)
+        return entries
+
+
+def _checkpointed(layer: nn.Module) -> bool:
+    """Whether ``layer`` recomputes its forward in the backward pass (transformers' per-layer flag)."""
+    return bool(getattr(layer, "gradient_checkpointing", False))
 
 
 def _recording_autocast(device_type: str) -> Any:
@@ -229,7 +248,7 @@ def graph_layers_if_wanted(
         return None
     copy_gradients_out(model)
     layers = decoder_layers(model)
-    checkpointed = sum(bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers)
+    checkpointed = sum(_checkpointed(layer) for layer in layers)
     if checkpointed:
         logger.warning("train.cuda_graphs: %d of %d decoder layers are checkpointed and run eagerly "
                        "(set train.grad_checkpointing: false to record them all)", checkpointed, len(layers))  # fmt: skip
