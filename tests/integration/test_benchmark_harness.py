@@ -138,3 +138,24 @@ def test_experiment_rows_are_marked_and_never_the_latest_results():
         {**base, "run_id": "b", "date": "2026-11-30T11:00:00", "experiment": "switched by QK_BENCH_X=1"},
     ]
     assert [r["run_id"] for r in latest_runs(rows)["W2-8B"]] == ["a"]
+
+
+def test_step_phases_attributes_each_step_of_a_cli_run(tiny_run_config, tmp_path, capsys):
+    """benchmarks/step_phases.py on the tiny model: every phase the loop runs is timed, the timed steps are
+    the run's after the warm-up, and the phases inside a step add up to no more than the step."""
+    from step_phases import main as phases
+
+    out = tmp_path / "phases.json"
+    cfg = tiny_run_config(max_steps=5, micro_batch_size=2, grad_accum=2, micro_batch_tokens=None)
+    assert phases(["--skip", "2", "--out", str(out), "--", str(cfg)]) == 0
+    report = json.loads(out.read_text())
+    assert report["timed_steps"] == 3
+    assert set(report["phases_ms"]) == {"collate", "forward + loss", "backward", "clip", "optimizer",
+                                        "zero_grad", "schedule", "between steps", "unattributed"}  # fmt: skip
+    inside = sum(v for k, v in report["phases_ms"].items() if k not in ("collate", "between steps"))
+    assert inside == pytest.approx(report["step_ms"])  # unattributed closes the sum
+    assert 0 <= report["phases_ms"]["unattributed"] < report["step_ms"]
+    assert "per step:" in capsys.readouterr().out
+    from qlora_kit.training.loop import Trainer
+
+    assert Trainer._step.__module__ == "qlora_kit.training.loop"  # the loop is put back afterwards
