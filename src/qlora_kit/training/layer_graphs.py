@@ -239,7 +239,8 @@ def graph_layers_if_wanted(
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun for every process
     why_not = (
         f"CUDA only (this run is on {device.type})" if device.type != "cuda"
-        else "the layers are compiled (train.compile: cuda_graphs records compiled layers)" if compiled
+        else "the layers are compiled (train.compile: false records them; cuda_graphs compiles and records)"
+        if compiled
         else f"one process only ({processes} here; not tested under DDP / FSDP)" if processes > 1
         else None
     )  # fmt: skip
@@ -254,6 +255,7 @@ def graph_layers_if_wanted(
                        "(set train.grad_checkpointing: false to record them all)", checkpointed, len(layers))  # fmt: skip
     graphs = LayerGraphs(layers)
     logger.info(
-        "train.cuda_graphs: %d decoder layers recorded at the first pass of each shape", len(graphs.layers)
+        "train.cuda_graphs: %d decoder layers recorded at the first pass of each shape",
+        len(layers) - checkpointed,
     )
     return graphs
