@@ -105,3 +105,22 @@ def test_auto_packing_packs_only_when_it_removes_padding():
     assert auto.tokens([200, 30, 40]) == 270 and auto.tokens([2048, 2048]) == 4096
     flash = AutoPackCollator(PaddedCollator(0), PackedCollator(flash_kwargs=True))
     assert flash.packs([2048, 2048])  # variable-length kernels: packing costs nothing
+
+
+def test_packed_rows_rounded_up_with_a_masked_example_keep_the_loss(tokenizer):
+    """`data.pad_to_multiple_of` on a packed row: one filler example of pad tokens (positions restarting,
+    never a label) takes the row to the multiple and adds nothing to the summed loss."""
+    from qlora_kit.testing import make_tiny_llama
+    from qlora_kit.training.loss import causal_lm_loss
+
+    rounded = PackedCollator(pad_to_multiple_of=16, pad_token_id=0)
+    batch = rounded(ROWS)
+    assert batch["input_ids"].shape == (1, 16) and rounded.tokens([3, 5]) == 16
+    assert batch["position_ids"][0, 8:].tolist() == list(range(8))  # a new example: nothing attends across
+    assert batch["labels"][0, 8:].tolist() == [IGNORE_INDEX] * 8
+    assert PackedCollator(pad_to_multiple_of=8)(ROWS)["input_ids"].shape == (1, 8)  # already a multiple
+    assert make_collator(cfg(packing=True, pad_to_multiple_of=16), tokenizer).tokens([3, 5]) == 16
+    model = make_tiny_llama(tokenizer=tokenizer).eval()
+    with torch.no_grad():
+        plain, padded = causal_lm_loss(model, PackedCollator()(ROWS)), causal_lm_loss(model, batch)
+    torch.testing.assert_close(padded, plain)

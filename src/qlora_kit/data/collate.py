@@ -171,7 +171,7 @@ def make_collator(data_cfg: Any, tokenizer: Any, *, attn_implementation: str | N
     """
     supported = attn_implementation is None or attn_implementation in PACKING_ATTENTION
     pad_id = pad_token_id(tokenizer)
-    multiple = getattr(data_cfg, "pad_to_multiple_of", None)
+    multiple = data_cfg.pad_to_multiple_of
     packed = PackedCollator(flash_kwargs=str(attn_implementation).startswith("flash_attention"),
                             pad_to_multiple_of=multiple, pad_token_id=pad_id)  # fmt: skip
     padded_multiple = multiple or 8

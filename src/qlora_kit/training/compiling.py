@@ -18,8 +18,8 @@ max_length``): SmolLM2-135M's step (8 x 32 tokens, H200, benchmarks/gpu/call28a.
 every pass lose most of the gain. On other devices it is ``auto``. Two things the loop does for it: marks
 the start of each pass (:func:`begin_pass`), and has each trainable parameter's gradient copied out of
 the graphs' memory (:func:`copy_gradients_out`): a later pass's replay would otherwise overwrite a
-gradient still being accumulated (pytorch/pytorch#169545); only in steps of several passes
-(:class:`GradientCopies`). The GPU test of accumulation over passes (tests/gpu/test_gpu_compile.py) passes
+gradient still being accumulated (pytorch/pytorch#169545); here in every step (the one-pass
+shortcut of :class:`GradientCopies` is measured for ``train.cuda_graphs`` only). The GPU test of accumulation over passes (tests/gpu/test_gpu_compile.py) passes
 (call 33a). The quickstart with every pass padded to 64 tokens scored 61/64 this way (call 29, cause not
 found); ``train.cuda_graphs`` (:mod:`~qlora_kit.training.layer_graphs`) records the eager layers instead,
 without compilation, and is what the quickstart uses (64/64).

@@ -138,12 +138,13 @@ class LayerGraphs:
         call = None if eager else split_call(args, kwargs)
         if call is None:
             return original(*args, **kwargs)
-        if index == self._first_recordable():
+        first = index == self._first_recordable()
+        if first:
             self.current = self._recording_for(call, index)
         entry = self.current[index] if self.current is not None else None
         if entry is None or entry[0] != call.signature:
             return original(*args, **kwargs)  # e.g. a layer whose inputs differ from the first layer's
-        self.replays += index == self._first_recordable()
+        self.replays += first
         return entry[1](*call.tensors)
 
     def _first_recordable(self) -> int:

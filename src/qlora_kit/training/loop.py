@@ -146,7 +146,9 @@ class Trainer:
             return
         scale = acc.num_processes / n_tokens  # DDP averages gradients over processes: undo that
         loss_sum = torch.zeros((), device=s.device)
-        GradientCopies.several_passes = len(window.batches) > 1  # out of CUDA graphs' memory, if recorded
+        # gradients copied out of CUDA graphs' memory: recorded layers need it only to accumulate; compiled
+        # graphs always (their single-pass steps were not measured without it)
+        GradientCopies.several_passes = len(window.batches) > 1 or s.cuda_graphs
         for i, batch in enumerate(window.batches):
             last = i == len(window.batches) - 1  # gradients are all-reduced once, after the last
             if s.cuda_graphs:
