@@ -41,6 +41,8 @@ class PhaseClock:
 
     OUTSIDE = ("collate", "between steps")
     """Phases the loop runs outside :meth:`Trainer._step`."""
+    INSIDE_PREFIX = "> "
+    """Phases timed inside another phase (part of forward + loss), left out of the step's sum."""
 
     def __init__(self, device: torch.device, skip: int):
         self.device, self.skip = device, skip
@@ -73,14 +75,17 @@ class PhaseClock:
         timed = max(self.steps - self.skip, 1)
         phases = {name: 1000 * s / timed for name, s in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
         step_ms = 1000 * self.step_seconds / timed
-        phases["unattributed"] = step_ms - sum(v for k, v in phases.items() if k not in self.OUTSIDE)
+        phases["unattributed"] = step_ms - sum(
+            v for k, v in phases.items() if k not in self.OUTSIDE and not k.startswith(self.INSIDE_PREFIX)
+        )
         total = step_ms + sum(phases.get(k, 0.0) for k in self.OUTSIDE)
         return {"timed_steps": timed, "step_ms": step_ms, "per_step_ms": total, "phases_ms": phases}
 
 
-def instrument(clock_holder: dict[str, PhaseClock], skip: int) -> Callable[[], None]:
+def instrument(clock_holder: dict[str, PhaseClock], skip: int, kernels: int = 0) -> Callable[[], None]:
     """Wrap the Trainer's loop so that every run it makes is timed by phase (kept in ``clock_holder``);
-    returns the function that puts the loop back."""
+    returns the function that puts the loop back. ``kernels``: also run torch.profiler over that many steps
+    after the skipped ones (kept as ``clock_holder["profile"]``)."""
     from qlora_kit.training import loop
 
     original_train, original_step = loop.Trainer._train, loop.Trainer._step
@@ -101,6 +106,8 @@ def instrument(clock_holder: dict[str, PhaseClock], skip: int) -> Callable[[], N
     def step(self: Any, s: Any, window: Any) -> None:
         clock = clock_holder["clock"]
         clock.sync()
+        if kernels and clock.steps == clock.skip:
+            clock_holder["profile"] = _start_profiler()
         started = time.perf_counter()
         clock.in_step = True
         try:
@@ -108,16 +115,72 @@ def instrument(clock_holder: dict[str, PhaseClock], skip: int) -> Callable[[], N
         finally:
             clock.in_step = False
         clock.sync()
+        if kernels and clock.steps == clock.skip + kernels - 1:
+            clock_holder["profile"].stop()
         if clock.steps >= clock.skip:
             clock.step_seconds += time.perf_counter() - started
         clock.steps += 1
 
     loop.Trainer._train, loop.Trainer._step = train, step
+    undo_inner = _instrument_forward(clock_holder)
 
     def restore() -> None:
         loop.Trainer._train, loop.Trainer._step = original_train, original_step
+        undo_inner()
 
     return restore
+
+
+def _start_profiler() -> Any:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    profiler = profile(activities=activities)
+    profiler.start()
+    return profiler
+
+
+def print_kernels(profiler: Any, steps: int, rows: int = 20) -> None:
+    """The profiled steps' operators, by time on the device and by time on the host (per step)."""
+    events = profiler.key_averages()
+    on_device = torch.cuda.is_available()
+    for key in (["self_device_time_total"] if on_device else []) + ["self_cpu_time_total"]:
+        print(f"top operators by {key} (ms per step; calls per step):")
+        for e in sorted(events, key=lambda e: -getattr(e, key))[:rows]:
+            print(f"  {getattr(e, key) / 1000 / steps:8.3f}  {e.count / steps:7.1f}  {e.key[:90]}")
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch"))
+    print(f"kernel and graph launches per step: {launches / steps:.0f}")
+
+
+def _instrument_forward(clock_holder: dict[str, PhaseClock]) -> Callable[[], None]:
+    """Time two parts of "forward + loss" apart: the model without its head (the head-split losses) and
+    the attention mask transformers builds before the decoder layers."""
+    import transformers.masking_utils as masking
+    from transformers.models.gpt2 import modeling_gpt2
+    from transformers.models.llama import modeling_llama
+
+    from qlora_kit.training import head_loss
+
+    def lazily(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            clock = clock_holder.get("clock")
+            if clock is None:
+                return function(*args, **kwargs)
+            return clock.wrap(PhaseClock.INSIDE_PREFIX + name, function)(*args, **kwargs)
+
+        return timed
+
+    patched = [(head_loss, "final_hidden_states", "model without head")]
+    patched += [(m, "create_causal_mask", "attention mask") for m in (masking, modeling_gpt2, modeling_llama)]
+    originals = [(module, attr, getattr(module, attr)) for module, attr, _ in patched]
+    for (module, attr, name), (_, _, original) in zip(patched, originals, strict=True):
+        setattr(module, attr, lazily(name, original))
+
+    def undo() -> None:
+        for module, attr, original in originals:
+            setattr(module, attr, original)
+
+    return undo
 
 
 def w1_arguments(args: argparse.Namespace) -> list[str]:
@@ -135,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip", type=int, default=5, help="steps left out of the timings (warm-up)")
     parser.add_argument("--out", help="write the timings here as JSON")
+    parser.add_argument("--kernels", type=int, default=0, help="profile this many steps: operator tables")
     parser.add_argument("--w1", action="store_true", help="time W1 (seed_improved.yaml on the 900 rows)")
     parser.add_argument("--w1-data", default=str(SHARED / "data" / "alpaca_en_demo.json"))
     parser.add_argument("--w1-tokenizer", default=str(SHARED / "assets" / "gpt2-tokenizer"))
@@ -144,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if not train_args:
         parser.error("give a config after --, or --w1")
     holder: dict[str, PhaseClock] = {}
-    restore = instrument(holder, args.skip)
+    restore = instrument(holder, args.skip, args.kernels)
     from qlora_kit.cli import main as cli
 
     try:
@@ -158,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(synchronised phases; {report['timed_steps']} steps timed)")  # fmt: skip
     for name, ms in report["phases_ms"].items():
         print(f"  {name:<16} {ms:8.2f} ms  {100 * ms / max(report['per_step_ms'], 1e-9):5.1f}%")
+    if "profile" in holder:
+        print_kernels(holder["profile"], args.kernels)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return code
