@@ -148,7 +148,9 @@ def print_kernels(profiler: Any, steps: int, rows: int = 20) -> None:
         print(f"top operators by {key} (ms per step; calls per step):")
         for e in sorted(events, key=lambda e: -getattr(e, key))[:rows]:
             print(f"  {getattr(e, key) / 1000 / steps:8.3f}  {e.count / steps:7.1f}  {e.key[:90]}")
-    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch"))
+    launches = sum(
+        e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch")
+    )
     print(f"kernel and graph launches per step: {launches / steps:.0f}")
 
 

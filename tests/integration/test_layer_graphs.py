@@ -165,3 +165,20 @@ def test_with_the_first_layers_checkpointed_the_others_are_recorded(tokenizer, f
         for g, r in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(g, r)
     graphs.remove()
+
+
+def test_the_cli_fills_packed_passes_to_the_budget_so_one_recording_serves_the_run(
+    tiny_run_config, fake_recording, monkeypatch
+):
+    """`qlora-kit train` with train.cuda_graphs and a token budget (on a pretend CUDA device): every packed
+    pass is filled to the budget, so the layers are recorded once and replayed at every later pass."""
+    from qlora_kit.training import session
+
+    real = session.speed_up_layers
+    monkeypatch.setattr(session, "speed_up_layers",
+                        lambda model, cfg, device, offloading: real(model, cfg, torch.device("cuda"), offloading))  # fmt: skip
+    cfg = tiny_run_config(max_steps=4, micro_batch_size=2, grad_accum=2)
+    assert main(["train", str(cfg), "train.cuda_graphs=true", "train.micro_batch_tokens=512",
+                 "data.packing=true", "train.grad_checkpointing=false"]) == 0  # fmt: skip
+    assert len(fake_recording) == 1  # one shape for all the passes of 4 steps
+    assert fake_recording[0][0][0][:2] == (1, 512)  # the hidden states of one packed row, 512 wide

@@ -322,3 +322,30 @@ def test_an_accelerator_that_accumulates_itself_is_refused(tiny_llama_dir, tmp_p
 def test_rows_without_labels_are_refused(tiny_llama_dir, tmp_path):
     with pytest.raises(DataError, match="lacks \\['labels'\\]"):
         Trainer(config(), output_dir=tmp_path).fit(qlora_model(tiny_llama_dir), [{"input_ids": [1, 2, 3]}])
+
+
+def test_evaluation_lays_its_rows_out_by_the_token_budget(tiny_llama_dir, tmp_path, monkeypatch):
+    """Without eval_batch_size, evaluation packs its rows into passes of the training pass's budget (fewer
+    passes than micro_batch_size rows each), and the eval loss is the same as one row per pass."""
+    from qlora_kit.training import loop
+
+    passes_seen = []
+    original = loop.evaluate
+
+    def spy(model, rows, collate_fn, batch_size, loss_fn, accelerator, passes=None):
+        passes_seen.append(passes)
+        return original(model, rows, collate_fn, batch_size, loss_fn, accelerator, passes)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    rows, eval_rows = token_rows(8), token_rows(12, seed=5)
+    losses = {}
+    for name, settings in {"budget": {"micro_batch_tokens": 64}, "rows": {"eval_batch_size": 1}}.items():
+        result = Trainer(config(max_steps=1, eval_at_start=False, **settings), output_dir=tmp_path / name,
+                         collate_fn=PackedCollator()).fit(qlora_model(tiny_llama_dir), rows, eval_rows)  # fmt: skip
+        losses[name] = result.eval_loss
+    budgeted, by_rows = passes_seen
+    assert by_rows is None  # eval_batch_size given: one row per pass
+    assert sorted(i for p in budgeted for i in p) == list(range(12))  # every row once
+    assert 1 < len(budgeted) < 8  # 12 rows of 6-24 tokens in passes of <= 64 tokens
+    assert all(sum(len(eval_rows[i]["input_ids"]) for i in p) <= 256 for p in budgeted)
+    assert losses["budget"] == pytest.approx(losses["rows"], rel=1e-5)

@@ -124,3 +124,24 @@ def test_packed_rows_rounded_up_with_a_masked_example_keep_the_loss(tokenizer):
     with torch.no_grad():
         plain, padded = causal_lm_loss(model, PackedCollator()(ROWS)), causal_lm_loss(model, batch)
     torch.testing.assert_close(padded, plain)
+
+
+def test_fixed_width_packs_every_pass_into_one_shape():
+    """train.cuda_graphs with a token budget: every pass that fits is packed and filled to the budget, so one
+    recording serves them all; a longer row keeps its own length; padded-only collators are left alone."""
+    from qlora_kit.data.collate import fixed_width
+
+    auto = AutoPackCollator(PaddedCollator(0, pad_to_multiple_of=8), PackedCollator(pad_token_id=0))
+    wide = fixed_width(auto, 32)
+    assert isinstance(wide, PackedCollator) and wide.width == 32
+    rows = lambda *lengths: [{"input_ids": [1] * n, "labels": [1] * n} for n in lengths]  # noqa: E731
+    for lengths in [(3, 5), (16, 16), (31,), (32,)]:  # (16, 16) and (31,): the auto collator would pad them
+        batch = wide(rows(*lengths))
+        assert batch["input_ids"].shape == (1, 32), lengths
+        real = sum(lengths)
+        assert batch["labels"][0, real:].eq(IGNORE_INDEX).all()  # the filler is never a label
+        assert batch["position_ids"][0, real:].tolist() == list(range(32 - real))
+    assert wide(rows(40))["input_ids"].shape == (1, 40)  # longer than the width: its own length
+    assert wide.tokens([3, 5]) == 32
+    padded = PaddedCollator(0)
+    assert fixed_width(padded, 32) is padded

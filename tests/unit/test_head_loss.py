@@ -304,6 +304,33 @@ def test_the_fused_loss_takes_the_plain_head_for_a_pass_of_few_rows(tokenizer, s
     assert len(stub_liger) == 1
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_aligned_plain_head_gives_the_same_loss_and_gradients(bias):
+    """The plain head with its weight padded to 64 rows (GPT-2's 50,257-token vocabulary runs cuBLAS's slow
+    unaligned kernels on CUDA): the padded logits never reach the loss, so nothing changes but speed."""
+    from qlora_kit.training.head_loss import aligned_linear_loss
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 101, bias=bias)  # 101 = 64 + 37: 27 padded rows
+    hidden = torch.randn(9, 16, requires_grad=True)
+    targets = torch.tensor([0, 5, 100, 64, 63, 7, 99, 1, 2])
+    results = []
+    for align in (False, True):
+        linear.zero_grad()
+        hidden.grad = None
+        loss = aligned_linear_loss(linear, hidden, targets, align=align)
+        loss.backward()
+        grads = [hidden.grad.clone(), linear.weight.grad.clone()] + (
+            [linear.bias.grad.clone()] if bias else []
+        )
+        results.append((loss.detach(), grads))
+    (plain, plain_grads), (aligned, aligned_grads) = results
+    torch.testing.assert_close(aligned, plain, rtol=1e-6, atol=0)
+    for got, expected in zip(aligned_grads, plain_grads, strict=True):
+        assert got.shape == expected.shape and expected.abs().sum() > 0
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+
+
 # -------------------------------------------------------------------- 4-bit base, and the Trainer
 
 

@@ -637,3 +637,20 @@ def test_a_small_models_eager_steps_are_bound_by_the_host(tmp_path):
     assert eager.step_seconds == eager.host_seconds == 30 * HOST_SECONDS_PER_EAGER_LAYER
     assert eager.step_seconds == pytest.approx(0.27, rel=0.05)
     assert compiled.host_seconds < eager.host_seconds
+
+
+def test_the_fused_loss_is_planned_as_the_plain_head_for_few_rows():
+    """The planner's fused-loss memory follows the loss itself: the plain head on every row while their fp32
+    logits stay within head_loss's bound, one chunk's worth beyond it."""
+    from qlora_kit.planning import memory
+    from qlora_kit.training import head_loss
+
+    assert memory.PLAIN_HEAD_LOGITS_BYTES == head_loss.PLAIN_HEAD_LOGITS_BYTES
+    shape = model_shape(LlamaConfig(vocab_size=50_304, hidden_size=64, intermediate_size=128,
+                                    num_hidden_layers=2, num_attention_heads=4))  # fmt: skip
+    few = head_loss.default_chunk_tokens(shape.vocab, head_loss.PLAIN_HEAD_LOGITS_BYTES)
+    assert memory.loss_bytes(shape, "fused", few) - memory.loss_bytes(shape, "chunked", few) == (
+        14 * shape.vocab * (few - memory.LOSS_CHUNK_TOKENS)
+    )
+    many = 4 * few
+    assert memory.loss_bytes(shape, "fused", many) == memory.loss_bytes(shape, "chunked", many)

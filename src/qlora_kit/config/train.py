@@ -93,7 +93,9 @@ class TrainConfig(StrictModel):
     """Evaluate once before the first step (when there is eval data), so every eval curve starts at the
     untrained model's loss (not repeated when a run resumes)."""
     eval_batch_size: int | None = Field(default=None, gt=0)
-    """Rows per evaluation forward pass (default: micro_batch_size)."""
+    """Rows per evaluation forward pass. Default: the rows laid out into passes of the training pass's token
+    budget (`micro_batch_tokens`), which they fit with room to spare (no gradients are kept); without a
+    budget, `micro_batch_size` rows."""
     save_every: int | None = Field(default=None, gt=0)
     """Optimizer steps between checkpoints (always one at the end)."""
     keep_last: int = Field(default=2, gt=0)

@@ -67,6 +67,8 @@ ALLOCATOR_SLACK = 0.05
 """Reserved minus allocated at the peak, as a fraction of the peak. Assumed; calibrate on the GPU
 (``max_memory_reserved / max_memory_allocated - 1`` of the W2/W3 runs)."""
 LOSS_CHUNK_TOKENS = 512
+PLAIN_HEAD_LOGITS_BYTES = 512 * 2**20
+"""The fused loss's plain-head bound (``head_loss.PLAIN_HEAD_LOGITS_BYTES``)."""
 """Rows per chunk of the chunked loss for a 128k vocabulary (``head_loss.default_chunk_tokens``)."""
 
 
@@ -216,6 +218,8 @@ def loss_bytes(shape: ModelShape, loss: str, tokens: int, act_bytes: int = 2) ->
     if loss == "standard":
         return 12 * shape.vocab * tokens  # fp32 log-softmax output + fp32 gradient in + out
     chunk = min(tokens, LOSS_CHUNK_TOKENS)
+    if loss == "fused" and 4 * shape.vocab * tokens <= PLAIN_HEAD_LOGITS_BYTES:
+        chunk = tokens  # few rows: the plain head on all of them (head_loss.fused_causal_lm_loss)
     # one chunk's 16-bit logits, fp32 copy, log-softmax and gradients; the supervised hidden states
     # gathered for the head and their gradient
     return 14 * shape.vocab * chunk + (act_bytes + 4) * shape.hidden * tokens

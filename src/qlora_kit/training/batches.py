@@ -133,15 +133,11 @@ class Window:
     @classmethod
     def collate(cls, rows: Any, micro_batches: list[list[int]], collate_fn: Any, device: Any) -> Window:
         """Collate ``micro_batches`` (row indices) with ``collate_fn`` and move them to ``device``."""
-        batches = [collate_fn([rows[i] for i in micro]) for micro in micro_batches]
+        selected = [[rows[i] for i in micro] for micro in micro_batches]
+        batches = [collate_fn(group) for group in selected]
         supervised = sum(count_supervised(b) for b in batches)
-        inputs = sum(_input_tokens(b) for b in batches)
+        # the rows' own tokens: neither padding nor a packed pass's filler counts
+        inputs = sum(len(row["input_ids"]) for group in selected for row in group)
         long_plain = [is_long_plain_row(b) for b in batches]
         on_device = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
         return cls(on_device, supervised, inputs, long_plain)
-
-
-def _input_tokens(batch: dict[str, Any]) -> int:
-    """Real (non-padding) input tokens of a batch."""
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else batch["input_ids"].numel()

@@ -45,21 +45,26 @@ def evaluate(
     batch_size: int,
     loss_fn: LossFn = causal_lm_loss,
     accelerator: Any = None,
+    passes: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, float]:
     """Mean loss per supervised token over ``rows`` and its perplexity.
 
-    Token losses are summed batch by batch (nothing but two scalars is kept). Under an
+    Token losses are summed batch by batch (nothing but two scalars is kept): ``batch_size`` consecutive
+    rows each, or the given ``passes`` (row indices, e.g. laid out by a token budget). Under an
     ``accelerator`` with several processes each takes every ``num_processes``-th batch and the sums are
     added across processes; without one, everything runs on the model's device.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else next(model.parameters()).device
-    starts = list(range(0, len(rows), batch_size))[rank::world]
+    if passes is None:
+        passes = [
+            range(start, min(start + batch_size, len(rows))) for start in range(0, len(rows), batch_size)
+        ]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     tokens = torch.zeros((), dtype=torch.float64, device=device)
     with inference_mode(model):
-        for start in starts:
-            batch = collate_fn([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        for indices in passes[rank::world]:
+            batch = collate_fn([rows[i] for i in indices])
             tokens += count_supervised(batch)  # on the CPU, before the move: no device sync
             long_plain = is_long_plain_row(batch)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}

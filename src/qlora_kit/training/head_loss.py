@@ -44,6 +44,17 @@ CHUNK_LOGITS_BYTES = 256 * 2**20
 (16-bit logits, their fp32 copy and log-softmax, then their gradients): ~0.8 GB, whatever the
 sequence length, against ~1.3 GB per 1,000 tokens of a 128,256-token vocabulary for the standard loss."""
 
+PLAIN_HEAD_LOGITS_BYTES = 512 * 2**20
+"""The fused loss takes the plain head and cross-entropy for passes whose fp32 logits stay within this
+(2,624 rows for GPT-2's vocabulary, 1,024 for a 128,256-token one): Liger's kernel loops over chunks of
+about ``rows x hidden / vocab`` rows (32 for a W1 pass of 2,100 rows), each reading the whole head
+weight, so at these sizes it is bound by launches and memory, where one plain matmul is not."""
+
+VOCAB_ALIGNMENT = 64
+"""The plain head's weight is padded with zero rows to a multiple of this on CUDA: cuBLAS picks kernels
+for unaligned leading dimensions (``align1``) that ran GPT-2's 50,257-wide head at ~37 TFLOP/s on an
+H200, 8.6 ms of a W1 step (benchmarks/gpu/call36.sh)."""
+
 LOSS_KINDS = ("auto", "standard", "chunked", "fused")
 
 
@@ -66,6 +77,22 @@ def _supervised(split: HeadInput, batch: Mapping[str, torch.Tensor]) -> tuple[to
 
 def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def aligned_linear_loss(
+    linear: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, align: bool | None = None
+) -> torch.Tensor:
+    """:func:`_chunk_loss` for a plain Linear head, its weight padded with zero rows to a multiple of
+    :data:`VOCAB_ALIGNMENT` when ``align`` (default: on CUDA). The extra logits are sliced off before the
+    loss, so loss and gradients are those of ``linear`` itself."""
+    vocab = linear.out_features
+    pad = -vocab % VOCAB_ALIGNMENT
+    if not pad or not (hidden.device.type == "cuda" if align is None else align):
+        return _chunk_loss(linear, hidden, targets)
+    weight = F.pad(linear.weight, (0, 0, 0, pad))
+    bias = None if linear.bias is None else F.pad(linear.bias, (0, pad))
+    logits = F.linear(hidden, weight, bias)[:, :vocab]
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 def _vocab_size(head: nn.Module, model: Any) -> int:
@@ -177,9 +204,10 @@ def fused_causal_lm_loss(
 ) -> torch.Tensor:
     """Summed token cross-entropy (fp32) from Liger-Kernel's fused linear cross-entropy.
 
-    A pass with fewer than ``kernel_min_rows`` supervised rows (default: as many as one chunk of the
-    chunked loss, 256 MiB of fp32 logits) takes the plain head and cross-entropy instead: the same
-    numbers in fewer kernels, at a memory cost the chunked loss also accepts.
+    A pass with fewer than ``kernel_min_rows`` supervised rows (default: as many as make
+    :data:`PLAIN_HEAD_LOGITS_BYTES` of fp32 logits) takes the plain head and cross-entropy instead (its
+    weight padded to an aligned vocabulary on CUDA): the same numbers in a few large kernels instead of
+    many small ones, for a transient of about three times those logits.
 
     The kernel gets the supervised hidden states and the head's weight and bias (those of the active
     ``modules_to_save`` copy, whose weight gradient the kernel computes); the model is not patched.
@@ -195,17 +223,16 @@ def fused_causal_lm_loss(
             raise RuntimeError(f"fused loss: {problem}")
     hidden, targets = _supervised(split, batch)
     with split.autocast():
-        # No rows: the kernel's chunking divides by the row count; keep the graph instead. Few rows (their
-        # fp32 logits within one default chunk, the chunked loss's bound): the kernel still loops over about
-        # vocab / hidden chunks of a few rows each (65 for GPT-2), a few kernels per chunk, where the plain
-        # head and cross-entropy are a handful of kernels in all.
+        # No rows: the kernel's chunking divides by the row count; keep the graph instead. Few rows: the
+        # kernel still loops over about vocab / hidden chunks (65 for GPT-2), a few kernels per chunk, each
+        # reading the whole head weight, where the plain head and cross-entropy are a handful of kernels.
         min_rows = (
-            default_chunk_tokens(_vocab_size(split.head, model))
+            default_chunk_tokens(linear.out_features, PLAIN_HEAD_LOGITS_BYTES)
             if kernel_min_rows is None
             else kernel_min_rows
         )
         if len(targets) == 0 or len(targets) < min_rows:
-            return _chunk_loss(split.head, hidden, targets)
+            return aligned_linear_loss(linear, hidden, targets)
         loss = fused(
             hidden, linear.weight, targets, bias=linear.bias, ignore_index=IGNORE_INDEX, reduction="sum"
         )

@@ -12,7 +12,7 @@ from typing import Any
 
 from qlora_kit.model.prepare import set_grad_checkpointing
 from qlora_kit.planning.live import MemoryDecision, choose_layout
-from qlora_kit.training.batches import epoch_batches, row_lengths, token_budget_windows, windows
+from qlora_kit.training.batches import epoch_batches, pack_rows, row_lengths, token_budget_windows, windows
 from qlora_kit.training.offload import OffloadHandle, enable_offloaded_checkpointing
 
 
@@ -36,6 +36,7 @@ class StepLayout:
             lambda lengths: len(lengths) * max(lengths)
         )
         self.memory: MemoryDecision = self._choose(model)
+        self._eval_passes: tuple[Sequence[Any], list[list[int]]] | None = None
 
     def windows(self, epoch: int) -> list[list[list[int]]]:
         """This process's windows of ``epoch``: one per optimizer step, each a list of forward passes (row
@@ -48,6 +49,18 @@ class StepLayout:
         micro = epoch_batches(self.lengths, cfg.micro_batch_size, cfg.seed, epoch, self.planner,
                               acc.process_index, acc.num_processes)  # fmt: skip
         return windows(micro, cfg.grad_accum)
+
+    def eval_passes(self, rows: Sequence[Any]) -> list[list[int]] | None:
+        """``rows`` (evaluation rows) laid out into passes of the training pass's token budget, which they
+        fit with room to spare (no gradients, no saved activations); None when passes are counted in rows."""
+        if self.memory.budget is None:
+            return None
+        if self._eval_passes is None or self._eval_passes[0] is not rows:  # the same rows at every evaluation
+            passes = pack_rows(
+                list(range(len(rows))), row_lengths(rows), self.memory.budget, self.pass_tokens
+            )
+            self._eval_passes = (rows, passes)
+        return self._eval_passes[1]
 
     def _choose(self, model: Any) -> MemoryDecision:
         """Resolve `auto` layout settings from the first epoch's sizes: the largest step in one pass, the

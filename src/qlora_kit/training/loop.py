@@ -226,8 +226,10 @@ class Trainer:
         acc, cfg = s.accelerator, self.cfg
         started = time.perf_counter()
         bare = acc.unwrap_model(s.model)  # no DDP collectives in eval; autocast is kept
+        # eval_batch_size unset: the rows in passes of the training pass's token budget, if there is one
+        passes = None if cfg.eval_batch_size else s.layout.eval_passes(eval_data)
         metrics = evaluate(bare, eval_data, self.collate_fn, cfg.eval_batch_size or cfg.micro_batch_size,
-                           s.loss_fn, acc)  # fmt: skip
+                           s.loss_fn, acc, passes)  # fmt: skip
         if cfg.generation_prompts and acc.is_main_process:
             generate_panel(bare, self.tokenizer, cfg.generation_prompts, s.state.step, self.output_dir,
                            self.max_new_tokens, self.formatter)  # fmt: skip
