@@ -116,7 +116,8 @@ def test_packed_rows_rounded_up_with_a_masked_example_keep_the_loss(tokenizer):
     rounded = PackedCollator(pad_to_multiple_of=16, pad_token_id=0)
     batch = rounded(ROWS)
     assert batch["input_ids"].shape == (1, 16) and rounded.tokens([3, 5]) == 16
-    assert batch["position_ids"][0, 8:].tolist() == list(range(8))  # a new example: nothing attends across
+    # new examples, none longer than the longest row (5): nothing attends across, positions stay in range
+    assert batch["position_ids"][0, 8:].tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
     assert batch["labels"][0, 8:].tolist() == [IGNORE_INDEX] * 8
     assert PackedCollator(pad_to_multiple_of=8)(ROWS)["input_ids"].shape == (1, 8)  # already a multiple
     assert make_collator(cfg(packing=True, pad_to_multiple_of=16), tokenizer).tokens([3, 5]) == 16
@@ -140,7 +141,11 @@ def test_fixed_width_packs_every_pass_into_one_shape():
         assert batch["input_ids"].shape == (1, 32), lengths
         real = sum(lengths)
         assert batch["labels"][0, real:].eq(IGNORE_INDEX).all()  # the filler is never a label
-        assert batch["position_ids"][0, real:].tolist() == list(range(32 - real))
+        filler = batch["position_ids"][0, real:].tolist() or [0]
+        # examples of their own (positions restart), none longer than the longest row: a model's
+        # position embeddings (GPT-2's stop at 1,024) cover every position the rows use
+        assert filler[0] == 0 and max(filler) < max(lengths)
+        assert all(b == a + 1 or b == 0 for a, b in zip(filler, filler[1:]))
     assert wide(rows(40))["input_ids"].shape == (1, 40)  # longer than the width: its own length
     assert wide.tokens([3, 5]) == 32
     padded = PaddedCollator(0)

@@ -91,8 +91,8 @@ class PackedCollator:
 
     flash_kwargs: bool = False
     pad_to_multiple_of: int | None = None
-    """Round the row's length up to a multiple of this with one more example of ``pad_token_id``, never a
-    label (fewer distinct shapes for ``train.cuda_graphs``)."""
+    """Round the row's length up to a multiple of this with filler examples of ``pad_token_id``, never a
+    label, none longer than the longest row (fewer distinct shapes for ``train.cuda_graphs``)."""
     pad_token_id: int = 0
     width: int | None = None
     """Fill every row shorter than this up to exactly this length the same way (one shape for all passes
@@ -110,8 +110,12 @@ class PackedCollator:
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         filler = self._filler([len(r["input_ids"]) for r in rows])
-        if filler:  # an example of its own: positions restart, so nothing attends across it
-            rows = [*rows, {"input_ids": [self.pad_token_id] * filler, "labels": [IGNORE_INDEX] * filler}]
+        if filler:  # examples of their own: positions restart, so nothing attends across them
+            # no longer than the longest row, so their positions stay within the model's (GPT-2's learned
+            # position embeddings stop at 1,024: a 3,000-token filler would index past them)
+            piece = max(len(r["input_ids"]) for r in rows)
+            rows = [*rows, *({"input_ids": [self.pad_token_id] * n, "labels": [IGNORE_INDEX] * n}
+                             for n in [min(piece, filler - start) for start in range(0, filler, piece)])]  # fmt: skip
         lengths = [len(r["input_ids"]) for r in rows]
         input_ids = torch.cat([torch.as_tensor(r["input_ids"], dtype=torch.long) for r in rows])
         labels = torch.cat([torch.as_tensor(r["labels"], dtype=torch.long) for r in rows])
