@@ -18,10 +18,14 @@ from qlora_kit.training.layer_graphs import LayerGraphs, split_call
 @pytest.fixture
 def fake_recording(monkeypatch):
     """make_graphed_callables as eager calls of its surfaces; records what it was asked to record."""
-    asked = []
+    class Asked(list):
+        samples: list = []  # the sample tensors of every recording, in order
+
+    asked = Asked()
 
     def fake(surfaces, samples, **kwargs):
         asked.append([tuple(t.shape for t in sample) for sample in samples])
+        asked.samples.extend(samples)
         return tuple(surfaces)
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake)
@@ -182,3 +186,28 @@ def test_the_cli_fills_packed_passes_to_the_budget_so_one_recording_serves_the_r
                  "data.packing=true", "train.grad_checkpointing=false"]) == 0  # fmt: skip
     assert len(fake_recording) == 1  # one shape for all the passes of 4 steps
     assert fake_recording[0][0][0][:2] == (1, 512)  # the hidden states of one packed row, 512 wide
+
+
+class _Upcast(torch.nn.Module):
+    """A layer whose output dtype differs from its input's (GPT-2's first layer under autocast: bf16
+    embeddings in, float32 hidden states out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.full((4,), 2.0))
+
+    def forward(self, hidden):
+        return hidden.float() * self.weight
+
+
+def test_each_layer_is_recorded_with_the_input_dtype_the_layer_before_gives_it(fake_recording):
+    layers = torch.nn.ModuleList([_Upcast(), _Upcast()]).train()
+    graphs = LayerGraphs(layers)
+    for _ in range(2):
+        hidden = torch.ones(1, 3, 4, dtype=torch.bfloat16)
+        for layer in layers:
+            hidden = layer(hidden)
+        hidden.sum().backward()
+    assert graphs.replays == 2 and graphs.mismatches == 0  # both layers replayed at both passes
+    assert [s[0].dtype for s in fake_recording.samples] == [torch.bfloat16, torch.float32]
+    torch.testing.assert_close(layers[0].weight.grad, torch.full((4,), 2 * 2 * 3.0))  # d/dw0 of 4 w0 w1, twice

@@ -118,6 +118,8 @@ class LayerGraphs:
         self.failed: set[Hashable] = set()
         self.current: list[Entry | None] | None = None
         self.replays = 0
+        self.mismatches = 0
+        """Layer calls run eagerly because their inputs differ from the recording of their pass."""
         self._pool: Any = None
         for index, layer in enumerate(self.layers):
             layer.forward = functools.partial(self._forward, index)
@@ -143,9 +145,28 @@ class LayerGraphs:
             self.current = self._recording_for(call, index)
         entry = self.current[index] if self.current is not None else None
         if entry is None or entry[0] != call.signature:
-            return original(*args, **kwargs)  # e.g. a layer whose inputs differ from the first layer's
+            if entry is not None:  # e.g. a layer whose inputs differ from the first layer's
+                self._mismatch(index, entry[0], call.signature)
+            return original(*args, **kwargs)
         self.replays += first
         return entry[1](*call.tensors)
+
+    def _output(self, index: int, call: LayerCall, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Layer ``index``'s hidden-state output for ``tensors`` in ``call``'s places (eager, no gradients)."""
+        args, kwargs = call.rebuild(tensors)
+        with torch.no_grad():
+            return _first_tensor(self.originals[index](*args, **kwargs)).detach()
+
+    def _mismatch(self, index: int, recorded: Hashable, got: Hashable) -> None:
+        """Count a layer call that runs eagerly because its inputs differ from its recording; say so once."""
+        self.mismatches += 1
+        if (
+            self.mismatches == 1
+        ):  # signatures are (structure, plain values, tensor shapes): name the first that differs
+            part = next(i for i, (a, b) in enumerate(zip(recorded, got, strict=True)) if a != b)  # type: ignore[call-overload]
+            logger.warning("cuda_graphs: layer %d's inputs differ from its recording, so it runs eagerly "
+                           "(%s: recorded %s, called with %s)", index, ("structure", "values", "tensors")[part],
+                           recorded[part], got[part])  # type: ignore[index]  # fmt: skip
 
     def _first_recordable(self) -> int:
         """The first layer that is not checkpointed (-1: none): its call chooses the pass's recording."""
@@ -175,17 +196,20 @@ class LayerGraphs:
     def _record(self, call: LayerCall, start: int) -> list[Entry | None]:
         """Record the layers from ``start`` on that are not checkpointed, for ``call``'s signature; each
         later layer with the hidden states (the first tensor) requiring gradients once an earlier layer
-        has trainable parameters, as its input then will."""
+        has trainable parameters, as its input then will, and in the dtype the layer before gives it (an
+        eager no-grad pass: GPT-2's first layer takes bf16 embeddings and returns float32)."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         shared = tuple(t.detach().clone() for t in call.tensors[1:])  # masks, positions: read-only
-        hidden = call.tensors[0]
-        needs_grad = hidden.requires_grad
+        hidden = call.tensors[0].detach()
+        needs_grad = call.tensors[0].requires_grad
         indices, surfaces, samples, signatures = [], [], [], []
         for index in range(start, len(self.layers)):
             layer = self.layers[index]
+            if index > start:
+                hidden = self._output(index - 1, call, (hidden, *shared))
             if not _checkpointed(layer):
-                sample = (hidden.detach().clone().requires_grad_(needs_grad), *shared)
+                sample = (hidden.clone().requires_grad_(needs_grad), *shared)
                 layer_call = split_call(*call.rebuild(sample))
                 assert layer_call is not None  # the same structure as ``call``
                 indices.append(index)
@@ -202,6 +226,10 @@ class LayerGraphs:
         for index, signature, function in zip(indices, signatures, graphed, strict=True):
             entries[index] = (signature, function)
         return entries
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    return next(t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor))
 
 
 def _checkpointed(layer: nn.Module) -> bool:
