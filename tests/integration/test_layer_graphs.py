@@ -18,6 +18,7 @@ from qlora_kit.training.layer_graphs import LayerGraphs, split_call
 @pytest.fixture
 def fake_recording(monkeypatch):
     """make_graphed_callables as eager calls of its surfaces; records what it was asked to record."""
+
     class Asked(list):
         samples: list = []  # the sample tensors of every recording, in order
 
@@ -47,12 +48,14 @@ def _train_step(model, ids):
 def test_one_recording_per_pass_shape_and_the_same_numbers(tokenizer, fake_recording):
     model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
     short, long = torch.arange(1, 9)[None], torch.arange(1, 17)[None]
-    expected = [_train_step(model, ids) for ids in (short, long, short)]
+    order = (short, long, short, long, short)
+    expected = [_train_step(model, ids) for ids in order]
     graphs = LayerGraphs(model.model.layers)
-    got = [_train_step(model, ids) for ids in (short, long, short)]
-    assert [len(a) for a in fake_recording] == [2, 2]  # both layers, once per shape (8, then 16 tokens)
+    got = [_train_step(model, ids) for ids in order]
+    # both layers, once per shape (8, then 16 tokens), at each shape's second pass (the first runs eagerly)
+    assert [len(a) for a in fake_recording] == [2, 2]
     assert fake_recording[0][0][0] == (1, 8, 64) and fake_recording[1][0][0] == (1, 16, 64)
-    assert graphs.replays == 3 and len(graphs.recordings) == 2
+    assert graphs.replays == 3 and len(graphs.recordings) == 2 and graphs.mismatches == 0
     for (loss, grads), (ref_loss, ref_grads) in zip(got, expected, strict=True):
         assert loss == pytest.approx(ref_loss)
         for g, r in zip(grads, ref_grads, strict=True):
@@ -89,7 +92,7 @@ def test_a_failed_recording_runs_that_shape_eagerly_and_says_so(tokenizer, monke
 def test_at_most_max_signatures_shapes_are_recorded(tokenizer, fake_recording):
     model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=1)
     graphs = LayerGraphs(model.model.layers, max_signatures=2)
-    for n in (4, 8, 12, 4):
+    for n in (4, 8, 4, 8, 12, 12, 4):
         _train_step(model, torch.arange(1, n + 1)[None])
     assert len(fake_recording) == 2 and graphs.replays == 3  # 12 tokens ran eagerly; 4 replayed again
 
@@ -159,9 +162,9 @@ def test_with_the_first_layers_checkpointed_the_others_are_recorded(tokenizer, f
     model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=3)
     set_grad_checkpointing(model, True, first_layers=1)
     ids = torch.arange(1, 9)[None]
-    expected = [_train_step(model, ids) for _ in range(2)]
+    expected = [_train_step(model, ids) for _ in range(3)]
     graphs = LayerGraphs(model.model.layers)
-    got = [_train_step(model, ids) for _ in range(2)]
+    got = [_train_step(model, ids) for _ in range(3)]
     assert [len(asked) for asked in fake_recording] == [2]  # layers 1 and 2, once
     assert graphs.replays == 2
     for (loss, grads), (ref_loss, ref_grads) in zip(got, expected, strict=True):
@@ -203,11 +206,14 @@ class _Upcast(torch.nn.Module):
 def test_each_layer_is_recorded_with_the_input_dtype_the_layer_before_gives_it(fake_recording):
     layers = torch.nn.ModuleList([_Upcast(), _Upcast()]).train()
     graphs = LayerGraphs(layers)
-    for _ in range(2):
+    for _ in range(3):
         hidden = torch.ones(1, 3, 4, dtype=torch.bfloat16)
         for layer in layers:
             hidden = layer(hidden)
         hidden.sum().backward()
-    assert graphs.replays == 2 and graphs.mismatches == 0  # both layers replayed at both passes
+    assert graphs.replays == 2 and graphs.mismatches == 0  # the first pass eager, then both layers replayed
     assert [s[0].dtype for s in fake_recording.samples] == [torch.bfloat16, torch.float32]
-    torch.testing.assert_close(layers[0].weight.grad, torch.full((4,), 2 * 2 * 3.0))  # d/dw0 of 4 w0 w1, twice
+    assert [s[0].requires_grad for s in fake_recording.samples] == [False, True]
+    torch.testing.assert_close(
+        layers[0].weight.grad, torch.full((4,), 3 * 2 * 3.0)
+    )  # d/dw0 of w0 w1, 3 passes

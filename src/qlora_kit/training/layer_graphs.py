@@ -10,9 +10,10 @@ autograd node, from the eager code as it is: no compilation, so no compile time 
 How :class:`LayerGraphs` uses it:
 
 * **Per pass shape.** A recording is valid for the shapes, dtypes and gradient flags of a layer's tensor
-  inputs and the values of its other arguments (its *signature*). At the first training pass of a new
-  signature (that of the first layer not checkpointed), every layer not checkpointed is recorded at
-  once, in one memory pool shared by all recordings: passes run one at a time, forwards in layer order
+  inputs and the values of its other arguments (its *signature*). The first training pass of a new
+  signature (that of the first layer not checkpointed) runs eagerly, which shows what each layer gets
+  (a layer may change the hidden states' dtype: GPT-2's first one turns bf16 embeddings into float32);
+  at its second pass every layer not checkpointed is recorded at once, in one memory pool shared by all recordings: passes run one at a time, forwards in layer order
   and backwards in reverse, the order they were recorded in, so recordings can reuse each other's memory. Later passes of that signature replay the graphs; inputs are
   copied into the graphs' own tensors first. Batches of few shapes (``data.padding: max_length``, or
   ``data.pad_to_multiple_of``) record few times; at most :data:`MAX_SIGNATURES` are recorded, and passes
@@ -120,6 +121,8 @@ class LayerGraphs:
         self.replays = 0
         self.mismatches = 0
         """Layer calls run eagerly because their inputs differ from the recording of their pass."""
+        self._seen: set[Hashable] = set()  # pass signatures run once (eagerly): recorded at their next pass
+        self._inputs: dict[int, tuple[torch.dtype, bool]] = {}  # per layer: its hidden input, last eager pass
         self._pool: Any = None
         for index, layer in enumerate(self.layers):
             layer.forward = functools.partial(self._forward, index)
@@ -143,6 +146,8 @@ class LayerGraphs:
         first = index == self._first_recordable()
         if first:
             self.current = self._recording_for(call, index)
+        if self.current is None:  # an eager pass: what each layer gets is what its recording will get
+            self._inputs[index] = (call.tensors[0].dtype, call.tensors[0].requires_grad)
         entry = self.current[index] if self.current is not None else None
         if entry is None or entry[0] != call.signature:
             if entry is not None:  # e.g. a layer whose inputs differ from the first layer's
@@ -150,12 +155,6 @@ class LayerGraphs:
             return original(*args, **kwargs)
         self.replays += first
         return entry[1](*call.tensors)
-
-    def _output(self, index: int, call: LayerCall, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Layer ``index``'s hidden-state output for ``tensors`` in ``call``'s places (eager, no gradients)."""
-        args, kwargs = call.rebuild(tensors)
-        with torch.no_grad():
-            return _first_tensor(self.originals[index](*args, **kwargs)).detach()
 
     def _mismatch(self, index: int, recorded: Hashable, got: Hashable) -> None:
         """Count a layer call that runs eagerly because its inputs differ from its recording; say so once."""
@@ -181,6 +180,9 @@ class LayerGraphs:
             return found
         if len(self.recordings) >= self.max_signatures:
             return None
+        if key not in self._seen:  # its first pass runs eagerly, so that each layer's input is known
+            self._seen.add(key)
+            return None
         try:
             found = self._record(call, start)
         except Exception as error:  # noqa: BLE001 - any failure to record means: run this shape eagerly
@@ -195,9 +197,8 @@ class LayerGraphs:
 
     def _record(self, call: LayerCall, start: int) -> list[Entry | None]:
         """Record the layers from ``start`` on that are not checkpointed, for ``call``'s signature; each
-        later layer with the hidden states (the first tensor) requiring gradients once an earlier layer
-        has trainable parameters, as its input then will, and in the dtype the layer before gives it (an
-        eager no-grad pass: GPT-2's first layer takes bf16 embeddings and returns float32)."""
+        with its hidden states (the first tensor) in the dtype and gradient flag seen at the eager pass
+        before (GPT-2's first layer takes bf16 embeddings and returns float32 hidden states)."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         shared = tuple(t.detach().clone() for t in call.tensors[1:])  # masks, positions: read-only
@@ -206,10 +207,9 @@ class LayerGraphs:
         indices, surfaces, samples, signatures = [], [], [], []
         for index in range(start, len(self.layers)):
             layer = self.layers[index]
-            if index > start:
-                hidden = self._output(index - 1, call, (hidden, *shared))
             if not _checkpointed(layer):
-                sample = (hidden.clone().requires_grad_(needs_grad), *shared)
+                dtype, grad = self._inputs.get(index, (hidden.dtype, needs_grad))
+                sample = (hidden.to(dtype).clone().requires_grad_(grad), *shared)
                 layer_call = split_call(*call.rebuild(sample))
                 assert layer_call is not None  # the same structure as ``call``
                 indices.append(index)
@@ -226,10 +226,6 @@ class LayerGraphs:
         for index, signature, function in zip(indices, signatures, graphed, strict=True):
             entries[index] = (signature, function)
         return entries
-
-
-def _first_tensor(output: Any) -> torch.Tensor:
-    return next(t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor))
 
 
 def _checkpointed(layer: nn.Module) -> bool:
