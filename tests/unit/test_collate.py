@@ -133,8 +133,9 @@ def test_fixed_width_packs_every_pass_into_one_shape():
     from qlora_kit.data.collate import fixed_width
 
     auto = AutoPackCollator(PaddedCollator(0, pad_to_multiple_of=8), PackedCollator(pad_token_id=0))
-    wide = fixed_width(auto, 32)
-    assert isinstance(wide, PackedCollator) and wide.width == 32
+    assert fixed_width(auto, 1000).widths == (256, 512, 768, 1000)  # quarters, rounded up to 64
+    wide = fixed_width(auto, 32, n=1)
+    assert isinstance(wide, PackedCollator) and wide.widths == (32,)
     rows = lambda *lengths: [{"input_ids": [1] * n, "labels": [1] * n} for n in lengths]  # noqa: E731
     for lengths in [(3, 5), (16, 16), (31,), (32,)]:  # (16, 16) and (31,): the auto collator would pad them
         batch = wide(rows(*lengths))
@@ -145,8 +146,10 @@ def test_fixed_width_packs_every_pass_into_one_shape():
         # examples of their own (positions restart), none longer than the longest row: a model's
         # position embeddings (GPT-2's stop at 1,024) cover every position the rows use
         assert filler[0] == 0 and max(filler) < max(lengths)
-        assert all(b == a + 1 or b == 0 for a, b in zip(filler, filler[1:]))
+        assert all(b == a + 1 or b == 0 for a, b in zip(filler, filler[1:], strict=False))
     assert wide(rows(40))["input_ids"].shape == (1, 40)  # longer than the width: its own length
     assert wide.tokens([3, 5]) == 32
+    quarters = fixed_width(auto, 1000)
+    assert [quarters.tokens([n]) for n in (1, 256, 257, 700, 999, 1001)] == [256, 256, 512, 768, 1000, 1001]
     padded = PaddedCollator(0)
     assert fixed_width(padded, 32) is padded

@@ -60,13 +60,16 @@ class TrainConfig(StrictModel):
     per layer and pass; on other devices `auto`): for small models whose steps the host bounds, with passes
     of one shape (`data.padding: max_length`); SmolLM2-135M's step on an H200 took 0.039 s against 0.13 s
     compiled and 0.27 s eager. Each new pass shape records new graphs."""
-    cuda_graphs: bool = False
-    """Record each decoder layer's forward and backward as CUDA graphs at the first training pass of each
+    cuda_graphs: bool | Literal["auto"] = False
+    """Record each decoder layer's forward and backward as CUDA graphs at the second training pass of each
     shape and replay them after (one launch per layer and pass; no compilation): for small models whose
     GPU steps the host bounds: the quickstart on an H200 trained in 7.0 s against 29.5 s compiled, 64/64
     both. CUDA only, one process, layers not checkpointed or compiled (`compile: auto` then stays off; an
-    explicit `compile: true` wins and nothing is recorded; a log line says which);
-    passes of few shapes (`data.pad_to_multiple_of`, `data.padding: max_length`) record few times."""
+    explicit `compile: true` wins and nothing is recorded; a log line says which). With a token budget
+    packed passes are filled to quarters of it (few shapes); otherwise passes of few shapes
+    (`data.pad_to_multiple_of`, `data.padding: max_length`) record few times. `auto`: record where
+    nothing else speeds the layers up (`compile: auto` decides first) and this device allows, silently
+    off elsewhere (the CPU), as `examples/configs/seed_improved.yaml` asks."""
     memory_budget_gib: float | None = Field(default=None, gt=0)
     """Most device memory (GiB) the `auto` settings may plan a step to use (default: the device's). They
     take the fastest layout whose planned peak fits it with a 10% margin: a lower budget trades speed for

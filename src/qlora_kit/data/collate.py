@@ -94,17 +94,18 @@ class PackedCollator:
     """Round the row's length up to a multiple of this with filler examples of ``pad_token_id``, never a
     label, none longer than the longest row (fewer distinct shapes for ``train.cuda_graphs``)."""
     pad_token_id: int = 0
-    width: int | None = None
-    """Fill every row shorter than this up to exactly this length the same way (one shape for all passes
-    that fit it: :func:`fixed_width`); longer rows are rounded by ``pad_to_multiple_of``."""
+    widths: tuple[int, ...] = ()
+    """Fill a row up to the smallest of these lengths it fits, the same way (few shapes for all passes:
+    :func:`fixed_width`); longer rows are rounded by ``pad_to_multiple_of``."""
 
     def tokens(self, lengths: Sequence[int]) -> int:
         """Positions a packed batch of rows of these ``lengths`` computes: their sum, rounded up."""
         return sum(lengths) + self._filler(lengths)
 
     def _filler(self, lengths: Sequence[int]) -> int:
-        if self.width is not None and sum(lengths) <= self.width:
-            return self.width - sum(lengths)
+        width = next((w for w in sorted(self.widths) if sum(lengths) <= w), None)
+        if width is not None:
+            return width - sum(lengths)
         multiple = self.pad_to_multiple_of or 1
         return -sum(lengths) % multiple
 
@@ -168,17 +169,24 @@ class AutoPackCollator:
         return chosen(rows)
 
 
-def fixed_width(collate_fn: Any, width: int) -> Any:
-    """``collate_fn`` with every pass packed into one row of ``width`` positions where it packs (a
-    :class:`PackedCollator`, or the packed side of an :class:`AutoPackCollator`): one pass shape for
-    ``train.cuda_graphs``, which records each shape once. Other collators are returned unchanged.
+FIXED_WIDTHS = 4
+"""Pass widths :func:`fixed_width` uses: quarters of the token budget."""
 
-    Filling a pass up to the step's token budget costs compute, which small host-bound models have to
-    spare: on an H200 W1's distilgpt2 step is bound by launches, not by its ~2,100 tokens."""
+
+def fixed_width(collate_fn: Any, budget: int, n: int = FIXED_WIDTHS) -> Any:
+    """``collate_fn`` with every pass packed into one row filled up to the nearest of ``n`` widths (the
+    quarters of ``budget``, rounded up to 64) where it packs (a :class:`PackedCollator`, or the packed side
+    of an :class:`AutoPackCollator`): few pass shapes for ``train.cuda_graphs``, which records each shape
+    once. Other collators are returned unchanged.
+
+    Why quarters, not the budget alone: a packed row is attended with a block-diagonal mask over its whole
+    width, so filling W1's ~2,100-token passes to its 3,604-token budget tripled the attention's time on an
+    H200 (16 of a step's 27 ms on the device); the layers' matmuls cost little at these sizes."""
     packed = collate_fn.packed if isinstance(collate_fn, AutoPackCollator) else collate_fn
     if not isinstance(packed, PackedCollator):
         return collate_fn
-    return replace(packed, width=width)
+    widths = tuple(sorted({min(budget, -(-budget * k // n // 64) * 64) for k in range(1, n + 1)}))
+    return replace(packed, widths=widths)
 
 
 def make_collator(data_cfg: Any, tokenizer: Any, *, attn_implementation: str | None = None) -> Any:

@@ -248,17 +248,18 @@ def speed_up_layers(
     ``compile: auto`` keeps the layers eager, so they can be recorded (an explicit ``compile: true``
     records nothing: its layers are compiled). Returns whether compiled layers record CUDA graphs
     (``compile: cuda_graphs``; the loop then marks each pass) and the recorder of eager layers, if any."""
-    setting = False if cfg.cuda_graphs and cfg.compile == "auto" else cfg.compile
+    setting = False if cfg.cuda_graphs is True and cfg.compile == "auto" else cfg.compile
     compiled = bool(compile_if_wanted(model, setting, device, offloading=offloading))
     graphs = graph_layers_if_wanted(model, cfg.cuda_graphs, device, compiled=compiled)
     return compiled and uses_cuda_graphs(setting, device), graphs
 
 
 def graph_layers_if_wanted(
-    model: Any, wanted: bool, device: torch.device, *, compiled: bool
+    model: Any, wanted: bool | str, device: torch.device, *, compiled: bool
 ) -> LayerGraphs | None:
     """Install :class:`LayerGraphs` on ``model``'s decoder layers if ``train.cuda_graphs`` (``wanted``) can
-    be honoured here; otherwise say why not (a warning) and return None."""
+    be honoured here; otherwise say why not (a warning for ``true``, an info line for ``auto``) and return
+    None."""
     if not wanted:
         return None
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun for every process
@@ -269,18 +270,19 @@ def graph_layers_if_wanted(
         else f"one process only ({processes} here; not tested under DDP / FSDP)" if processes > 1
         else None
     )  # fmt: skip
+    say = logger.warning if wanted is True else logger.info
     if why_not:
-        logger.warning("train.cuda_graphs: off: %s", why_not)
+        say("train.cuda_graphs: off: %s", why_not)
         return None
     copy_gradients_out(model)
     layers = decoder_layers(model)
     checkpointed = sum(_checkpointed(layer) for layer in layers)
     if checkpointed:
-        logger.warning("train.cuda_graphs: %d of %d decoder layers are checkpointed and run eagerly "
+        say("train.cuda_graphs: %d of %d decoder layers are checkpointed and run eagerly "
                        "(set train.grad_checkpointing: false to record them all)", checkpointed, len(layers))  # fmt: skip
     graphs = LayerGraphs(layers)
     logger.info(
-        "train.cuda_graphs: %d decoder layers recorded at the first pass of each shape",
+        "train.cuda_graphs: %d decoder layers recorded at the second pass of each shape",
         len(layers) - checkpointed,
     )
     return graphs
