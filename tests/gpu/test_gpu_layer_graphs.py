@@ -33,9 +33,10 @@ def _losses(run_dir):
 def test_recorded_layers_train_the_same_losses_as_eager(
     tiny_run_config, tmp_path, gpu_device, capsys, layout
 ):
-    """Two passes a step (padded) or one packed pass rounded to 64 tokens: every step's loss as eager, so
-    the gradients of a pass survive the next pass's replay (they are copied out of the graphs' memory)."""
-    cfg = tiny_run_config(max_steps=4, micro_batch_size=2, grad_accum=2, log_every=1)
+    """Two passes a step (padded) or one packed pass filled to a quarter of the token budget: every step's
+    loss as eager, so the gradients of a pass survive the next pass's replay (they are copied out of the
+    graphs' memory). Six steps: some packed width repeats (there are four), so something is recorded."""
+    cfg = tiny_run_config(max_steps=6, micro_batch_size=2, grad_accum=2, log_every=1)
     common = [str(cfg), "adapter.dropout=0", *layout]
     assert main(["train", *common]) == 0
     capsys.readouterr()
@@ -47,7 +48,7 @@ def test_recorded_layers_train_the_same_losses_as_eager(
         and "recorded 2 layers for a new pass shape" in err
     )
     eager = _losses(tmp_path / "run")
-    assert len(eager) == 4
+    assert len(eager) == 6
     assert _losses(graphs) == pytest.approx(eager, rel=1e-4)
 
 
