@@ -156,6 +156,11 @@ class LayerGraphs:
         self.replays += first
         return entry[1](*call.tensors)
 
+    def _accumulating(self) -> bool:
+        """Whether a trainable parameter holds a gradient (a later pass of a step): capturing then fails on
+        the H200 (AccumulateGrad's stream differs from the capture's: cudaErrorStreamCaptureInvalidated)."""
+        return any(p.grad is not None for layer in self.layers for p in layer.parameters() if p.requires_grad)
+
     def _mismatch(self, index: int, recorded: Hashable, got: Hashable) -> None:
         """Count a layer call that runs eagerly because its inputs differ from its recording; say so once."""
         self.mismatches += 1
@@ -183,6 +188,8 @@ class LayerGraphs:
         if key not in self._seen:  # its first pass runs eagerly, so that each layer's input is known
             self._seen.add(key)
             return None
+        if self._accumulating():
+            return None  # wait for a step's first pass
         try:
             found = self._record(call, start)
         except Exception as error:  # noqa: BLE001 - any failure to record means: run this shape eagerly
