@@ -212,17 +212,22 @@ class _Upcast(torch.nn.Module):
         return hidden.float() * self.weight
 
 
-def test_each_layer_is_recorded_with_the_input_dtype_the_layer_before_gives_it(fake_recording):
+def test_layers_are_recorded_at_a_steps_first_pass_with_the_inputs_the_eager_pass_showed(fake_recording):
     layers = torch.nn.ModuleList([_Upcast(), _Upcast()]).train()
     graphs = LayerGraphs(layers)
-    for _ in range(3):
-        hidden = torch.ones(1, 3, 4, dtype=torch.bfloat16)
-        for layer in layers:
-            hidden = layer(hidden)
-        hidden.sum().backward()
-    assert graphs.replays == 2 and graphs.mismatches == 0  # the first pass eager, then both layers replayed
+
+    def step(passes):
+        layers.zero_grad(set_to_none=True)
+        for _ in range(passes):
+            hidden = torch.ones(1, 3, 4, dtype=torch.bfloat16)
+            for layer in layers:
+                hidden = layer(hidden)
+            hidden.sum().backward()
+
+    step(passes=2)  # the first pass eager (it shows the inputs); the second holds gradients: not recorded
+    assert fake_recording == [] and graphs.replays == 0
+    step(passes=1)  # a step's first pass: recorded and replayed
+    assert graphs.replays == 1 and graphs.mismatches == 0
     assert [s[0].dtype for s in fake_recording.samples] == [torch.bfloat16, torch.float32]
     assert [s[0].requires_grad for s in fake_recording.samples] == [False, True]
-    torch.testing.assert_close(
-        layers[0].weight.grad, torch.full((4,), 3 * 2 * 3.0)
-    )  # d/dw0 of w0 w1, 3 passes
+    torch.testing.assert_close(layers[0].weight.grad, torch.full((4,), 2 * 3.0))  # d/dw0 of sum(w0 w1)
