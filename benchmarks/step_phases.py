@@ -155,8 +155,8 @@ def print_kernels(profiler: Any, steps: int, rows: int = 20) -> None:
 
 
 def _instrument_forward(clock_holder: dict[str, PhaseClock]) -> Callable[[], None]:
-    """Time two parts of "forward + loss" apart: the model without its head (the head-split losses) and
-    the attention mask transformers builds before the decoder layers."""
+    """Time two parts of "forward + loss" apart: the model without its head (the head-split losses) and,
+    inside it, the attention mask transformers builds before the decoder layers."""
     import transformers.masking_utils as masking
     from transformers.models.gpt2 import modeling_gpt2
     from transformers.models.llama import modeling_llama

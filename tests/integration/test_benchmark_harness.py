@@ -154,7 +154,8 @@ def test_step_phases_attributes_each_step_of_a_cli_run(tiny_run_config, tmp_path
     assert set(report["phases_ms"]) - parts == {"collate", "forward + loss", "backward", "clip", "optimizer",
                                                 "zero_grad", "schedule", "between steps", "unattributed"}  # fmt: skip
     assert "> attention mask" in parts
-    assert sum(report["phases_ms"][k] for k in parts) <= report["phases_ms"]["forward + loss"]
+    # each a part of forward + loss (the mask is built inside the model's forward, so they nest)
+    assert all(report["phases_ms"][k] <= report["phases_ms"]["forward + loss"] for k in parts)
     inside = sum(
         v for k, v in report["phases_ms"].items() if k not in ("collate", "between steps") and k not in parts
     )
