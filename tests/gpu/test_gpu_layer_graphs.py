@@ -62,7 +62,7 @@ def test_replays_draw_new_dropout_masks(tiny_llama_dir, gpu_device, monkeypatch,
     from qlora_kit.model import ModelLoader, lora_dropout
     from qlora_kit.model.adapters import AdapterBuilder
     from qlora_kit.model.quant import Bnb4bit
-    from qlora_kit.training.layer_graphs import graph_layers_if_wanted
+    from qlora_kit.training.speedups import graph_layers_if_wanted
 
     if light:
         monkeypatch.setattr(lora_dropout, "LIGHT_MIN_HIDDEN", 0)  # the tiny model gets it too

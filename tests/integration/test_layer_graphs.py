@@ -11,7 +11,7 @@ import torch
 
 from qlora_kit.cli import main
 from qlora_kit.testing import make_tiny_llama
-from qlora_kit.training import layer_graphs
+from qlora_kit.training import layer_graphs, speedups
 from qlora_kit.training.layer_graphs import LayerGraphs, split_call
 
 
@@ -139,12 +139,10 @@ def test_speed_up_layers_lets_cuda_graphs_keep_the_layers_eager(tokenizer, monke
                                                                recorder):  # fmt: skip
     """On a (pretend) CUDA device: what `train.compile` and `train.cuda_graphs` together do to the layers."""
     asked = []
-    monkeypatch.setattr(layer_graphs, "compile_if_wanted",
+    monkeypatch.setattr(speedups, "compile_if_wanted",
                         lambda model, setting, device, offloading: asked.append(setting) or (2 if setting else 0))  # fmt: skip
     model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
-    marks, graphs = layer_graphs.speed_up_layers(
-        model, _train_section(**settings), torch.device("cuda"), False
-    )
+    marks, graphs = speedups.speed_up_layers(model, _train_section(**settings), torch.device("cuda"), False)
     assert asked == [False if compiled_layers == 0 else settings.get("compile", "auto")]
     assert marks is False and (graphs is not None) is recorder
     if graphs is not None:
@@ -156,8 +154,8 @@ def test_checkpointed_layers_are_named_as_running_eagerly(tokenizer, caplog):
 
     model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=2)
     set_grad_checkpointing(model, True, first_layers=1)
-    with caplog.at_level(logging.WARNING, logger="qlora_kit.training.layer_graphs"):
-        graphs = layer_graphs.graph_layers_if_wanted(model, True, torch.device("cuda"), compiled=False)
+    with caplog.at_level(logging.WARNING, logger="qlora_kit.training.speedups"):
+        graphs = speedups.graph_layers_if_wanted(model, True, torch.device("cuda"), compiled=False)
     assert "train.cuda_graphs: 1 of 2 decoder layers are checkpointed and run eagerly" in caplog.text
     graphs.remove()
 
@@ -231,3 +229,20 @@ def test_layers_are_recorded_at_a_steps_first_pass_with_the_inputs_the_eager_pas
     assert [s[0].dtype for s in fake_recording.samples] == [torch.bfloat16, torch.float32]
     assert [s[0].requires_grad for s in fake_recording.samples] == [False, True]
     torch.testing.assert_close(layers[0].weight.grad, torch.full((4,), 2 * 3.0))  # d/dw0 of sum(w0 w1)
+
+
+def test_gradient_copy_hooks_are_idle_while_recording(tokenizer, fake_recording, monkeypatch):
+    """A parameter hook's copy would run on its AccumulateGrad node's stream, not the capture's: the hooks
+    return the gradient as it is while recording, and copy again after."""
+    from qlora_kit.training.compiling import GradientCopies
+
+    seen = []
+    recording = torch.cuda.make_graphed_callables  # the fixture's stand-in
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables",
+                        lambda *a, **k: seen.append(GradientCopies.several_passes) or recording(*a, **k))  # fmt: skip
+    monkeypatch.setattr(GradientCopies, "several_passes", True)  # a step of several passes
+    model = make_tiny_llama(tokenizer=tokenizer, num_hidden_layers=1)
+    graphs = LayerGraphs(model.model.layers)
+    for _ in range(2):
+        _train_step(model, torch.arange(1, 9)[None])
+    assert seen == [False] and GradientCopies.several_passes is True and graphs.replays == 1

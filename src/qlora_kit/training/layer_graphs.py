@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +45,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from qlora_kit.compat import decoder_layers
-from qlora_kit.training.compiling import compile_if_wanted, copy_gradients_out, uses_cuda_graphs
+from qlora_kit.training.compiling import GradientCopies
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ class LayerGraphs:
 
     def _forward(self, index: int, *args: Any, **kwargs: Any) -> Any:
         layer, original = self.layers[index], self.originals[index]
-        eager = not (layer.training and torch.is_grad_enabled()) or _checkpointed(layer)
+        eager = not (layer.training and torch.is_grad_enabled()) or checkpointed_layer(layer)
         call = None if eager else split_call(args, kwargs)
         if call is None:
             return original(*args, **kwargs)
@@ -174,7 +173,7 @@ class LayerGraphs:
 
     def _first_recordable(self) -> int:
         """The first layer that is not checkpointed (-1: none): its call chooses the pass's recording."""
-        return next((i for i, layer in enumerate(self.layers) if not _checkpointed(layer)), -1)
+        return next((i for i, layer in enumerate(self.layers) if not checkpointed_layer(layer)), -1)
 
     def _recording_for(self, call: LayerCall, start: int) -> list[Entry | None] | None:
         """The recording for ``call``, the first recordable layer's (``start``), made now if it is new (and
@@ -214,7 +213,7 @@ class LayerGraphs:
         indices, surfaces, samples, signatures = [], [], [], []
         for index in range(start, len(self.layers)):
             layer = self.layers[index]
-            if not _checkpointed(layer):
+            if not checkpointed_layer(layer):
                 dtype, grad = self._inputs.get(index, (hidden.dtype, needs_grad))
                 sample = (hidden.to(dtype).clone().requires_grad_(grad), *shared)
                 layer_call = split_call(*call.rebuild(sample))
@@ -224,7 +223,7 @@ class LayerGraphs:
                 samples.append(sample)
                 signatures.append(layer_call.signature)
             needs_grad = needs_grad or any(p.requires_grad for p in layer.parameters())
-        with _recording_autocast(hidden.device.type):
+        with _recording_autocast(hidden.device.type), _no_gradient_copies():
             graphed = torch.cuda.make_graphed_callables(
                 tuple(surfaces), tuple(samples), num_warmup_iters=WARMUP_PASSES, allow_unused_input=True,
                 pool=self._pool,
@@ -235,7 +234,20 @@ class LayerGraphs:
         return entries
 
 
-def _checkpointed(layer: nn.Module) -> bool:
+@contextmanager
+def _no_gradient_copies() -> Iterator[None]:
+    """The gradient-copy hooks as no-ops while recording: the recording's gradients are returned, never
+    accumulated, and a copy made by a parameter's hook would run on its AccumulateGrad node's stream, not the
+    capture's (after an eager backward the H200 run invalidated such a capture: call 38)."""
+    before = GradientCopies.several_passes
+    GradientCopies.several_passes = False
+    try:
+        yield
+    finally:
+        GradientCopies.several_passes = before
+
+
+def checkpointed_layer(layer: nn.Module) -> bool:
     """Whether ``layer`` recomputes its forward in the backward pass (transformers' per-layer flag)."""
     return bool(getattr(layer, "gradient_checkpointing", False))
 
@@ -245,51 +257,3 @@ def _recording_autocast(device_type: str) -> Any:
     enabled = torch.is_autocast_enabled(device_type)
     return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), enabled=enabled,
                           cache_enabled=False)  # fmt: skip
-
-
-def speed_up_layers(
-    model: Any, cfg: Any, device: torch.device, offloading: bool
-) -> tuple[bool, LayerGraphs | None]:
-    """Compile ``model``'s decoder layers and/or record them as CUDA graphs, as the ``train`` section
-    ``cfg`` asks (``compile``, ``cuda_graphs``) and this device allows. ``cuda_graphs: true`` with
-    ``compile: auto`` keeps the layers eager, so they can be recorded (an explicit ``compile: true``
-    records nothing: its layers are compiled). Returns whether compiled layers record CUDA graphs
-    (``compile: cuda_graphs``; the loop then marks each pass) and the recorder of eager layers, if any."""
-    setting = False if cfg.cuda_graphs is True and cfg.compile == "auto" else cfg.compile
-    compiled = bool(compile_if_wanted(model, setting, device, offloading=offloading))
-    graphs = graph_layers_if_wanted(model, cfg.cuda_graphs, device, compiled=compiled)
-    return compiled and uses_cuda_graphs(setting, device), graphs
-
-
-def graph_layers_if_wanted(
-    model: Any, wanted: bool | str, device: torch.device, *, compiled: bool
-) -> LayerGraphs | None:
-    """Install :class:`LayerGraphs` on ``model``'s decoder layers if ``train.cuda_graphs`` (``wanted``) can
-    be honoured here; otherwise say why not (a warning for ``true``, an info line for ``auto``) and return
-    None."""
-    if not wanted:
-        return None
-    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate / torchrun for every process
-    why_not = (
-        f"CUDA only (this run is on {device.type})" if device.type != "cuda"
-        else "the layers are compiled (train.compile: false records them; cuda_graphs compiles and records)"
-        if compiled
-        else f"one process only ({processes} here; not tested under DDP / FSDP)" if processes > 1
-        else None
-    )  # fmt: skip
-    say = logger.warning if wanted is True else logger.info
-    if why_not:
-        say("train.cuda_graphs: off: %s", why_not)
-        return None
-    copy_gradients_out(model)
-    layers = decoder_layers(model)
-    checkpointed = sum(_checkpointed(layer) for layer in layers)
-    if checkpointed:
-        say("train.cuda_graphs: %d of %d decoder layers are checkpointed and run eagerly "
-                       "(set train.grad_checkpointing: false to record them all)", checkpointed, len(layers))  # fmt: skip
-    graphs = LayerGraphs(layers)
-    logger.info(
-        "train.cuda_graphs: %d decoder layers recorded at the second pass of each shape",
-        len(layers) - checkpointed,
-    )
-    return graphs

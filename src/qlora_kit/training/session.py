@@ -36,10 +36,10 @@ from qlora_kit.training.distributed import (
     reshard_root,
 )
 from qlora_kit.training.evaluation import GENERATIONS_FILE
-from qlora_kit.training.layer_graphs import speed_up_layers
 from qlora_kit.training.layout import StepLayout, apply_memory_layout, lean_on_every_layer
 from qlora_kit.training.result import TrainResult
 from qlora_kit.training.resume import adapter_fingerprint, check_resumable, data_fingerprint
+from qlora_kit.training.speedups import speed_up_layers
 from qlora_kit.training.state import TrainerState
 from qlora_kit.training.tracking import MetricsLogger, truncate_jsonl
 
