@@ -130,15 +130,15 @@ def test_uses_cuda_graphs(setting, device, expected):
 def test_each_pass_is_marked_for_cuda_graphs(tiny_run_config, tmp_path, monkeypatch):
     """With CUDA graphs the loop marks the start of every forward pass (two per step here), so a replay may
     reuse the previous pass's graph memory; without them it marks none."""
-    from qlora_kit.training import layer_graphs, loop
+    from qlora_kit.training import loop, speedups
 
     marks = []
     monkeypatch.setattr(loop, "begin_pass", lambda: marks.append(1))
     cfg = str(tiny_run_config(max_steps=3, micro_batch_size=2, grad_accum=2, micro_batch_tokens=None))
     assert main(["train", cfg]) == 0
     assert marks == []
-    monkeypatch.setattr(layer_graphs, "compile_if_wanted", lambda *a, **k: 2)  # as if two were compiled
-    monkeypatch.setattr(layer_graphs, "uses_cuda_graphs", lambda setting, device: setting == "cuda_graphs")
+    monkeypatch.setattr(speedups, "compile_if_wanted", lambda *a, **k: 2)  # as if two were compiled
+    monkeypatch.setattr(speedups, "uses_cuda_graphs", lambda setting, device: setting == "cuda_graphs")
     assert main(["train", cfg, "train.compile=cuda_graphs", f"output_dir={tmp_path / 'graphs'}"]) == 0
     assert len(marks) == 6
 
