@@ -326,8 +326,9 @@ def test_rows_without_labels_are_refused(tiny_llama_dir, tmp_path):
 
 def test_evaluation_lays_its_rows_out_by_the_token_budget(tiny_llama_dir, tmp_path, monkeypatch):
     """Without eval_batch_size, evaluation packs its rows into passes of the training pass's budget (fewer
-    passes than micro_batch_size rows each), and the eval loss is the same as one row per pass."""
-    from qlora_kit.training import loop
+    passes than micro_batch_size rows each) on CUDA (here: on the CPU as if it were), and the eval loss is
+    the same as one row per pass. On the CPU itself it keeps micro_batch_size rows a pass."""
+    from qlora_kit.training import layout, loop
 
     passes_seen = []
     original = loop.evaluate
@@ -338,6 +339,10 @@ def test_evaluation_lays_its_rows_out_by_the_token_budget(tiny_llama_dir, tmp_pa
 
     monkeypatch.setattr(loop, "evaluate", spy)
     rows, eval_rows = token_rows(8), token_rows(12, seed=5)
+    Trainer(config(max_steps=1, eval_at_start=False, micro_batch_tokens=64), output_dir=tmp_path / "cpu",
+            collate_fn=PackedCollator()).fit(qlora_model(tiny_llama_dir), rows, eval_rows)  # fmt: skip
+    assert passes_seen.pop() is None  # the CPU: micro_batch_size rows a pass
+    monkeypatch.setattr(layout, "BUDGETED_EVAL_DEVICES", ("cuda", "cpu"))
     losses = {}
     for name, settings in {"budget": {"micro_batch_tokens": 64}, "rows": {"eval_batch_size": 1}}.items():
         result = Trainer(config(max_steps=1, eval_at_start=False, **settings), output_dir=tmp_path / name,

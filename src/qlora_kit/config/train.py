@@ -96,9 +96,10 @@ class TrainConfig(StrictModel):
     """Evaluate once before the first step (when there is eval data), so every eval curve starts at the
     untrained model's loss (not repeated when a run resumes)."""
     eval_batch_size: int | None = Field(default=None, gt=0)
-    """Rows per evaluation forward pass. Default: the rows laid out into passes of the training pass's token
-    budget (`micro_batch_tokens`), which they fit with room to spare (no gradients are kept); without a
-    budget, `micro_batch_size` rows."""
+    """Rows per evaluation forward pass. Default: on CUDA the rows laid out into passes of the training pass's
+    token budget (`micro_batch_tokens`), which they fit with room to spare (no gradients are kept): W1's
+    evaluation on an H200 ~560 -> ~76 ms; elsewhere, or without a budget, `micro_batch_size` rows (on 2 CPU
+    cores, which compute, fewer larger passes were slower: 6.9 s against 9.0-10.9 s)."""
     save_every: int | None = Field(default=None, gt=0)
     """Optimizer steps between checkpoints (always one at the end)."""
     keep_last: int = Field(default=2, gt=0)

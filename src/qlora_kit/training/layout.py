@@ -15,6 +15,12 @@ from qlora_kit.planning.live import MemoryDecision, choose_layout
 from qlora_kit.training.batches import epoch_batches, pack_rows, row_lengths, token_budget_windows, windows
 from qlora_kit.training.offload import OffloadHandle, enable_offloaded_checkpointing
 
+BUDGETED_EVAL_DEVICES = ("cuda",)
+"""Where evaluation takes passes of the token budget. On an H200 W1's evaluation of 45 rows went from ~560 to
+~76 ms (the host bounds its 2-row passes); on 2 CPU cores, which compute, it took 6.9 s in 2-row passes against
+10.9 s packed into 3 budget passes (block-diagonal attention over each pass) and 9.0 s padded into 4
+(``benchmarks/eval_layouts.py``)."""
+
 
 class StepLayout:
     """The windows of every epoch for one process, and the memory decision they were laid out by.
@@ -52,8 +58,9 @@ class StepLayout:
 
     def eval_passes(self, rows: Sequence[Any]) -> list[list[int]] | None:
         """``rows`` (evaluation rows) laid out into passes of the training pass's token budget, which they
-        fit with room to spare (no gradients, no saved activations); None when passes are counted in rows."""
-        if self.memory.budget is None:
+        fit with room to spare (no gradients, no saved activations), on the devices of
+        :data:`BUDGETED_EVAL_DEVICES`; None (``micro_batch_size`` rows a pass) elsewhere or without a budget."""
+        if self.memory.budget is None or self.accelerator.device.type not in BUDGETED_EVAL_DEVICES:
             return None
         if self._eval_passes is None or self._eval_passes[0] is not rows:  # the same rows at every evaluation
             passes = pack_rows(

@@ -226,7 +226,7 @@ class Trainer:
         acc, cfg = s.accelerator, self.cfg
         started = time.perf_counter()
         bare = acc.unwrap_model(s.model)  # no DDP collectives in eval; autocast is kept
-        # eval_batch_size unset: the rows in passes of the training pass's token budget, if there is one
+        # eval_batch_size unset: on CUDA the rows in passes of the training pass's token budget, if any
         passes = None if cfg.eval_batch_size else s.layout.eval_passes(eval_data)
         metrics = evaluate(bare, eval_data, self.collate_fn, cfg.eval_batch_size or cfg.micro_batch_size,
                            s.loss_fn, acc, passes)  # fmt: skip
