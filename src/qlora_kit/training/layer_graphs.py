@@ -13,9 +13,10 @@ How :class:`LayerGraphs` uses it:
   inputs and the values of its other arguments (its *signature*). The first training pass of a new
   signature (that of the first layer not checkpointed) runs eagerly, which shows what each layer gets
   (a layer may change the hidden states' dtype: GPT-2's first one turns bf16 embeddings into float32);
-  at its second pass every layer not checkpointed is recorded at once, in one memory pool shared by all recordings: passes run one at a time, forwards in layer order
-  and backwards in reverse, the order they were recorded in, so recordings can reuse each other's memory. Later passes of that signature replay the graphs; inputs are
-  copied into the graphs' own tensors first. Batches of few shapes (``data.padding: max_length``, or
+  at its next pass that starts a step every layer not checkpointed is recorded at once, in one memory
+  pool shared by all recordings: passes run one at a time, forwards in layer order and backwards in
+  reverse, the order they were recorded in, so recordings can reuse each other's memory. Later passes of
+  that signature replay the graphs; inputs are copied into the graphs' own tensors first. Batches of few shapes (``data.padding: max_length``, or
   ``data.pad_to_multiple_of``) record few times; at most :data:`MAX_SIGNATURES` are recorded, and passes
   of further shapes run eagerly.
 * **Eager where it cannot record.** Evaluation and generation (no gradients), checkpointed layers (their
@@ -156,16 +157,17 @@ class LayerGraphs:
         return entry[1](*call.tensors)
 
     def _accumulating(self) -> bool:
-        """Whether a trainable parameter holds a gradient (a later pass of a step): capturing then fails on
-        the H200 (AccumulateGrad's stream differs from the capture's: cudaErrorStreamCaptureInvalidated)."""
+        """Whether a trainable parameter holds a gradient (a later pass of a step). A capture at a step's
+        second pass failed on the H200 (call 38: "AccumulateGrad node's stream does not match",
+        cudaErrorStreamCaptureInvalidated); recording waits for a first pass, beside
+        :func:`_no_gradient_copies` (which of the two guards was needed is not yet measured)."""
         return any(p.grad is not None for layer in self.layers for p in layer.parameters() if p.requires_grad)
 
     def _mismatch(self, index: int, recorded: Hashable, got: Hashable) -> None:
         """Count a layer call that runs eagerly because its inputs differ from its recording; say so once."""
         self.mismatches += 1
-        if (
-            self.mismatches == 1
-        ):  # signatures are (structure, plain values, tensor shapes): name the first that differs
+        if self.mismatches == 1:
+            # signatures are (structure, plain values, tensor shapes): name the first part that differs
             part = next(i for i, (a, b) in enumerate(zip(recorded, got, strict=True)) if a != b)  # type: ignore[call-overload]
             logger.warning("cuda_graphs: layer %d's inputs differ from its recording, so it runs eagerly "
                            "(%s: recorded %s, called with %s)", index, ("structure", "values", "tensors")[part],
