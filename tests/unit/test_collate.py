@@ -130,11 +130,11 @@ def test_packed_rows_rounded_up_with_a_masked_example_keep_the_loss(tokenizer):
 def test_fixed_width_packs_every_pass_into_one_shape():
     """train.cuda_graphs with a token budget: every pass that fits is packed and filled to the budget, so one
     recording serves them all; a longer row keeps its own length; padded-only collators are left alone."""
-    from qlora_kit.data.collate import fixed_width
+    from qlora_kit.data.collate import bucketed_widths
 
     auto = AutoPackCollator(PaddedCollator(0, pad_to_multiple_of=8), PackedCollator(pad_token_id=0))
-    assert fixed_width(auto, 1000).widths == (256, 512, 768, 1000)  # quarters, rounded up to 64
-    wide = fixed_width(auto, 32, n=1)
+    assert bucketed_widths(auto, 1000).widths == (256, 512, 768, 1000)  # quarters, rounded up to 64
+    wide = bucketed_widths(auto, 32, n=1)
     assert isinstance(wide, PackedCollator) and wide.widths == (32,)
     rows = lambda *lengths: [{"input_ids": [1] * n, "labels": [1] * n} for n in lengths]  # noqa: E731
     for lengths in [(3, 5), (16, 16), (31,), (32,)]:  # (16, 16) and (31,): the auto collator would pad them
@@ -149,7 +149,7 @@ def test_fixed_width_packs_every_pass_into_one_shape():
         assert all(b == a + 1 or b == 0 for a, b in zip(filler, filler[1:], strict=False))
     assert wide(rows(40))["input_ids"].shape == (1, 40)  # longer than the width: its own length
     assert wide.tokens([3, 5]) == 32
-    quarters = fixed_width(auto, 1000)
+    quarters = bucketed_widths(auto, 1000)
     assert [quarters.tokens([n]) for n in (1, 256, 257, 700, 999, 1001)] == [256, 256, 512, 768, 1000, 1001]
     padded = PaddedCollator(0)
-    assert fixed_width(padded, 32) is padded
+    assert bucketed_widths(padded, 32) is padded

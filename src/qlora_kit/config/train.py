@@ -63,7 +63,7 @@ class TrainConfig(StrictModel):
     cuda_graphs: bool | Literal["auto"] = False
     """Record each decoder layer's forward and backward as CUDA graphs at the second training pass of each
     shape and replay them after (one launch per layer and pass; no compilation): for small models whose
-    GPU steps the host bounds: the quickstart on an H200 trained in 7.0 s against 29.5 s compiled, 64/64
+    GPU steps the host bounds: the quickstart on an H200 trained in 6.0 s against 29.5 s compiled, 64/64
     both. CUDA only, one process, layers not checkpointed or compiled (`compile: auto` then stays off; an
     explicit `compile: true` wins and nothing is recorded; a log line says which). With a token budget
     packed passes are filled to quarters of it (few shapes); otherwise passes of few shapes

@@ -96,18 +96,18 @@ class PackedCollator:
     pad_token_id: int = 0
     widths: tuple[int, ...] = ()
     """Fill a row up to the smallest of these lengths it fits, the same way (few shapes for all passes:
-    :func:`fixed_width`); longer rows are rounded by ``pad_to_multiple_of``."""
+    :func:`bucketed_widths`); longer rows are rounded by ``pad_to_multiple_of``."""
 
     def tokens(self, lengths: Sequence[int]) -> int:
         """Positions a packed batch of rows of these ``lengths`` computes: their sum, rounded up."""
         return sum(lengths) + self._filler(lengths)
 
     def _filler(self, lengths: Sequence[int]) -> int:
-        width = next((w for w in sorted(self.widths) if sum(lengths) <= w), None)
+        total = sum(lengths)
+        width = min((w for w in self.widths if total <= w), default=None)
         if width is not None:
-            return width - sum(lengths)
-        multiple = self.pad_to_multiple_of or 1
-        return -sum(lengths) % multiple
+            return width - total
+        return -total % (self.pad_to_multiple_of or 1)
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         filler = self._filler([len(r["input_ids"]) for r in rows])
@@ -169,11 +169,11 @@ class AutoPackCollator:
         return chosen(rows)
 
 
-FIXED_WIDTHS = 4
-"""Pass widths :func:`fixed_width` uses: quarters of the token budget."""
+WIDTH_BUCKETS = 4
+"""Pass widths :func:`bucketed_widths` uses: quarters of the token budget."""
 
 
-def fixed_width(collate_fn: Any, budget: int, n: int = FIXED_WIDTHS) -> Any:
+def bucketed_widths(collate_fn: Any, budget: int, n: int = WIDTH_BUCKETS) -> Any:
     """``collate_fn`` with every pass packed into one row filled up to the nearest of ``n`` widths (the
     quarters of ``budget``, rounded up to 64) where it packs (a :class:`PackedCollator`, or the packed side
     of an :class:`AutoPackCollator`): few pass shapes for ``train.cuda_graphs``, which records each shape

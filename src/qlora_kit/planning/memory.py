@@ -67,9 +67,10 @@ ALLOCATOR_SLACK = 0.05
 """Reserved minus allocated at the peak, as a fraction of the peak. Assumed; calibrate on the GPU
 (``max_memory_reserved / max_memory_allocated - 1`` of the W2/W3 runs)."""
 LOSS_CHUNK_TOKENS = 512
-PLAIN_HEAD_LOGITS_BYTES = 512 * 2**20
-"""The fused loss's plain-head bound (``head_loss.PLAIN_HEAD_LOGITS_BYTES``)."""
 """Rows per chunk of the chunked loss for a 128k vocabulary (``head_loss.default_chunk_tokens``)."""
+PLAIN_HEAD_LOGITS_BYTES = 512 * 2**20
+"""The fused loss's plain-head bound (``head_loss.PLAIN_HEAD_LOGITS_BYTES``; not imported from there:
+training imports planning, so planning keeps its own copy, checked equal by a test)."""
 
 
 @dataclass

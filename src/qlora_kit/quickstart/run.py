@@ -57,9 +57,10 @@ def quickstart_config(
     """The quickstart's :class:`~qlora_kit.config.RunConfig` (shown in ``run_config.yaml``).
 
     On CUDA (``cuda``; default: whether torch sees a GPU) the decoder layers are recorded as CUDA graphs
-    (``train.cuda_graphs``) and every pass rounded to 64 tokens, so one shape is recorded once: the model
-    is so small that the host's work per pass bounds a GPU step. On an H200 (benchmarks/RESULTS.md, call
-    34) a second run trained in 7.0 s, 30 s in all, 64/64 correct; compiled layers took 29.5 s and 47 s.
+    (``train.cuda_graphs``) and passes rounded to 64 tokens (filled to quarters of the token budget when
+    there is one), so few shapes are recorded: the model is so small that the host's work per pass bounds
+    a GPU step. On an H200 (benchmarks/RESULTS.md, call 39) a second run trained in 6.0 s, 22 s in all,
+    64/64 correct; compiled layers took 29.5 s and 47 s.
     No evaluation before training (the base model's held-out loss is scored anyway), and the held-out rows
     in one evaluation pass."""
     from qlora_kit.config.io import load_config

@@ -16,9 +16,10 @@ How :class:`LayerGraphs` uses it:
   at its next pass that starts a step every layer not checkpointed is recorded at once, in one memory
   pool shared by all recordings: passes run one at a time, forwards in layer order and backwards in
   reverse, the order they were recorded in, so recordings can reuse each other's memory. Later passes of
-  that signature replay the graphs; inputs are copied into the graphs' own tensors first. Batches of few shapes (``data.padding: max_length``, or
-  ``data.pad_to_multiple_of``) record few times; at most :data:`MAX_SIGNATURES` are recorded, and passes
-  of further shapes run eagerly.
+  that signature replay the graphs; inputs are copied into the graphs' own tensors first. Batches of few
+  shapes (packed passes filled to quarters of a token budget: ``data.collate.bucketed_widths``;
+  ``data.padding: max_length``; ``data.pad_to_multiple_of``) record few times; at most
+  :data:`MAX_SIGNATURES` are recorded, and passes of further shapes run eagerly.
 * **Eager where it cannot record.** Evaluation and generation (no gradients), checkpointed layers (their
   recompute happens outside the recorded backward) and arguments that are neither tensors nor plain
   values run eagerly. So do signatures whose recording failed (e.g. flash attention's variable-length

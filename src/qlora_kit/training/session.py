@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from qlora_kit.data.collate import fixed_width
+from qlora_kit.data.collate import bucketed_widths
 from qlora_kit.errors import DataError
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.planning.live import check_first_step
@@ -142,8 +142,8 @@ class TrainingSession:
         self._offload = apply_memory_layout(model, self.memory)
         # cuda_graphs: the compiled layers record graphs (the loop marks passes); _graphs: eager ones do
         self.cuda_graphs, self._graphs = speed_up_layers(model, cfg, acc.device, self._offload is not None)
-        if self._graphs is not None and self.memory.budget:  # packed passes of one shape: one recording
-            self.collate_fn = fixed_width(self.collate_fn, self.memory.budget)
+        if self._graphs is not None and self.memory.budget:  # packed passes of four widths: few recordings
+            self.collate_fn = bucketed_widths(self.collate_fn, self.memory.budget)
         keep_4bit_weights_trainable(model)
         model.train()
         optimizer = cfg.optimizer.build().create(model)
