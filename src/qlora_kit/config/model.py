@@ -25,8 +25,13 @@ class ModelConfig(StrictModel):
     """Tokenizer hub id or directory when it differs from `name_or_path`."""
     trust_remote_code: bool = False
     """Run code shipped with the model repository. Off unless you trust the source."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] | None = None
-    """Attention kernel; None lets transformers choose (sdpa where available)."""
+    attn_implementation: (
+        Literal["sdpa", "sdpa_varlen", "eager", "flash_attention_2", "flash_attention_3"] | None
+    ) = None
+    """Attention kernel. None (the default): transformers chooses (sdpa where available), and on a CUDA GPU
+    with a 16-bit compute dtype qlora_kit switches an SDPA model to `sdpa_varlen`: SDPA, but packed training
+    passes run flash attention's variable-length kernel, so packed examples cost their own lengths, not a
+    block-diagonal mask over the whole pass. `sdpa` keeps plain SDPA; `sdpa_varlen` needs CUDA."""
     pad_token: Literal["keep", "eos", "unk", "add"] = "eos"
     """Pad-token policy when the tokenizer has none: reuse `eos` (safe here: labels come from the
     formatter's segments and padding is masked by length, so EOS is still trained), reuse `unk`, `add` a

@@ -22,9 +22,12 @@ from typing import Any
 import torch
 
 from qlora_kit.formatting.tokens import IGNORE_INDEX, pad_token_id
+from qlora_kit.model.varlen_attention import NAME as VARLEN
+from qlora_kit.model.varlen_attention import cumulative_lengths
 
 PACKING_ATTENTION = (
     "sdpa",
+    "sdpa_varlen",
     "eager",
     "flex_attention",
     "flash_attention_2",
@@ -86,10 +89,14 @@ class PackedCollator:
     of each example is never a label: it would otherwise be predicted from the previous example.
     With ``flash_kwargs`` it also returns ``cu_seq_lens_q/k`` (int32 cumulative lengths) and
     ``max_length_q/k`` (0-d int32 tensors), which flash attention uses directly instead of deriving them from the
-    positions in every layer.
+    positions in every layer. With ``varlen_kwargs`` instead (for :mod:`qlora_kit.model.varlen_attention`),
+    the cumulative lengths are padded with empty sequences to a power of two and ``max_length_q/k`` are the
+    row's width as plain ints: every pass of one width has one signature for ``train.cuda_graphs``, and the
+    attention reads no length from the device.
     """
 
     flash_kwargs: bool = False
+    varlen_kwargs: bool = False
     pad_to_multiple_of: int | None = None
     """Round the row's length up to a multiple of this with filler examples of ``pad_token_id``, never a
     label, none longer than the longest row (fewer distinct shapes for ``train.cuda_graphs``)."""
@@ -134,7 +141,16 @@ class PackedCollator:
             # value of the batch moves to the device with `.to()`.
             longest = torch.tensor(max(lengths), dtype=torch.int32)
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+        elif self.varlen_kwargs:
+            cu = cumulative_lengths(lengths)
+            width = sum(lengths)
+            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=width, max_length_k=width)
         return batch
+
+    @property
+    def variable_length(self) -> bool:
+        """Whether the attention takes packed examples by their lengths (no width^2 mask): packing is free."""
+        return self.flash_kwargs or self.varlen_kwargs
 
 
 @dataclass
@@ -144,7 +160,8 @@ class AutoPackCollator:
     Why not always pack: with SDPA or eager attention a packed row is attended with a block-diagonal mask
     over its whole length, which costs (sum of lengths)^2 and rules out the unmasked flash kernel; rows of
     equal length (nothing to unpad) then run slower packed than padded. Flash attention's variable-length
-    kernels have no such cost, so there every batch of several rows is packed.
+    kernels (``flash_attention_*``, ``sdpa_varlen``) have no such cost, so there every batch of several rows
+    is packed.
     """
 
     padded: PaddedCollator
@@ -156,7 +173,7 @@ class AutoPackCollator:
         """Whether a batch of rows of these ``lengths`` is packed."""
         if len(lengths) < 2:
             return False
-        if self.packed.flash_kwargs:
+        if self.packed.variable_length:
             return True
         return self.packed.tokens(lengths) <= (1 - self.min_saving) * self.padded.tokens(lengths)
 
@@ -203,7 +220,8 @@ def make_collator(data_cfg: Any, tokenizer: Any, *, attn_implementation: str | N
     pad_id = pad_token_id(tokenizer)
     multiple = data_cfg.pad_to_multiple_of
     packed = PackedCollator(flash_kwargs=str(attn_implementation).startswith("flash_attention"),
-                            pad_to_multiple_of=multiple, pad_token_id=pad_id)  # fmt: skip
+                            varlen_kwargs=attn_implementation == VARLEN, pad_to_multiple_of=multiple,
+                            pad_token_id=pad_id)  # fmt: skip
     padded_multiple = multiple or 8
     if data_cfg.packing == "auto" and data_cfg.padding == "longest" and supported:
         return AutoPackCollator(PaddedCollator(pad_id, pad_to_multiple_of=padded_multiple), packed)

@@ -82,6 +82,10 @@ def check_attn_implementation(name: str | None, device: torch.device, compute_dt
     Raises:
         ModelLoadError: a FlashAttention kernel off CUDA, without its package, or in float32.
     """
+    if name == "sdpa_varlen" and device.type != "cuda":
+        raise ModelLoadError(
+            f"model.attn_implementation=sdpa_varlen needs a CUDA GPU, and this model goes to {device}; use `sdpa`"
+        )
     if name not in _FLASH_PACKAGES:
         return
     package, install = _FLASH_PACKAGES[name]

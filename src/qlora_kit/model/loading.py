@@ -13,6 +13,7 @@ import torch
 
 from qlora_kit.compat import modules_kept_unquantized
 from qlora_kit.errors import ModelLoadError, UsageError, first_line
+from qlora_kit.model import varlen_attention
 from qlora_kit.model.checks import (
     check_attn_implementation,
     check_finite_weights,
@@ -125,7 +126,7 @@ class ModelLoader:
             trust_remote_code=self.model_cfg.trust_remote_code,
             **self._hub_kwargs(),
         )
-        if self.model_cfg.attn_implementation:
+        if self.model_cfg.attn_implementation not in (None, varlen_attention.NAME):  # that one: after loading
             kwargs["attn_implementation"] = self.model_cfg.attn_implementation
         kwargs.update(self.quantization.load_kwargs(self))
         try:
@@ -133,6 +134,9 @@ class ModelLoader:
         except OSError as exc:  # transformers' way of saying "not found / not downloadable / unreadable"
             raise ModelLoadError(f"model.name_or_path: cannot load {source!r}: {first_line(exc)}") from exc
         model = self.quantization.after_load(model)
+        varlen_attention.adopt(
+            model, self.model_cfg.attn_implementation, self.device, self.quant_cfg.compute_dtype
+        )
         check_finite_weights(model, source)
         keep_4bit_weights_trainable(model)
         return model
