@@ -70,6 +70,30 @@ def test_packed_passes_match_sdpa_with_its_mask(tiny_llama_dir, gpu_device, monk
         assert (grad - want).norm() / want.norm() < 3e-2, name
 
 
+def test_float32_queries_under_autocast_take_the_kernel_in_its_dtype(gpu_device, monkeypatch):
+    """GPT-2's residual stream is float32: under bf16 autocast SDPA would compute in bf16, and so does this;
+    without autocast, float32 goes to SDPA."""
+    calls = []
+    apply = va._VarlenFlash.apply
+    monkeypatch.setattr(va._VarlenFlash, "apply", lambda *a: calls.append(1) or apply(*a))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 64, 64, device=gpu_device) for _ in range(3))
+    cu = va.cumulative_lengths([24, 40]).to(gpu_device)
+    kwargs = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=64, max_length_k=64)
+    module = torch.nn.Module()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        autocast, _ = va.varlen_attention_forward(module, q, k, v, None, **kwargs)
+    assert len(calls) == 1 and autocast.dtype == torch.bfloat16
+    bf16, _ = va.varlen_attention_forward(module, *(t.bfloat16() for t in (q, k, v)), None, **kwargs)
+    assert torch.equal(autocast, bf16)
+    mask = torch.zeros(64, 64, dtype=torch.bool, device=gpu_device)
+    mask[:24, :24] = mask[24:, 24:] = True
+    mask = mask.tril()[None, None]
+    fp32, _ = va.varlen_attention_forward(module, q, k, v, mask, **kwargs)
+    assert len(calls) == 1 and fp32.dtype == torch.float32  # SDPA, with the block-diagonal mask
+    assert (fp32 - bf16.float()).abs().max() < 3e-2
+
+
 def test_dropout_is_unbiased_and_its_backward_replays_the_forwards_mask(gpu_device):
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 4, 96, 64, device=gpu_device, dtype=torch.bfloat16) for _ in range(3))
@@ -103,11 +127,11 @@ def test_cli_run_on_cuda_uses_it_with_the_losses_of_sdpa(
 ):
     cfg = tiny_run_config(max_steps=4, micro_batch_size=4, grad_accum=1, log_every=1)
     common = [str(cfg), "quant.compute_dtype=bfloat16", "adapter.dropout=0", "data.packing=true",
-              f"train.cuda_graphs={str(graphs).lower()}", "-v"]  # fmt: skip
-    assert main(["train", *common]) == 0
+              f"train.cuda_graphs={str(graphs).lower()}"]  # fmt: skip
+    assert main(["train", *common, "-v"]) == 0
     assert "attention: sdpa_varlen" in capsys.readouterr().err
     plain = tmp_path / "plain"
-    assert main(["train", *common, "model.attn_implementation=sdpa", f"output_dir={plain}"]) == 0
+    assert main(["train", *common, "model.attn_implementation=sdpa", f"output_dir={plain}", "-v"]) == 0
     assert "attention: sdpa_varlen" not in capsys.readouterr().err
 
     def losses(run):

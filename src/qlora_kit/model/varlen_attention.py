@@ -75,24 +75,35 @@ def varlen_attention_forward(
     dim; returns batch, length, heads, head dim). A packed pass (``cu_seq_lens_q`` in ``kwargs``, one row) of
     16-bit CUDA tensors runs the variable-length flash kernel; anything else SDPA."""
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
-    if cu_q is None or cu_k is None or not _varlen_ready(module, query, key, kwargs):
+    dtype = _kernel_dtype(query)
+    if cu_q is None or cu_k is None or not _varlen_ready(module, query, key, dtype, kwargs):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
-    width = query.shape[2]
+    q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # (tokens, heads, head dim)
     out = _VarlenFlash.apply(
-        query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu_q, cu_k,
-        int(kwargs.get("max_length_q") or width), int(kwargs.get("max_length_k") or key.shape[2]),
-        float(dropout), scaling, causal,
+        q, k, v, cu_q, cu_k, int(kwargs.get("max_length_q") or q.shape[0]),
+        int(kwargs.get("max_length_k") or k.shape[0]), float(dropout), scaling, causal,
     )  # fmt: skip
     return out[None], None
 
 
-def _varlen_ready(module: Any, query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) -> bool:
-    """Whether the flash kernel can take this call: one packed CUDA row in 16 bits, plain attention."""
+def _kernel_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype SDPA would compute in: float32 inputs under CUDA autocast are cast to its 16-bit dtype (GPT-2's
+    float32 residual stream gives float32 queries, which autocast hands to SDPA in bf16)."""
+    if query.dtype == torch.float32 and query.is_cuda and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return query.dtype
+
+
+def _varlen_ready(
+    module: Any, query: torch.Tensor, key: torch.Tensor, dtype: torch.dtype, kwargs: dict[str, Any]
+) -> bool:
+    """Whether the flash kernel can take this call: one packed CUDA row computed in 16 bits (``dtype``),
+    plain attention."""
     plain = (
         kwargs.get("sliding_window") is None
         and getattr(module, "sliding_window", None) is None
@@ -103,7 +114,7 @@ def _varlen_ready(module: Any, query: torch.Tensor, key: torch.Tensor, kwargs: d
         plain
         and query.is_cuda
         and query.shape[0] == 1
-        and query.dtype in _HALF
+        and dtype in _HALF
         and key.dtype == query.dtype
         and query.shape[-1] <= 256
         and query.shape[-1] % 8 == 0
