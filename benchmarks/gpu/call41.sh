@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU call 41 (one H200, carry .whl and .benchdata): `sdpa_varlen` (packed passes through flash attention's
-# variable-length kernel; float32 queries under autocast take it too, since 5c...). Its GPU tests and the
-# default on CUDA now) and, for the kernel table, with plain SDPA and with the layers eager.
+# variable-length kernel; the default on CUDA). Its GPU tests and the recorded-layer tests, then W1's step by
+# phase with it, recorded layers and eager (for the kernel table).
 #   bash benchmarks/gpu/call41.sh
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > /dev/null 2>&1

@@ -35,15 +35,15 @@ def test_packed_collator_varlen_kwargs_keep_one_shape_per_width():
     assert one["cu_seq_lens_q"].shape == two["cu_seq_lens_q"].shape == (16,)
     assert one["cu_seq_lens_q"][:5].tolist() == [0, 3, 8, 13, 16]  # filler: examples no longer than a row
     assert one["max_length_q"] == one["max_length_k"] == 16 and isinstance(one["max_length_q"], int)
-    assert collate.variable_length and not PackedCollator().variable_length
 
 
 def test_make_collator_packs_every_batch_for_sdpa_varlen(tokenizer):
     data = DataConfig(source=SourceConfig(rows=[{"text": "x"}]))
     collate = make_collator(data, tokenizer, attn_implementation="sdpa_varlen")
     assert isinstance(collate, AutoPackCollator) and collate.packed.varlen_kwargs
-    assert collate.packs([8, 8])  # equal lengths: SDPA would pad them, the variable-length kernel packs
-    assert not make_collator(data, tokenizer, attn_implementation="sdpa").packs([8, 8])
+    assert collate.packs([8, 7])  # one padded position is enough: the kernel pays nothing for packing
+    assert not make_collator(data, tokenizer, attn_implementation="sdpa").packs([8, 7])
+    assert not collate.packs([8, 8])  # nothing to remove: a plain batch, which SDPA attends without a mask
 
 
 def test_the_loader_keeps_sdpa_off_cuda_and_refuses_sdpa_varlen_there(tiny_llama_dir):

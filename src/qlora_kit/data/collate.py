@@ -147,10 +147,6 @@ class PackedCollator:
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=width, max_length_k=width)
         return batch
 
-    @property
-    def variable_length(self) -> bool:
-        """Whether the attention takes packed examples by their lengths (no width^2 mask): packing is free."""
-        return self.flash_kwargs or self.varlen_kwargs
 
 
 @dataclass
@@ -160,8 +156,9 @@ class AutoPackCollator:
     Why not always pack: with SDPA or eager attention a packed row is attended with a block-diagonal mask
     over its whole length, which costs (sum of lengths)^2 and rules out the unmasked flash kernel; rows of
     equal length (nothing to unpad) then run slower packed than padded. Flash attention's variable-length
-    kernels (``flash_attention_*``, ``sdpa_varlen``) have no such cost, so there every batch of several rows
-    is packed.
+    kernels have no such cost: with ``flash_attention_*`` every batch of several rows is packed, with
+    ``sdpa_varlen`` every batch that has padding to remove (rows of one length stay a plain batch for SDPA,
+    which then needs no mask: e.g. cuDNN's kernel for long rows).
     """
 
     padded: PaddedCollator
@@ -173,8 +170,10 @@ class AutoPackCollator:
         """Whether a batch of rows of these ``lengths`` is packed."""
         if len(lengths) < 2:
             return False
-        if self.packed.variable_length:
+        if self.packed.flash_kwargs:
             return True
+        if self.packed.varlen_kwargs:  # no mask to pay for, but rows without padding keep SDPA's own kernels
+            return sum(lengths) < self.padded.tokens(lengths)
         return self.packed.tokens(lengths) <= (1 - self.min_saving) * self.padded.tokens(lengths)
 
     def tokens(self, lengths: Sequence[int]) -> int:
