@@ -8,10 +8,10 @@ set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > /dev/null 2>&1
 export PYTHONPATH=/tmp/site:$PWD/src QLORA_KIT_COMMIT=$1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export CUDA_VISIBLE_DEVICES=0
-timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_gpu_varlen_attention.py > $OUT/gpu_tests38.txt 2>&1
-tail -1 $OUT/gpu_tests38.txt
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_gpu_varlen_attention.py > $OUT/gpu_tests42.txt 2>&1
+tail -1 $OUT/gpu_tests42.txt
 python3 benchmarks/harness.py --run-id $2 --workloads W1 --systems qlora_kit,qlora_kit:sdpa,qlora_kit:adamw,trl_seed \
-  --variant sdpa=model.attn_implementation=sdpa --variant adamw=train.optimizer.kind=adamw_torch \
+  --variant sdpa=model.attn_implementation=sdpa --variant adamw=train.optimizer.kind=adamw_torch,train.optimizer.weight_decay=0.01 \
   --out $OUT/results.jsonl --log-dir /tmp/qk-logs/w1 --time-budget 420 \
   --w1-data .benchdata/alpaca_en_demo.json --w1-tokenizer .benchdata/gpt2-tokenizer > $OUT/call42.txt 2>&1
 grep -E "\] W1" $OUT/call42.txt
