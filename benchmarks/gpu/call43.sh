@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# GPU call 43 (one H200, carry .whl and .benchdata): W1 in the harness at the commit that ships fused torch
+# AdamW in seed_improved.yaml (sdpa_varlen adopted on CUDA), with the TRL seed recipe in the same lease; then
+# every one-GPU test (the default attention changed for every 16-bit CUDA run).
+#   bash benchmarks/gpu/call43.sh COMMIT RUN_ID
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > /dev/null 2>&1
+export PYTHONPATH=/tmp/site:$PWD/src QLORA_KIT_COMMIT=$1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export CUDA_VISIBLE_DEVICES=0
+python3 benchmarks/harness.py --run-id $2 --workloads W1 --systems qlora_kit,trl_seed \
+  --out $OUT/results.jsonl --log-dir /tmp/qk-logs/w1 --time-budget 260 \
+  --w1-data .benchdata/alpaca_en_demo.json --w1-tokenizer .benchdata/gpt2-tokenizer > $OUT/call43.txt 2>&1
+grep -E "\] W1" $OUT/call43.txt
+mkdir -p $OUT/logs && cp /tmp/qk-logs/w1/*qlora_kit.log $OUT/logs/ 2>/dev/null
+timeout 300 python3 -m pytest -q -p no:cacheprovider -rs -m gpu tests/gpu > $OUT/gpu_tests43.txt 2>&1
+tail -8 $OUT/gpu_tests43.txt
