@@ -148,7 +148,6 @@ class PackedCollator:
         return batch
 
 
-
 @dataclass
 class AutoPackCollator:
     """Packs a batch when that removes enough padding, pads it otherwise (``data.packing: auto``).

@@ -22,8 +22,8 @@ How :class:`LayerGraphs` uses it:
   :data:`MAX_SIGNATURES` are recorded, and passes of further shapes run eagerly.
 * **Eager where it cannot record.** Evaluation and generation (no gradients), checkpointed layers (their
   recompute happens outside the recorded backward) and arguments that are neither tensors nor plain
-  values run eagerly. So do signatures whose recording failed (e.g. flash attention's variable-length
-  kernels read lengths on the host): a warning names the error once.
+  values run eagerly. So do signatures whose recording failed (e.g. transformers' flash-attn path, which reads
+  lengths on the host; ``sdpa_varlen`` takes them as plain ints and records): a warning names the error once.
 * **Gradients.** The backward graph returns gradients in its own memory, which the next replay
   overwrites: in a step of several passes each trainable parameter's gradient is copied out before it is
   accumulated (:func:`~qlora_kit.training.compiling.copy_gradients_out`), so accumulation is exact.
@@ -161,7 +161,8 @@ class LayerGraphs:
         """Whether a trainable parameter holds a gradient (a later pass of a step). A capture at a step's
         second pass failed on the H200 (call 38: "AccumulateGrad node's stream does not match",
         cudaErrorStreamCaptureInvalidated); recording waits for a first pass, beside
-        :func:`_no_gradient_copies` (which of the two guards was needed is not yet measured)."""
+        :func:`_no_gradient_copies`: with both, the two-passes-per-step GPU test passes (call 40; which of the two
+        was needed is not separated)."""
         return any(p.grad is not None for layer in self.layers for p in layer.parameters() if p.requires_grad)
 
     def _mismatch(self, index: int, recorded: Hashable, got: Hashable) -> None:
