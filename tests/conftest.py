@@ -46,3 +46,21 @@ def tiny_run_config(tiny_llama_dir, tmp_path):
         return cfg
 
     return write
+
+
+@pytest.fixture
+def deferring(monkeypatch):
+    """Each step's loss and norm read one step late (``training.step_stats``) on the CPU too, as on a GPU;
+    returns, per ``Trainer.fit``, whether it did."""
+    from qlora_kit.training import step_stats
+
+    monkeypatch.setattr(step_stats, "DEFERRING_DEVICES", {"cuda", "cpu"})
+    seen = []
+    original = step_stats.defers
+
+    def spy(*args):
+        seen.append(original(*args))
+        return seen[-1]
+
+    monkeypatch.setattr("qlora_kit.training.loop.defers", spy)
+    return seen

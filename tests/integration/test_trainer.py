@@ -176,6 +176,27 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     )
 
 
+def test_read_one_step_late_a_non_finite_step_still_updates_nothing(tiny_llama_dir, tmp_path, deferring):
+    """With the step's numbers read at the next step, the optimizer skips the bad step's update on the
+    device and the next step stops before its own: the weights are those after step 2."""
+    rows = token_rows(10)
+    after_two = qlora_model(tiny_llama_dir)
+    Trainer(config(max_steps=2), output_dir=tmp_path / "two").fit(after_two, rows)
+    model = qlora_model(tiny_llama_dir)
+    forwards = []
+
+    def poison(module, args, output):
+        forwards.append(1)
+        return output * float("inf") if len(forwards) == 3 else output
+
+    model.get_output_embeddings().register_forward_hook(poison)
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step 3; the weights were not updated"):
+        Trainer(config(max_steps=5, log_every=5), output_dir=tmp_path / "bad").fit(model, rows)
+    assert deferring == [True, True]
+    want = adapter_tensors(after_two)
+    assert all(torch.equal(t, want[k]) for k, t in adapter_tensors(model).items())
+
+
 def test_window_without_supervised_tokens_is_reported_and_skipped(tiny_llama_dir, tmp_path, caplog):
     rows = token_rows(3)
     rows[1] = {"input_ids": rows[1]["input_ids"], "labels": [-100] * len(rows[1]["input_ids"])}

@@ -89,6 +89,23 @@ def test_interrupted_then_resumed_run_ends_with_the_same_adapters(tiny_llama_dir
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], abs=1e-6)
 
 
+def test_read_one_step_late_a_crash_and_resume_still_end_bit_identical(tiny_llama_dir, tmp_path, deferring):
+    rows = token_rows(6)
+    settings = dict(save_every=3, optimizer={"kind": "adamw_torch", "lr": 5e-3, "weight_decay": 0.01})
+    reference = qlora_model(tiny_llama_dir)
+    full = Trainer(config(**settings), output_dir=tmp_path / "full").fit(reference, rows)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(**settings), output_dir=tmp_path / "cut", callbacks=[Crash(3)]).fit(
+            qlora_model(tiny_llama_dir), rows
+        )
+    resumed_model = qlora_model(tiny_llama_dir)
+    resumed = Trainer(config(**settings, resume="auto"), output_dir=tmp_path / "cut").fit(resumed_model, rows)
+    assert deferring == [True, True, True]
+    ref, got = adapters(reference), adapters(resumed_model)
+    assert all(torch.equal(got[name], ref[name]) for name in ref)
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in full.history], abs=1e-6)
+
+
 def test_resume_from_an_explicit_path(tiny_llama_dir, tmp_path):
     rows = token_rows(8)
     with pytest.raises(KeyboardInterrupt):

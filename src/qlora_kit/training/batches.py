@@ -139,5 +139,16 @@ class Window:
         # the rows' own tokens: neither padding nor a packed pass's filler counts
         inputs = sum(len(row["input_ids"]) for group in selected for row in group)
         long_plain = [is_long_plain_row(b) for b in batches]
-        on_device = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+        on_device = [{k: to_device(v, device) for k, v in b.items()} for b in batches]
         return cls(on_device, supervised, inputs, long_plain)
+
+
+def to_device(value: Any, device: Any) -> Any:
+    """``value`` on ``device`` if it is a tensor. To CUDA through pinned memory, without waiting: a copy from
+    pageable memory first waits for all work queued on the stream, which would stop the host from
+    preparing the next step while the device still runs this one."""
+    if not torch.is_tensor(value):
+        return value
+    if torch.device(device).type == "cuda":
+        return value.pin_memory().to(device, non_blocking=True)
+    return value.to(device)

@@ -31,6 +31,7 @@ from qlora_kit.training.loss import LossFn
 from qlora_kit.training.panel import generate_panel
 from qlora_kit.training.result import TrainResult
 from qlora_kit.training.session import TrainingSession
+from qlora_kit.training.step_stats import PendingStep, defers, send_to_host, skip_update_unless_finite
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,9 @@ class Trainer:
 
     def _train(self, s: TrainingSession, eval_data: Any, stop: StopRequest) -> None:
         state = s.state
+        # each step's loss and norm read one step late where the optimizer can skip a bad update itself
+        self._deferred = defers(s.optimizer, s.device, s.accelerator.num_processes)
+        self._pending: PendingStep | None = None
         self.callbacks("on_train_begin", state)
         # train.eval_at_start: the untrained model's eval loss is every curve's baseline (not on resume)
         if eval_data is not None and self.cfg.eval_at_start and state.step == 0:
@@ -158,22 +162,38 @@ class Trainer:
                 acc.backward(batch_loss * scale)
             loss_sum += batch_loss.detach()
         grad_norm = acc.clip_grad_norm_(s.params, self.cfg.max_grad_norm or math.inf)
-        # one host-device sync per step, for both numbers
-        total, norm = torch.stack([acc.reduce(loss_sum, "sum"), local_tensor(grad_norm).float()]).tolist()
-        loss = total / n_tokens
-        check_finite_loss(loss, state.step + 1, s.last_checkpoint)
-        lr = s.scheduler.get_last_lr()[0]
+        numbers = torch.stack([acc.reduce(loss_sum, "sum"), local_tensor(grad_norm).float()])
+        if self._deferred:  # read at the next step (step_stats); a non-finite step updates nothing
+            self._settle(s)
+            skip_update_unless_finite(s.optimizer, numbers)
+            self._pending = send_to_host(numbers, state.step + 1, n_tokens)
+        else:  # one host-device sync per step, for both numbers, before the update
+            total, norm = numbers.tolist()
+            self._record(s, state.step + 1, n_tokens, total, norm)
+        s.last_lr = s.scheduler.get_last_lr()[0]
         s.optimizer.step()
         if not acc.optimizer_step_was_skipped:  # fp16 overflow: no update, so no schedule step
             s.scheduler.step()
             state.schedule_step += 1
         s.optimizer.zero_grad(set_to_none=True)
-        state.zero_grad_steps = check_gradients_flow(
-            norm, loss, state.zero_grad_steps, state.step + 1, self.vocab_size, s.last_checkpoint
+        self._count(s, window, n_tokens)
+
+    def _record(self, s: TrainingSession, step: int, n_tokens: int, total: float, norm: float) -> None:
+        """Check and record step ``step``'s loss (``total`` over ``n_tokens``) and gradient norm."""
+        loss = total / n_tokens
+        check_finite_loss(loss, step, s.last_checkpoint)
+        s.state.zero_grad_steps = check_gradients_flow(
+            norm, loss, s.state.zero_grad_steps, step, self.vocab_size, s.last_checkpoint
         )
         s.interval_losses.append(loss)
-        s.last_grad_norm, s.last_lr = norm, lr
-        self._count(s, window, n_tokens, loss)
+        s.last_grad_norm = norm
+        s.log.advance(loss)  # the progress display shows each step's loss
+
+    def _settle(self, s: TrainingSession) -> None:
+        """Check and record the step whose numbers are still on their way (if any)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._record(s, pending.step, pending.n_tokens, *pending.read())
 
     def _skip_empty_window(self, s: TrainingSession, window: Window) -> None:
         logger.warning(
@@ -184,9 +204,10 @@ class Trainer:
         s.scheduler.step()  # keep the schedule aligned with the step count
         s.state.schedule_step += 1
         self._count(s, window, 0)
+        s.log.advance(None)
         s.log.log({"step": s.state.step, "skipped": "no supervised tokens"})
 
-    def _count(self, s: TrainingSession, window: Window, n_tokens: int, loss: float | None = None) -> None:
+    def _count(self, s: TrainingSession, window: Window, n_tokens: int) -> None:
         state = s.state
         tokens = s.global_sum(window.input_tokens)
         state.step += 1
@@ -194,13 +215,14 @@ class Trainer:
         state.tokens += tokens
         state.supervised_tokens += n_tokens
         s.log.count_tokens(tokens)
-        s.log.advance(loss)  # the progress display shows each step's loss
 
     # --------------------------------------------------------------------- between the steps
 
     def _between_steps(self, s: TrainingSession, eval_data: Any) -> None:
         state, cfg = s.state, self.cfg
         s.check_memory()
+        if self._due(state, eval_data is not None):
+            self._settle(s)
         metrics: dict[str, Any] = {}
         if s.interval_losses and (state.step % cfg.log_every == 0 or state.step >= state.total_steps):
             metrics = s.log.log_train(state.step, self._train_record(s))
@@ -210,6 +232,13 @@ class Trainer:
         if cfg.save_every and state.step % cfg.save_every == 0:
             self._save(s)
         self.callbacks("on_step_end", state, metrics)
+
+    def _due(self, state: Any, evaluates: bool) -> bool:
+        """Whether something after this step reads its numbers: a log line, an evaluation (its record), a
+        checkpoint, or the end."""
+        cfg, step = self.cfg, state.step
+        periods = (cfg.log_every, cfg.save_every, cfg.eval_every if evaluates else None)
+        return step >= state.total_steps or any(every and step % every == 0 for every in periods)
 
     def _train_record(self, s: TrainingSession) -> dict[str, Any]:
         state = s.state
@@ -247,6 +276,7 @@ class Trainer:
         self.callbacks("on_save", s.state, str(path))
 
     def _interrupt(self, s: TrainingSession, stop: StopRequest) -> None:
+        self._settle(s)
         if s.last_checkpoint is None or s.last_checkpoint.name != f"checkpoint-{s.state.step}":
             self._save(s)
         raise InterruptedRun(
@@ -255,6 +285,7 @@ class Trainer:
         )
 
     def _finish(self, s: TrainingSession, eval_data: Any) -> None:
+        self._settle(s)
         if s.interval_losses:  # stopped early, between two log lines
             s.log.log_train(s.state.step, self._train_record(s))
             s.interval_losses = []
