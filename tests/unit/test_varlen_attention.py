@@ -46,15 +46,23 @@ def test_make_collator_packs_every_batch_for_sdpa_varlen(tokenizer):
     assert not collate.packs([8, 8])  # nothing to remove: a plain batch, which SDPA attends without a mask
 
 
-def test_the_loader_keeps_sdpa_off_cuda_and_refuses_sdpa_varlen_there(tiny_llama_dir):
+def test_the_loader_keeps_sdpa_off_cuda_and_refuses_sdpa_varlen_there(tiny_llama_dir, caplog):
     loader = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), NoQuant.Config(), "cpu")
     assert attn_implementation(loader.load_model()) == "sdpa"
     with pytest.raises(ModelLoadError, match=r"model.attn_implementation=sdpa_varlen needs a CUDA GPU"):
         check_attn_implementation("sdpa_varlen", torch.device("cpu"), "bfloat16")
+    with pytest.raises(
+        ModelLoadError, match=r"sdpa_varlen runs in float16 or bfloat16 only.*quant.compute_dtype"
+    ):
+        check_attn_implementation("sdpa_varlen", torch.device("cuda"), "float32")
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     assert not va.adopt(model, None, torch.device("cpu"), "bfloat16")
     assert not va.adopt(model, "sdpa", torch.device("cuda"), "bfloat16")  # asked for plain SDPA
     assert not va.adopt(model, None, torch.device("cuda"), "float32")  # the kernel is 16-bit only
+    eager = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="eager")
+    with caplog.at_level("WARNING"):
+        assert not va.adopt(eager, "sdpa_varlen", torch.device("cuda"), "bfloat16")
+    assert "runs eager attention, not SDPA" in caplog.text
 
 
 def test_sdpa_varlen_is_sdpa_wherever_the_kernel_does_not_run(tiny_llama_dir, tmp_path):

@@ -86,6 +86,11 @@ def check_attn_implementation(name: str | None, device: torch.device, compute_dt
         raise ModelLoadError(
             f"model.attn_implementation=sdpa_varlen needs a CUDA GPU, and this model goes to {device}; use `sdpa`"
         )
+    if name == "sdpa_varlen" and compute_dtype not in ("float16", "bfloat16"):
+        raise ModelLoadError(
+            f"model.attn_implementation=sdpa_varlen runs in float16 or bfloat16 only, and the compute dtype is "
+            f"{compute_dtype}; set quant.compute_dtype=bfloat16 or use `sdpa`"
+        )
     if name not in _FLASH_PACKAGES:
         return
     package, install = _FLASH_PACKAGES[name]

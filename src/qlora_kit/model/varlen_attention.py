@@ -54,6 +54,9 @@ def adopt(model: Any, requested: str | None, device: torch.device, compute_dtype
     if requested not in (None, NAME) or device.type != "cuda" or compute_dtype not in ("float16", "bfloat16"):
         return False
     if attn_implementation(model) != "sdpa":
+        if requested == NAME:  # asked for by name, and transformers could not give this model SDPA
+            logger.warning("model.attn_implementation=%s: this model runs %s attention, not SDPA; kept as is",
+                           NAME, attn_implementation(model))  # fmt: skip
         return False
     register()
     model.set_attn_implementation(NAME)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from qlora_kit.model.quant import keep_4bit_weights_trainable
+from qlora_kit.training.batches import to_device
 from qlora_kit.training.kernels import is_long_plain_row, long_row_attention
 from qlora_kit.training.loss import LossFn, causal_lm_loss, count_supervised
 
@@ -67,7 +68,7 @@ def evaluate(
             batch = collate_fn([rows[i] for i in indices])
             tokens += count_supervised(batch)  # on the CPU, before the move: no device sync
             long_plain = is_long_plain_row(batch)
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = {k: to_device(v, device) for k, v in batch.items()}
             with long_row_attention(device, long_plain):
                 loss_sum += loss_fn(model, batch).double()
     if accelerator is not None:
