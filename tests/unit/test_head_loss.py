@@ -258,10 +258,27 @@ def test_fused_needs_a_plain_linear_head(tokenizer):
 
 
 def test_missing_liger_kernel_is_a_clear_reason(monkeypatch):
-    from qlora_kit.training.head_loss import _liger
+    from qlora_kit.training.liger import liger
 
     monkeypatch.setitem(sys.modules, "liger_kernel", None)  # importing it now fails as if not installed
-    assert _liger() == "liger_kernel is not installed (`pip install liger-kernel`)"
+    assert liger() == "liger_kernel is not installed (`pip install liger-kernel`)"
+
+
+def test_liger_is_found_at_selection_and_imported_only_for_a_pass_that_needs_it(tokenizer, monkeypatch):
+    import importlib.util
+
+    from qlora_kit.training import head_loss, liger
+
+    found = {"liger_kernel": object(), "triton": None}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: found[name])
+    assert (
+        liger.liger_findable() == "liger_kernel cannot be imported: it needs 'triton', which is not installed"
+    )
+    found["liger_kernel"] = None
+    assert liger.liger_findable() == "liger_kernel is not installed (`pip install liger-kernel`)"
+    monkeypatch.setattr(head_loss, "liger", lambda: pytest.fail("imported for a pass the plain head takes"))
+    model = _peft("llama", "lora", tokenizer)
+    _assert_same(model, PackedCollator()(_rows(3)), fused_causal_lm_loss)
 
 
 @pytest.fixture

@@ -66,8 +66,8 @@ def test_the_loader_keeps_sdpa_off_cuda_and_refuses_sdpa_varlen_there(tiny_llama
 
 
 def test_sdpa_varlen_is_sdpa_wherever_the_kernel_does_not_run(tiny_llama_dir, tmp_path):
-    """On the CPU a packed pass with the lengths falls back to SDPA with transformers' block-diagonal mask:
-    the same logits as plain SDPA; and a saved model does not name the implementation in its config."""
+    """On the CPU a packed pass with the lengths falls back to SDPA with the block-diagonal mask built from
+    them: the same logits as plain SDPA given the positions, each example as if alone; and a saved model does not name the implementation in its config."""
     torch.manual_seed(0)
     sdpa = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa").eval()
     varlen = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation="sdpa").eval()
@@ -76,9 +76,15 @@ def test_sdpa_varlen_is_sdpa_wherever_the_kernel_does_not_run(tiny_llama_dir, tm
     assert attn_implementation(varlen) == "sdpa_varlen"
     batch = PackedCollator(varlen_kwargs=True, widths=(12,))(ROWS)
     plain = {k: batch[k] for k in ("input_ids", "position_ids")}
-    with torch.no_grad():
-        expected = sdpa(**plain).logits
-        assert torch.equal(varlen(**batch).logits, expected)
-        assert not torch.equal(sdpa(input_ids=batch["input_ids"]).logits, expected)  # the mask matters
+    with torch.no_grad():  # no cache: with one, transformers does not look for packed examples
+        expected = sdpa(**plain, use_cache=False).logits
+        # the packed pass's empty 4-D mask becomes the block-diagonal one SDPA needs
+        assert va.is_packed_mask(batch["attention_mask"])
+        assert torch.equal(varlen(**batch, use_cache=False).logits, expected)
+        assert not torch.equal(
+            sdpa(input_ids=batch["input_ids"], use_cache=False).logits, expected
+        )  # it matters
+        second = sdpa(input_ids=torch.tensor([ROWS[1]["input_ids"]])).logits  # the second example alone
+        torch.testing.assert_close(expected[:, 3:8], second, rtol=1e-5, atol=1e-5)
     varlen.save_pretrained(tmp_path)
     assert "sdpa_varlen" not in (tmp_path / "config.json").read_text()

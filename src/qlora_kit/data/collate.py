@@ -23,7 +23,7 @@ import torch
 
 from qlora_kit.formatting.tokens import IGNORE_INDEX, pad_token_id
 from qlora_kit.model.varlen_attention import NAME as VARLEN
-from qlora_kit.model.varlen_attention import cumulative_lengths
+from qlora_kit.model.varlen_attention import cumulative_lengths, packed_mask
 
 PACKING_ATTENTION = (
     "sdpa",
@@ -92,7 +92,8 @@ class PackedCollator:
     positions in every layer. With ``varlen_kwargs`` instead (for :mod:`qlora_kit.model.varlen_attention`),
     the cumulative lengths are padded with empty sequences to a power of two and ``max_length_q/k`` are the
     row's width as plain ints: every pass of one width has one signature for ``train.cuda_graphs``, and the
-    attention reads no length from the device.
+    attention reads no length from the device; and ``attention_mask`` is
+    :func:`~qlora_kit.model.varlen_attention.packed_mask` (no block-diagonal mask built, no device sync).
     """
 
     flash_kwargs: bool = False
@@ -144,7 +145,8 @@ class PackedCollator:
         elif self.varlen_kwargs:
             cu = cumulative_lengths(lengths)
             width = sum(lengths)
-            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=width, max_length_k=width)
+            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=width, max_length_k=width,
+                         attention_mask=packed_mask())  # fmt: skip
         return batch
 
 

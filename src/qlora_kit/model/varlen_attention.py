@@ -14,6 +14,11 @@ transformers has flash attention's variable-length path too, but only through th
 kernels from the hub; this uses the kernel torch ships (``aten::_flash_attention_forward``, private API:
 :mod:`qlora_kit.compat` style pins below).
 
+A packed pass also carries :func:`packed_mask`, an empty 4-D ``attention_mask`` that stands for "each example
+attends to itself": transformers passes a 4-D mask through as it is, so it builds no block-diagonal mask (0.8
+ms of a W1 step) and never checks the positions for packing or the ids for padding, each of which made the
+host wait for the device. Where such a pass falls back to SDPA, the real mask is built from the lengths.
+
 Shapes stay fixed for CUDA graphs (:mod:`~qlora_kit.training.layer_graphs`): the collator pads the
 cumulative lengths with empty sequences to a power of two, and passes the row's width as the longest
 length (an upper bound the kernel accepts; blocks past a sequence's end return at once).
@@ -82,6 +87,10 @@ def varlen_attention_forward(
     if cu_q is None or cu_k is None or not _varlen_ready(module, query, key, dtype, kwargs):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+        if is_packed_mask(attention_mask):
+            window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+            causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+            attention_mask = block_mask(cu_q, query.shape[2], causal, window)
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -92,6 +101,34 @@ def varlen_attention_forward(
         int(kwargs.get("max_length_k") or k.shape[0]), float(dropout), scaling, causal,
     )  # fmt: skip
     return out[None], None
+
+
+def packed_mask() -> torch.Tensor:
+    """The ``attention_mask`` of a packed pass with cumulative lengths: empty, 4-D (see the module's doc)."""
+    return torch.ones((1, 1, 0, 0), dtype=torch.bool)
+
+
+def is_packed_mask(mask: Any) -> bool:
+    """Whether ``mask`` is :func:`packed_mask`'s."""
+    return isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[-1] == 0
+
+
+def block_mask(
+    cu_lengths: torch.Tensor, length: int, causal: bool = True, window: int | None = None
+) -> torch.Tensor:
+    """The boolean ``[1, 1, length, length]`` mask SDPA needs for a packed row of these cumulative lengths
+    (padded at the end with the total, as :func:`cumulative_lengths` does): each position attends within its
+    own example, causally, and within ``window`` positions of itself if given. Built on the lengths'
+    device without reading them on the host."""
+    positions = torch.arange(length, device=cu_lengths.device)
+    example = torch.searchsorted(cu_lengths[1:].contiguous(), positions, right=True)
+    mask = example[:, None] == example[None, :]
+    offset = positions[:, None] - positions[None, :]  # query minus key
+    if causal:
+        mask &= offset >= 0
+    if window is not None:
+        mask &= offset < window
+    return mask[None, None]
 
 
 def _kernel_dtype(query: torch.Tensor) -> torch.dtype:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from qlora_kit.training.kernels import is_long_plain_row
-from qlora_kit.training.loss import count_supervised
+from qlora_kit.training.loss import with_targets
 
 BatchPlanner = Callable[[Sequence[int], int, torch.Generator], list[list[int]]]
 """``(row_lengths, micro_batch_size, generator) -> micro-batches of row indices`` for one epoch.
@@ -134,8 +134,8 @@ class Window:
     def collate(cls, rows: Any, micro_batches: list[list[int]], collate_fn: Any, device: Any) -> Window:
         """Collate ``micro_batches`` (row indices) with ``collate_fn`` and move them to ``device``."""
         selected = [[rows[i] for i in micro] for micro in micro_batches]
-        batches = [collate_fn(group) for group in selected]
-        supervised = sum(count_supervised(b) for b in batches)
+        batches, counts = zip(*(with_targets(collate_fn(group)) for group in selected), strict=True)
+        supervised = sum(counts)
         # the rows' own tokens: neither padding nor a packed pass's filler counts
         inputs = sum(len(row["input_ids"]) for group in selected for row in group)
         long_plain = [is_long_plain_row(b) for b in batches]

@@ -17,7 +17,7 @@ import torch
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.training.batches import to_device
 from qlora_kit.training.kernels import is_long_plain_row, long_row_attention
-from qlora_kit.training.loss import LossFn, causal_lm_loss, count_supervised
+from qlora_kit.training.loss import LossFn, causal_lm_loss, with_targets
 
 GENERATIONS_FILE = "generations.jsonl"
 """The generation panel's records (:func:`qlora_kit.training.panel.generate_panel`)."""
@@ -65,8 +65,8 @@ def evaluate(
     tokens = torch.zeros((), dtype=torch.float64, device=device)
     with inference_mode(model):
         for indices in passes[rank::world]:
-            batch = collate_fn([rows[i] for i in indices])
-            tokens += count_supervised(batch)  # on the CPU, before the move: no device sync
+            batch, supervised = with_targets(collate_fn([rows[i] for i in indices]))
+            tokens += supervised  # counted on the CPU, before the move: no device sync
             long_plain = is_long_plain_row(batch)
             batch = {k: to_device(v, device) for k, v in batch.items()}
             with long_row_attention(device, long_plain):

@@ -19,7 +19,7 @@ exact replacements only where :func:`~qlora_kit.training.head_split.check_head_s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ from qlora_kit.training.head_split import (
     find_head,
     unwrap_causal_lm,
 )
+from qlora_kit.training.liger import liger, liger_findable, plain_linear
 from qlora_kit.training.loss import IGNORE_INDEX, LossFn, causal_lm_loss, shift_targets
 
 CHUNK_LOGITS_BYTES = 256 * 2**20
@@ -69,7 +70,13 @@ def default_chunk_tokens(vocab_size: int, budget_bytes: int = CHUNK_LOGITS_BYTES
 
 
 def _supervised(split: HeadInput, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The hidden states ``[N, H]`` and targets ``[N]`` of the positions that have a target."""
+    """The hidden states ``[N, H]`` and targets ``[N]`` of the positions that have a target: gathered at the
+    positions :func:`~qlora_kit.training.loss.with_targets` found on the CPU where the batch has them (no
+    device sync), else selected with a mask."""
+    if "target_positions" in batch:
+        positions = batch["target_positions"].to(split.hidden.device)
+        hidden = split.hidden.flatten(0, -2).index_select(0, positions)
+        return hidden, batch["target_ids"].to(split.hidden.device)
     targets = shift_targets(batch["labels"], batch.get("position_ids")).to(split.hidden.device)
     keep = targets != IGNORE_INDEX
     return split.hidden[keep], targets[keep]
@@ -140,43 +147,6 @@ def chunked_causal_lm_loss(
 # ------------------------------------------------------------------------------------------- fused
 
 
-def _effective_head(head: nn.Module) -> nn.Module:
-    """The module a PEFT ``modules_to_save`` wrapper forwards to (the trainable copy when active)."""
-    from peft.utils.other import ModulesToSaveWrapper
-
-    if not isinstance(head, ModulesToSaveWrapper):
-        return head
-    active = head.active_adapters
-    if head.disable_adapters or not active or active[0] not in head.modules_to_save:
-        return head.original_module
-    return head.modules_to_save[active[0]]
-
-
-def _plain_linear(head: nn.Module) -> nn.Linear | str:
-    """The plain ``nn.Linear`` the fused kernel can take the weight of, or why there is none."""
-    linear = _effective_head(head)
-    if type(linear) is not nn.Linear:  # LoRA layers, bitsandbytes Linear4bit/8bit, custom heads
-        what = "has LoRA on it" if hasattr(linear, "lora_A") else f"is a {type(linear).__qualname__}"
-        return f"the output head {what}, not a plain torch.nn.Linear (the chunked loss supports it)"
-    if linear._forward_hooks or linear._forward_pre_hooks or hasattr(linear, "_hf_hook"):
-        return (
-            "the output head has forward hooks (e.g. accelerate's offloading), which the kernel would bypass"
-        )
-    return linear
-
-
-def _liger() -> Callable[..., torch.Tensor] | str:
-    try:
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] == "liger_kernel":
-            return "liger_kernel is not installed (`pip install liger-kernel`)"
-        return f"liger_kernel cannot be imported: it needs {exc.name!r}, which is not installed"
-    except Exception as exc:  # e.g. triton missing or broken: any import failure means no fused kernel
-        return f"liger_kernel cannot be imported ({type(exc).__name__}: {exc})"
-    return liger_fused_linear_cross_entropy
-
-
 def check_fused(model: Any, device: torch.device | str | None = None) -> str | None:
     """Why :func:`fused_causal_lm_loss` cannot run for ``model`` on ``device`` (None when it can).
 
@@ -187,7 +157,7 @@ def check_fused(model: Any, device: torch.device | str | None = None) -> str | N
     if fsdp_launched():
         return "FSDP shards the output head's weight, which the kernel reads whole"
     try:
-        linear = _plain_linear(find_head(model).module)
+        linear = plain_linear(find_head(model).module)
     except HeadSplitError as exc:
         return str(exc)
     if isinstance(linear, str):
@@ -195,8 +165,7 @@ def check_fused(model: Any, device: torch.device | str | None = None) -> str | N
     device = torch.device(device) if device is not None else linear.weight.device
     if device.type != "cuda" or linear.weight.device.type != "cuda":
         return f"it needs a CUDA device (the model is on {linear.weight.device}, training on {device})"
-    problem = _liger()
-    return problem if isinstance(problem, str) else None
+    return liger_findable()
 
 
 def fused_causal_lm_loss(
@@ -217,10 +186,9 @@ def fused_causal_lm_loss(
         RuntimeError: the head is not a plain Linear or liger_kernel is missing (see :func:`check_fused`).
     """
     split = final_hidden_states(model, batch)
-    linear, fused = _plain_linear(split.head), _liger()
-    for problem in (linear, fused):
-        if isinstance(problem, str):
-            raise RuntimeError(f"fused loss: {problem}")
+    linear = plain_linear(split.head)
+    if isinstance(linear, str):
+        raise RuntimeError(f"fused loss: {linear}")
     hidden, targets = _supervised(split, batch)
     with split.autocast():
         # No rows: the kernel's chunking divides by the row count; keep the graph instead. Few rows: the
@@ -233,6 +201,9 @@ def fused_causal_lm_loss(
         )
         if len(targets) == 0 or len(targets) < min_rows:
             return aligned_linear_loss(linear, hidden, targets)
+        fused = liger()
+        if isinstance(fused, str):
+            raise RuntimeError(f"fused loss: {fused}")
         loss = fused(
             hidden, linear.weight, targets, bias=linear.bias, ignore_index=IGNORE_INDEX, reduction="sum"
         )

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from qlora_kit.training.evaluation import inference_mode
+from qlora_kit.training.loss import model_inputs
 
 PROBE_LOGIT = 1000.0
 """Largest value the post-head probe feeds through the model: far beyond any soft-cap or scale."""
@@ -141,7 +142,7 @@ def final_hidden_states(model: Any, batch: Mapping[str, torch.Tensor]) -> HeadIn
         HeadSplitError: see :func:`find_head`, or the forward never called the head.
     """
     head = find_head(model)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = model_inputs(batch)
     stand_in = _HeadStandIn()
     _forward_without_head(model, inputs, head, stand_in)
     hidden, kind, dtype, enabled = stand_in.seen  # type: ignore[misc]

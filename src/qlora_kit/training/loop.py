@@ -113,8 +113,9 @@ class Trainer:
         except torch.OutOfMemoryError as err:
             raise TrainingError(oom_message(session.state.step + 1)) from err
         finally:
+            trained = time.perf_counter() - started  # the loss curve, drawn at close, is not training
             session.close()
-        return session.result(time.perf_counter() - started)
+        return session.result(trained)
 
     # ------------------------------------------------------------------------------- the loop
 

@@ -46,6 +46,29 @@ def count_supervised(batch: Mapping[str, torch.Tensor]) -> int:
     return int((targets != IGNORE_INDEX).sum())
 
 
+TARGET_KEYS = ("target_positions", "target_ids")
+"""Keys :func:`with_targets` adds to a batch: the loss reads them, the model never gets them."""
+
+
+def with_targets(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """``batch`` (on the CPU, before it moves) with its supervised positions found on the CPU, and their
+    number.
+
+    Adds ``target_positions`` (indices into the flattened ``[B * T]`` positions that have a target) and
+    ``target_ids`` (those targets). The head-split losses gather the hidden states with them: selecting
+    with a boolean mask on the device makes the host wait for the device to learn how many rows there are
+    (two waits a pass, and one more in the backward pass), which kept a W1 step bound by the host.
+    """
+    targets = shift_targets(batch["labels"], batch.get("position_ids")).flatten()
+    positions = (targets != IGNORE_INDEX).nonzero().flatten()
+    return {**batch, "target_positions": positions, "target_ids": targets[positions]}, len(positions)
+
+
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys of ``batch`` the model takes: all but the labels and :data:`TARGET_KEYS`."""
+    return {k: v for k, v in batch.items() if k != "labels" and k not in TARGET_KEYS}
+
+
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum (not mean) of the cross-entropies of the positions whose target is not ``-100``, in fp32."""
     return F.cross_entropy(
@@ -55,6 +78,5 @@ def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 def causal_lm_loss(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """The default :class:`LossFn`: forward pass without labels, then :func:`token_cross_entropy`."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits
+    logits = model(**model_inputs(batch), use_cache=False).logits
     return token_cross_entropy(logits, shift_targets(batch["labels"], batch.get("position_ids")))

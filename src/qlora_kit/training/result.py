@@ -22,6 +22,8 @@ class TrainResult:
     """Input tokens processed (padding excluded), all processes together."""
     supervised_tokens: int
     train_time_s: float
+    """Wall seconds of :meth:`~qlora_kit.training.Trainer.fit` from its start to its last checkpoint (setup,
+    steps, evaluations and checkpoints); drawing the loss curve and closing the logs come after."""
     peak_memory_gb: float | None
     """Peak CUDA memory allocated by this process (None on CPU)."""
     checkpoints: list[str] = field(default_factory=list)
