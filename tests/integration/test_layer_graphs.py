@@ -180,22 +180,49 @@ def test_with_the_first_layers_checkpointed_the_others_are_recorded(tokenizer, f
     graphs.remove()
 
 
-def test_the_cli_fills_packed_passes_to_quarters_of_the_budget_so_few_recordings_serve_the_run(
-    tiny_run_config, fake_recording, monkeypatch
+def test_the_cli_fills_packed_passes_to_quarters_of_the_budget_and_records_the_widths_that_recur(
+    tiny_run_config, fake_recording, monkeypatch, caplog
 ):
     """`qlora-kit train` with train.cuda_graphs and a token budget (on a pretend CUDA device): every packed
-    pass is filled to a quarter of the budget, so the layers are recorded once per quarter at most."""
-    from qlora_kit.training import session
+    pass is filled to a quarter of the budget, and each quarter the run meets at least MIN_RECORDED_PASSES
+    times is recorded once; rarer ones run eagerly (a recording costs about ten eager passes)."""
+    from qlora_kit.training import session, speedups
+    from qlora_kit.training.layer_graphs import MIN_RECORDED_PASSES
 
     real = session.speed_up_layers
     monkeypatch.setattr(session, "speed_up_layers",
                         lambda model, cfg, device, offloading: real(model, cfg, torch.device("cuda"), offloading))  # fmt: skip
-    cfg = tiny_run_config(max_steps=4, micro_batch_size=2, grad_accum=2)
-    assert main(["train", str(cfg), "train.cuda_graphs=true", "train.micro_batch_tokens=512",
-                 "data.packing=true", "train.grad_checkpointing=false"]) == 0  # fmt: skip
-    # the passes' widths are quarters of the budget: each of the few shapes recorded once
+    counted = []
+    monkeypatch.setattr(speedups, "recurring_widths", lambda counts: counted.append(counts) or layer_graphs.recurring_widths(counts))  # fmt: skip
+    cfg = tiny_run_config(max_steps=30, micro_batch_size=2, grad_accum=2)
+    with caplog.at_level("INFO", logger="qlora_kit.training.layer_graphs"):
+        assert main(["train", str(cfg), "train.cuda_graphs=true", "train.micro_batch_tokens=512",
+                     "data.packing=true", "train.grad_checkpointing=false"]) == 0  # fmt: skip
+    (counts,) = counted
+    assert sum(counts.values()) >= 30 and set(counts) <= {
+        128,
+        256,
+        384,
+        512,
+    }  # a pass or two a step, in quarters
     widths = [recording[0][0][1] for recording in fake_recording]
-    assert widths and set(widths) <= {128, 256, 384, 512} and len(set(widths)) == len(widths)
+    # once each, only frequent widths (one met only as a step's second pass is never recorded: see _accumulating)
+    assert len(set(widths)) == len(widths) and set(widths) <= {
+        w for w, n in counts.items() if n >= MIN_RECORDED_PASSES
+    }
+    assert max(counts, key=counts.get) in widths, counts
+    if any(n < MIN_RECORDED_PASSES for n in counts.values()):
+        assert "too rare in this run to record" in caplog.text
+
+
+def test_recurring_widths_keeps_one_row_passes_of_rare_widths_eager():
+    from qlora_kit.training.layer_graphs import MIN_RECORDED_PASSES, recurring_widths
+
+    worth = recurring_widths({960: 2, 2752: 165, 3604: MIN_RECORDED_PASSES})
+    assert not worth(torch.zeros(1, 960, 8))
+    assert worth(torch.zeros(1, 2752, 8)) and worth(torch.zeros(1, 3604, 8))
+    assert worth(torch.zeros(1, 1000, 8))  # a width the plan did not count: recorded as before
+    assert worth(torch.zeros(2, 960, 8))  # padded passes of several rows: not counted
 
 
 class _Upcast(torch.nn.Module):

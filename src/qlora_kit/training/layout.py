@@ -7,6 +7,7 @@ activation offload are decided together from the memory plan (:func:`~qlora_kit.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -55,6 +56,19 @@ class StepLayout:
         micro = epoch_batches(self.lengths, cfg.micro_batch_size, cfg.seed, epoch, self.planner,
                               acc.process_index, acc.num_processes)  # fmt: skip
         return windows(micro, cfg.grad_accum)
+
+    def pass_widths(self, widths: Callable[[list[int]], int], total_steps: int) -> Counter[int]:
+        """How many of the run's first ``total_steps`` windows' passes have each width (``widths(row
+        lengths)``: a pass's length as its collator makes it), over as many epochs as they take."""
+        counts: Counter[int] = Counter()
+        epoch, steps = 0, 0
+        while steps < total_steps:
+            epoch_windows = self.windows(epoch)[: total_steps - steps] or [[]]  # [[]]: no window, stop
+            counts.update(
+                widths([self.lengths[i] for i in rows]) for window in epoch_windows for rows in window
+            )
+            steps, epoch = steps + len(epoch_windows), epoch + 1
+        return counts
 
     def eval_passes(self, rows: Sequence[Any]) -> list[list[int]] | None:
         """``rows`` (evaluation rows) laid out into passes of the training pass's token budget, which they

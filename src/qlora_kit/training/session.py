@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from qlora_kit.data.collate import bucketed_widths
 from qlora_kit.errors import DataError
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.planning.live import check_first_step
@@ -39,7 +38,7 @@ from qlora_kit.training.evaluation import GENERATIONS_FILE
 from qlora_kit.training.layout import StepLayout, apply_memory_layout, lean_on_every_layer
 from qlora_kit.training.result import TrainResult
 from qlora_kit.training.resume import adapter_fingerprint, check_resumable, data_fingerprint
-from qlora_kit.training.speedups import speed_up_layers
+from qlora_kit.training.speedups import passes_for_graphs, speed_up_layers
 from qlora_kit.training.state import TrainerState
 from qlora_kit.training.tracking import MetricsLogger, truncate_jsonl
 
@@ -94,7 +93,7 @@ class TrainingSession:
         }
         self.checkpoints = CheckpointManager(self.output_dir, cfg.keep_last)
         resume_from, changes = self._resume_target(fingerprints)
-        self._prepare(model)
+        self._prepare(model, total)
         self.state = TrainerState(
             total, steps_per_epoch, run_id=uuid.uuid4().hex[:12], fingerprints=fingerprints
         )
@@ -129,7 +128,7 @@ class TrainingSession:
         saved = read_state_file(path)["trainer"]["fingerprints"]
         return path, check_resumable(saved, fingerprints, path)
 
-    def _prepare(self, model: Any) -> None:
+    def _prepare(self, model: Any, total: int) -> None:
         from accelerate.utils import set_seed
 
         acc, cfg = self.accelerator, self.cfg
@@ -142,8 +141,7 @@ class TrainingSession:
         self._offload = apply_memory_layout(model, self.memory)
         # cuda_graphs: the compiled layers record graphs (the loop marks passes); _graphs: eager ones do
         self.cuda_graphs, self._graphs = speed_up_layers(model, cfg, acc.device, self._offload is not None)
-        if self._graphs is not None and self.memory.budget:  # packed passes of four widths: few recordings
-            self.collate_fn = bucketed_widths(self.collate_fn, self.memory.budget)
+        self.collate_fn = passes_for_graphs(self._graphs, self.collate_fn, self.layout, total)
         keep_4bit_weights_trainable(model)
         model.train()
         optimizer = cfg.optimizer.build().create(model)

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from qlora_kit.compat import decoder_layers
+from qlora_kit.data.collate import bucketed_widths
 from qlora_kit.training.compiling import compile_if_wanted, copy_gradients_out, uses_cuda_graphs
-from qlora_kit.training.layer_graphs import LayerGraphs, checkpointed_layer
+from qlora_kit.training.layer_graphs import LayerGraphs, checkpointed_layer, recurring_widths
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +63,14 @@ def graph_layers_if_wanted(
         len(layers) - checkpointed,
     )
     return graphs
+
+
+def passes_for_graphs(graphs: LayerGraphs | None, collate_fn: Any, layout: Any, total_steps: int) -> Any:
+    """The collator for a run whose layers are recorded (``graphs``) under a token budget: packed passes
+    filled to four widths (:func:`~qlora_kit.data.collate.bucketed_widths`), and only the widths the run's
+    ``total_steps`` (laid out by ``layout``) meet often enough recorded. Other runs keep ``collate_fn``."""
+    if graphs is None or not layout.memory.budget:
+        return collate_fn
+    bucketed = bucketed_widths(collate_fn, layout.memory.budget)
+    graphs.worth_recording = recurring_widths(layout.pass_widths(bucketed.tokens, total_steps))
+    return bucketed
