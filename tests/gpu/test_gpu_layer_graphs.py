@@ -31,11 +31,15 @@ def _losses(run_dir):
     ids=["padded-two-passes", "packed-rounded"],
 )
 def test_recorded_layers_train_the_same_losses_as_eager(
-    tiny_run_config, tmp_path, gpu_device, capsys, layout
+    tiny_run_config, tmp_path, gpu_device, capsys, layout, monkeypatch
 ):
     """Two passes a step (padded) or one packed pass filled to a quarter of the token budget: every step's
     loss as eager, so the gradients of a pass survive the next pass's replay (they are copied out of the
-    graphs' memory). Six steps: some packed width repeats (there are four), so something is recorded."""
+    graphs' memory). Six steps: some packed width repeats (there are four), so something is recorded once a
+    width met twice is worth recording (in a real run: 12 times)."""
+    from qlora_kit.training import layer_graphs
+
+    monkeypatch.setattr(layer_graphs, "MIN_RECORDED_PASSES", 2)
     cfg = tiny_run_config(max_steps=6, micro_batch_size=2, grad_accum=2, log_every=1)
     common = [str(cfg), "adapter.dropout=0", *layout]
     assert main(["train", *common]) == 0

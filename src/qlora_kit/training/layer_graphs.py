@@ -60,9 +60,10 @@ MIN_RECORDED_PASSES = 12
 a recording cost W1 on an H200 about 0.2 s, some ten steps' time, where a replay saves ~20 ms over an eager
 pass (run 2026-12-01h). W1 has 2 passes of its narrowest width in 258 steps."""
 
-WARMUP_PASSES = 2
+WARMUP_PASSES = 1
 """Eager forward + backward passes on the sample inputs before a recording (lazy initialisation, e.g.
-cuBLAS workspaces, must not happen inside a graph)."""
+cuBLAS workspaces, must not happen inside a graph). One is enough: a shape is recorded at its second pass,
+after a whole eager pass of that shape (the GPU tests check the losses against eager runs)."""
 
 
 @dataclass(frozen=True)
