@@ -184,8 +184,8 @@ def test_the_cli_fills_packed_passes_to_quarters_of_the_budget_and_records_the_w
     tiny_run_config, fake_recording, monkeypatch, caplog
 ):
     """`qlora-kit train` with train.cuda_graphs and a token budget (on a pretend CUDA device): every packed
-    pass is filled to a quarter of the budget, and each quarter the run meets at least MIN_RECORDED_PASSES
-    times is recorded once; rarer ones run eagerly (a recording costs about ten eager passes)."""
+    pass is filled to a quarter of the budget, a quarter the run meets fewer than MIN_RECORDED_PASSES times
+    is filled to the next one (but the widest), and each common quarter is recorded once."""
     from qlora_kit.training import session, speedups
     from qlora_kit.training.layer_graphs import MIN_RECORDED_PASSES
 
@@ -211,7 +211,9 @@ def test_the_cli_fills_packed_passes_to_quarters_of_the_budget_and_records_the_w
         w for w, n in counts.items() if n >= MIN_RECORDED_PASSES
     }
     assert max(counts, key=counts.get) in widths, counts
-    if any(n < MIN_RECORDED_PASSES for n in counts.values()):
+    # this run met 256 twice (below): its passes were filled to 512 instead
+    assert all(n >= MIN_RECORDED_PASSES or w == 512 for w, n in counts.items()), counts
+    if counts.get(512, MIN_RECORDED_PASSES) < MIN_RECORDED_PASSES:
         assert "too rare in this run to record" in caplog.text
 
 

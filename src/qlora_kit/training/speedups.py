@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from qlora_kit.compat import decoder_layers
 from qlora_kit.data.collate import bucketed_widths
+from qlora_kit.training import layer_graphs
 from qlora_kit.training.compiling import compile_if_wanted, copy_gradients_out, uses_cuda_graphs
 from qlora_kit.training.layer_graphs import LayerGraphs, checkpointed_layer, recurring_widths
 
@@ -67,10 +69,22 @@ def graph_layers_if_wanted(
 
 def passes_for_graphs(graphs: LayerGraphs | None, collate_fn: Any, layout: Any, total_steps: int) -> Any:
     """The collator for a run whose layers are recorded (``graphs``) under a token budget: packed passes
-    filled to four widths (:func:`~qlora_kit.data.collate.bucketed_widths`), and only the widths the run's
-    ``total_steps`` (laid out by ``layout``) meet often enough recorded. Other runs keep ``collate_fn``."""
+    filled to four widths (:func:`~qlora_kit.data.collate.bucketed_widths`), then the widths the run's
+    ``total_steps`` (laid out by ``layout``) meet fewer than ``MIN_RECORDED_PASSES`` times dropped, their
+    passes filled to the next width (a replay of a wider recording costs less than an eager pass of a new
+    shape: W1's two 960-token passes). Only widths met often enough are recorded. Other runs keep
+    ``collate_fn``."""
     if graphs is None or not layout.memory.budget:
         return collate_fn
     bucketed = bucketed_widths(collate_fn, layout.memory.budget)
-    graphs.worth_recording = recurring_widths(layout.pass_widths(bucketed.tokens, total_steps))
+    counts = layout.pass_widths(bucketed.tokens, total_steps)
+    widths = getattr(bucketed, "widths", ())
+    if widths:  # the widest stays: every pass must fit one
+        common = tuple(
+            w for w in widths if counts.get(w, 0) >= layer_graphs.MIN_RECORDED_PASSES or w == widths[-1]
+        )
+        if common != widths:
+            bucketed = replace(bucketed, widths=common)
+            counts = layout.pass_widths(bucketed.tokens, total_steps)
+    graphs.worth_recording = recurring_widths(counts)
     return bucketed
