@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+NOT_INSTALLED = "liger_kernel is not installed (`pip install liger-kernel`)"
+
 
 def _effective_head(head: nn.Module) -> nn.Module:
     """The module a PEFT ``modules_to_save`` wrapper forwards to (the trainable copy when active)."""
@@ -43,7 +45,7 @@ def liger() -> Callable[..., torch.Tensor] | str:
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] == "liger_kernel":
-            return "liger_kernel is not installed (`pip install liger-kernel`)"
+            return NOT_INSTALLED
         return f"liger_kernel cannot be imported: it needs {exc.name!r}, which is not installed"
     except Exception as exc:  # e.g. triton missing or broken: any import failure means no fused kernel
         return f"liger_kernel cannot be imported ({type(exc).__name__}: {exc})"
@@ -59,6 +61,6 @@ def liger_findable() -> str | None:
     for name in ("liger_kernel", "triton"):
         if importlib.util.find_spec(name) is None:
             if name == "liger_kernel":
-                return "liger_kernel is not installed (`pip install liger-kernel`)"
+                return NOT_INSTALLED
             return f"liger_kernel cannot be imported: it needs {name!r}, which is not installed"
     return None

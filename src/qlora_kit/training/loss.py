@@ -42,8 +42,13 @@ def shift_targets(labels: torch.Tensor, position_ids: torch.Tensor | None = None
 
 def count_supervised(batch: Mapping[str, torch.Tensor]) -> int:
     """Number of tokens of a collated batch that contribute to the loss."""
-    targets = shift_targets(batch["labels"], batch.get("position_ids"))
-    return int((targets != IGNORE_INDEX).sum())
+    return len(_target_positions(batch)[0])
+
+
+def _target_positions(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flattened positions that have a target, and all positions' targets (flattened)."""
+    targets = shift_targets(batch["labels"], batch.get("position_ids")).flatten()
+    return (targets != IGNORE_INDEX).nonzero().flatten(), targets
 
 
 TARGET_KEYS = ("target_positions", "target_ids")
@@ -59,8 +64,7 @@ def with_targets(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     with a boolean mask on the device makes the host wait for the device to learn how many rows there are
     (two waits a pass, and one more in the backward pass), which kept a W1 step bound by the host.
     """
-    targets = shift_targets(batch["labels"], batch.get("position_ids")).flatten()
-    positions = (targets != IGNORE_INDEX).nonzero().flatten()
+    positions, targets = _target_positions(batch)
     return {**batch, "target_positions": positions, "target_ids": targets[positions]}, len(positions)
 
 
