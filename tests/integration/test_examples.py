@@ -97,6 +97,8 @@ def test_example_config_trains_on_the_tiny_model(config, in_repo, tiny_gpt2_dir,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["train_loss"] is not None
     assert "train loss:" in printed and str(out) in printed
+    # GPT-2's spelled-out GELU ran as one fused kernel; the merged model (checked below) has its own back
+    assert "activations: 2 tanh-approximated GELUs run as one fused kernel" in (out / "train.log").read_text()
     if load_config(config).export.kind == "merged":
         assert (out / "merged" / "merge_report.json").is_file()
 
