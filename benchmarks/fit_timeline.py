@@ -102,14 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--w1", action="store_true", help="time W1 (seed_improved.yaml on the 900 rows)")
     parser.add_argument("--w1-data", default=str(SHARED / "data" / "alpaca_en_demo.json"))
     parser.add_argument("--w1-tokenizer", default=str(SHARED / "assets" / "gpt2-tokenizer"))
-    parser.add_argument("--no-fused-activations", action="store_true",
-                        help="A/B: keep a model's spelled-out tanh GELU (qlora_kit.model.activations)")  # fmt: skip
+    parser.add_argument("--no-lean-forward", action="store_true",
+                        help="A/B: the model's own GELU and float32 norm outputs (qlora_kit.model.activations)")  # fmt: skip
+    parser.add_argument("--no-lean-norms", action="store_true",
+                        help="A/B: the fused GELU only, norms returning float32 (qlora_kit.model.norms)")  # fmt: skip
     parser.add_argument("command", nargs="*", help="after --: the qlora-kit command and its arguments")
     args = parser.parse_args(argv)
-    if args.no_fused_activations:
+    if args.no_lean_norms:
+        from qlora_kit.model import norms
+
+        norms.NORMS = ()
+    if args.no_lean_forward:
+        from torch.nn import Module
+
+        from qlora_kit.model.activations import LeanForward
         from qlora_kit.training import session
 
-        session.fuse_activations = lambda model: None
+        session.lean_forward = lambda model: LeanForward(Module())  # nothing to change
     command = ["train", *w1_arguments(args), *args.command] if args.w1 else args.command
     if not command:
         parser.error("give a qlora-kit command after --, or --w1")

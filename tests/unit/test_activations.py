@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
 
-from qlora_kit.model.activations import FusedActivations, fuse_activations
+from qlora_kit.model.activations import FusedActivations
 from qlora_kit.testing import make_distilgpt2_shape, make_tiny_llama
 
 
@@ -27,8 +27,8 @@ def test_gpt2_runs_the_fused_kernel_and_gets_its_own_back(tokenizer):
     ids = torch.randint(1, len(tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
     originals = [layer.mlp.act for layer in model.transformer.h]
     before = model(input_ids=ids).logits
-    fused = fuse_activations(model)
-    assert fused is not None and fused.count == 2
+    fused = FusedActivations(model)
+    assert fused.count == 2
     assert all(type(layer.mlp.act) is GELUTanh for layer in model.transformer.h)
     torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
     fused.remove()
@@ -37,5 +37,20 @@ def test_gpt2_runs_the_fused_kernel_and_gets_its_own_back(tokenizer):
 
 def test_models_without_the_spelled_out_gelu_are_left_alone(tokenizer):
     llama = make_tiny_llama(tokenizer=tokenizer)  # SiLU: already one kernel
-    assert fuse_activations(llama) is None
     assert FusedActivations(llama).count == 0
+
+
+def test_16_bit_norms_return_their_dtype_and_are_given_back():
+    from qlora_kit.model.norms import NormsInModelDtype, _to_weight_dtype
+
+    model = torch.nn.Sequential(
+        torch.nn.LayerNorm(8).bfloat16(), torch.nn.LayerNorm(8), torch.nn.Linear(8, 8)
+    )
+    hooks = NormsInModelDtype(model)
+    assert hooks.count == 1  # the float32 norm and the linear layer are left alone
+    # what autocast makes of a 16-bit LayerNorm on CUDA: a float32 output, cast back to the weight's dtype
+    assert _to_weight_dtype(model[0], (), torch.ones(2, 8)).dtype == torch.bfloat16
+    assert _to_weight_dtype(model[0], (), torch.ones(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert model[0](torch.ones(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    hooks.remove()
+    assert not model[0]._forward_hooks and hooks.count == 0

@@ -47,15 +47,33 @@ class FusedActivations:
         self._swapped = []
 
 
-def fuse_activations(model: nn.Module) -> FusedActivations | None:
-    """Run ``model``'s spelled-out tanh GELUs as one fused kernel each (see the module's docstring);
-    None when it has none."""
-    fused = FusedActivations(model)
-    if not fused.count:
-        return None
-    logger.info("activations: %d tanh-approximated GELUs run as one fused kernel each (the same function, "
-                "rounded once instead of after every operation)", fused.count)  # fmt: skip
-    return fused
+class LeanForward:
+    """What :func:`lean_forward` changed in a model: the fused GELUs and the norms' output dtype."""
+
+    def __init__(self, model: nn.Module):
+        from qlora_kit.model.norms import NormsInModelDtype
+
+        self.activations = FusedActivations(model)
+        self.norms = NormsInModelDtype(model)
+
+    def remove(self) -> None:
+        """Give the model its own modules and norms' outputs back."""
+        self.activations.remove()
+        self.norms.remove()
+
+
+def lean_forward(model: nn.Module) -> LeanForward:
+    """Fewer elementwise kernels in ``model``'s training forward (and backward), for the run: spelled-out
+    tanh GELUs as one fused kernel each (this module), and 16-bit norms returning their own dtype under
+    autocast (:mod:`~qlora_kit.model.norms`). Says what it changed; ``remove()`` undoes both."""
+    lean = LeanForward(model)
+    if lean.activations.count:
+        logger.info("activations: %d tanh-approximated GELUs run as one fused kernel each (the same function, "
+                    "rounded once instead of after every operation)", lean.activations.count)  # fmt: skip
+    if lean.norms.count:
+        logger.info("norms: %d LayerNorms return the model's 16-bit dtype under autocast, not float32 "
+                    "(no casts around every layer; the residual stream stays 16-bit)", lean.norms.count)  # fmt: skip
+    return lean
 
 
 def _spelled_out(module: Any) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from qlora_kit.errors import DataError
-from qlora_kit.model.activations import fuse_activations
+from qlora_kit.model.activations import lean_forward
 from qlora_kit.model.quant import keep_4bit_weights_trainable
 from qlora_kit.planning.live import check_first_step
 from qlora_kit.training.accelerator import flat_config, make_accelerator
@@ -140,7 +140,7 @@ class TrainingSession:
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(acc.device)
         self._offload = apply_memory_layout(model, self.memory)
-        self._activations = fuse_activations(model)  # before layers are recorded or compiled
+        self._lean = lean_forward(model)  # before layers are recorded or compiled
         # cuda_graphs: the compiled layers record graphs (the loop marks passes); _graphs: eager ones do
         self.cuda_graphs, self._graphs = speed_up_layers(model, cfg, acc.device, self._offload is not None)
         self.collate_fn = passes_for_graphs(self._graphs, self.collate_fn, self.layout, total)
@@ -258,7 +258,7 @@ class TrainingSession:
             acc.free_memory()
 
     def _release(self) -> None:
-        for name in ("_offload", "_graphs", "_activations"):  # hooks, recorded graphs, swapped modules
+        for name in ("_offload", "_graphs", "_lean"):  # hooks, recorded graphs, swapped modules
             if getattr(self, name, None) is not None:
                 getattr(self, name).remove()
                 setattr(self, name, None)
