@@ -9,13 +9,13 @@ export PYTHONPATH=/tmp/site:$PWD/src QLORA_KIT_COMMIT=$1 HF_HUB_OFFLINE=1 TOKENI
 export CUDA_VISIBLE_DEVICES=0
 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import harness; harness.precompile_sources(); harness.warm_up_device()"
 W1="--w1-data .benchdata/alpaca_en_demo.json --w1-tokenizer .benchdata/gpt2-tokenizer"
-tl() { python3 benchmarks/fit_timeline.py --w1 $W1 --out $OUT/tl_$1.json "${@:2}" > $OUT/tl_$1.txt 2>&1
-       echo "== $1: $(grep -E '^time:' $OUT/tl_$1.txt)"; grep -E "step (5|50|250) queued" $OUT/tl_$1.txt; }
+tl() { python3 benchmarks/fit_timeline.py --w1 $W1 --out /tmp/tl_$1.json "${@:2}" > /tmp/tl_$1.txt 2>&1
+       echo "== $1: $(grep -E "^time:" /tmp/tl_$1.txt)"; grep -E "step (5|50|250) queued" /tmp/tl_$1.txt; }
 tl leanA
 tl gelu_onlyB --no-lean-norms
 tl leanC
 tl gelu_onlyD --no-lean-norms
-grep -h "eval loss" $OUT/tl_*.txt | grep "^train:" | cut -c1-120
+grep -h "eval loss" /tmp/tl_*.txt | grep "^train:" | cut -c1-120
 timeout 240 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_gpu_layer_graphs.py tests/gpu/test_gpu_trainer.py \
   tests/gpu/test_gpu_varlen_attention.py tests/gpu/test_gpu_compile.py tests/gpu/test_gpu_step_stats.py tests/gpu/test_gpu_head_loss.py > $OUT/gpu_tests50.txt 2>&1
 tail -4 $OUT/gpu_tests50.txt
