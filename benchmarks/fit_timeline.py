@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         from qlora_kit.model.activations import LeanForward
         from qlora_kit.training import session
 
-        session.lean_forward = lambda model: LeanForward(Module())  # nothing to change
+        session.lean_forward = lambda model, autocast: LeanForward(Module())  # nothing to change
     command = ["train", *w1_arguments(args), *args.command] if args.w1 else args.command
     if not command:
         parser.error("give a qlora-kit command after --, or --w1")

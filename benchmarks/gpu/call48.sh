@@ -4,9 +4,7 @@
 # (plain; with torch.profiler over steps 101-110: the device's kernels by time).
 #   bash benchmarks/gpu/call48.sh COMMIT
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > /dev/null 2>&1
-export PYTHONPATH=/tmp/site:$PWD/src QLORA_KIT_COMMIT=$1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export CUDA_VISIBLE_DEVICES=0
+. benchmarks/gpu/gpu_env.sh "$1"
 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import harness; harness.precompile_sources()"
 W1="--w1-data .benchdata/alpaca_en_demo.json --w1-tokenizer .benchdata/gpt2-tokenizer"
 python3 benchmarks/seed_w1.py --config examples/configs/seed_improved.yaml --data .benchdata/alpaca_en_demo.json \

@@ -4,9 +4,7 @@
 # then W1 in the harness (bytecode compiled and the device warmed up before timing) with the TRL seed recipe.
 #   bash benchmarks/gpu/call49.sh COMMIT RUN_ID
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > /dev/null 2>&1
-export PYTHONPATH=/tmp/site:$PWD/src QLORA_KIT_COMMIT=$1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-export CUDA_VISIBLE_DEVICES=0
+. benchmarks/gpu/gpu_env.sh "$1"
 python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import harness; harness.precompile_sources(); harness.warm_up_device()"
 W1="--w1-data .benchdata/alpaca_en_demo.json --w1-tokenizer .benchdata/gpt2-tokenizer"
 tl() { python3 benchmarks/fit_timeline.py --w1 $W1 --out $OUT/tl_$1.json "${@:2}" > $OUT/tl_$1.txt 2>&1

@@ -103,6 +103,19 @@ def test_example_config_trains_on_the_tiny_model(config, in_repo, tiny_gpt2_dir,
         assert (out / "merged" / "merge_report.json").is_file()
 
 
+def test_16_bit_norms_are_hooked_only_under_autocast(in_repo, tiny_gpt2_dir, rows_file, tmp_path):
+    config = EXAMPLES / "configs" / "seed_improved.yaml"
+    logs = {}
+    for precision in ("auto", "bf16"):  # auto: none on the CPU; bf16: autocast, as on a GPU
+        out = tmp_path / precision
+        code = cli(["train", str(config), *_tiny_overrides(config, tiny_gpt2_dir, rows_file, out),
+                    f"train.mixed_precision={precision}", "export.kind=adapter"])  # fmt: skip
+        assert code == 0
+        logs[precision] = (out / "train.log").read_text()
+    assert "norms: 5 LayerNorms return the model's 16-bit dtype under autocast" in logs["bf16"]
+    assert "norms:" not in logs["auto"]
+
+
 def _script(name: str):
     return _path_module(EXAMPLES / f"{name}.py")
 

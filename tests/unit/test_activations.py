@@ -54,3 +54,17 @@ def test_16_bit_norms_return_their_dtype_and_are_given_back():
     assert model[0](torch.ones(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
     hooks.remove()
     assert not model[0]._forward_hooks and hooks.count == 0
+
+
+def test_lean_forward_hooks_norms_only_under_autocast(tokenizer):
+    from qlora_kit.model.activations import lean_forward
+
+    model = make_distilgpt2_shape(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tokenizer))
+    model.to(torch.bfloat16)
+    without = lean_forward(model, autocast=False)
+    assert (without.activations.count, without.norms.count) == (2, 0)
+    without.remove()
+    lean = lean_forward(model, autocast=True)
+    assert (lean.activations.count, lean.norms.count) == (2, 5)  # two layers' ln_1 and ln_2, and ln_f
+    lean.remove()
+    assert not any(m._forward_hooks for m in model.modules())

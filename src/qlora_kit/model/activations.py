@@ -50,11 +50,12 @@ class FusedActivations:
 class LeanForward:
     """What :func:`lean_forward` changed in a model: the fused GELUs and the norms' output dtype."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, autocast: bool = True):
         from qlora_kit.model.norms import NormsInModelDtype
 
         self.activations = FusedActivations(model)
-        self.norms = NormsInModelDtype(model)
+        # without autocast a 16-bit norm returns 16 bits already: nothing to hook
+        self.norms = NormsInModelDtype(model if autocast else nn.Module())
 
     def remove(self) -> None:
         """Give the model its own modules and norms' outputs back."""
@@ -62,11 +63,12 @@ class LeanForward:
         self.norms.remove()
 
 
-def lean_forward(model: nn.Module) -> LeanForward:
+def lean_forward(model: nn.Module, autocast: bool) -> LeanForward:
     """Fewer elementwise kernels in ``model``'s training forward (and backward), for the run: spelled-out
-    tanh GELUs as one fused kernel each (this module), and 16-bit norms returning their own dtype under
-    autocast (:mod:`~qlora_kit.model.norms`). Says what it changed; ``remove()`` undoes both."""
-    lean = LeanForward(model)
+    tanh GELUs as one fused kernel each (this module), and, where the run uses ``autocast``, 16-bit norms
+    returning their own dtype (:mod:`~qlora_kit.model.norms`). Says what it changed; ``remove()`` undoes
+    both."""
+    lean = LeanForward(model, autocast)
     if lean.activations.count:
         logger.info("activations: %d tanh-approximated GELUs run as one fused kernel each (the same function, "
                     "rounded once instead of after every operation)", lean.activations.count)  # fmt: skip

@@ -140,7 +140,7 @@ class TrainingSession:
         if acc.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(acc.device)
         self._offload = apply_memory_layout(model, self.memory)
-        self._lean = lean_forward(model)  # before layers are recorded or compiled
+        self._lean = lean_forward(model, autocast=acc.mixed_precision != "no")  # before recording/compiling
         # cuda_graphs: the compiled layers record graphs (the loop marks passes); _graphs: eager ones do
         self.cuda_graphs, self._graphs = speed_up_layers(model, cfg, acc.device, self._offload is not None)
         self.collate_fn = passes_for_graphs(self._graphs, self.collate_fn, self.layout, total)
