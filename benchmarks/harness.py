@@ -113,7 +113,8 @@ EXPERIMENT_PREFIX = "QK_BENCH_"
 """Environment variables that switch a W2/W3 worker into an experiment (worker.py's ``make_session``):
 ``QK_BENCH_ACT_BUDGET`` (torch's activation memory budget for compiled layers), ``QK_BENCH_RNG_RECOMPUTE``
 (``functionalize_rng_ops``), ``QK_BENCH_LIGHT_COMPILED`` (the light LoRA dropout in compiled layers),
-``QK_BENCH_COMPILE_MODE`` (torch.compile's mode for the decoder layers)."""
+``QK_BENCH_COMPILE_MODE`` (torch.compile's mode for the decoder layers), ``QK_BENCH_FUNCTORCH``
+(``NAME=0|1`` words setting boolean flags of ``torch._functorch.config``, the partitioner's)."""
 
 
 def experiment_switches(env: Mapping[str, str]) -> str:

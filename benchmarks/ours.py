@@ -131,8 +131,10 @@ class OursSession:
         """The resolved config (every default filled in) and the overrides this tree rejected."""
         resolved = self.cfg.model_dump(mode="json")
         resolved.pop("output_dir", None)
+        from qlora_kit.model.lora_dropout import LightDropoutLinear
+
         return {"config": resolved, "ignored_overrides": self.ignored, "collator": self.collator,
-                "memory": self.memory}  # fmt: skip
+                "memory": self.memory, "light_in_compiled": LightDropoutLinear.in_compiled}  # fmt: skip
 
     def train(self, rows: list[list[int]], batch: int, steps: int) -> StepLog:
         """``steps`` optimizer steps of ``batch`` rows each, through ``Trainer.fit``."""

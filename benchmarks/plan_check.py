@@ -95,7 +95,9 @@ def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
     cfg = run_config(
         shapes[shape], rows, seq, dropout, train.get("compile", False), train.get("memory_budget_gib")
     )
-    plan = plan_as_run(cfg, seq, memory)
+    # rows from before the hashed dropout ran PEFT's dropout in compiled layers (and record no switch)
+    light_in_compiled = bool((row.get("config") or {}).get("light_in_compiled", False))
+    plan = plan_as_run(cfg, seq, memory, light_in_compiled)
     predicted = plan.memory.peak_allocated / 2**30
     return {
         "run_id": row["run_id"], "workload": row["workload"], "system": row["system"], "tokens": rows * seq,
@@ -106,25 +108,26 @@ def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def plan_as_run(cfg: Any, seq: int, memory: str | None) -> Any:
+def plan_as_run(cfg: Any, seq: int, memory: str | None, light_in_compiled: bool = True) -> Any:
     """The plan for the settings the Trainer chose in the run: read from the row's memory line where it has
     one ("checkpointing on for the first 26 decoder layers, activation offload off, ..."); older rows (no
     line, before some-layer checkpointing) as their `auto` then chose: the first of none / all / all with
     offload that fits. The loss is ``fused``, what `auto` takes on CUDA."""
     from dataclasses import replace
 
+    from qlora_kit.planning.from_config import adapter_of
     from qlora_kit.planning.plan import plan_run, settings_of, shape_of
 
     base = replace(settings_of(cfg, shape_of(cfg)), loss="fused")
+    adapter = replace(adapter_of(cfg, shape_of(cfg)), light_in_compiled=light_in_compiled)
 
     def plan(
         checkpointing: bool, offload: bool, layers: int | None = None, offloaded: int | None = None
     ) -> Any:
         settings = replace(base, grad_checkpointing=checkpointing, activation_offload=offload,
                            checkpoint_layers=layers, offload_layers=offloaded)  # fmt: skip
-        return plan_run(
-            cfg, gpu_memory_gib=H200_GIB, seq_tokens=seq, settings=settings, host_memory_gib=HOST_GIB
-        )
+        return plan_run(cfg, gpu_memory_gib=H200_GIB, seq_tokens=seq, settings=settings,
+                        host_memory_gib=HOST_GIB, adapter=adapter)  # fmt: skip
 
     if memory:
 

@@ -51,10 +51,15 @@ def make_session(spec: dict[str, Any]) -> Any:
         import torch._functorch.config as functorch_config
 
         functorch_config.activation_memory_budget = float(os.environ["QK_BENCH_ACT_BUDGET"])
-    if os.environ.get("QK_BENCH_LIGHT_COMPILED") == "1":  # A/B: the light dropout inside compiled layers
+    for item in os.environ.get("QK_BENCH_FUNCTORCH", "").split():  # experiment: NAME=0|1 partitioner flags
+        import torch._functorch.config as functorch_config
+
+        name, _, value = item.partition("=")
+        setattr(functorch_config, name, value == "1")
+    if os.environ.get("QK_BENCH_LIGHT_COMPILED") in ("0", "1"):  # A/B: the light dropout in compiled layers
         from qlora_kit.model.lora_dropout import LightDropoutLinear
 
-        LightDropoutLinear.in_compiled = True
+        LightDropoutLinear.in_compiled = os.environ["QK_BENCH_LIGHT_COMPILED"] == "1"
     if os.environ.get("QK_BENCH_COMPILE_MODE"):  # experiment: torch.compile's mode for the decoder layers
         import qlora_kit.training.compiling as compiling
 

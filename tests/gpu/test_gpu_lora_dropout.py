@@ -65,36 +65,58 @@ def test_checkpointed_steps_repeat_exactly(tiny_llama_dir, gpu_device, monkeypat
     assert a == b and all(torch.equal(x, y) for x, y in zip(ga, gb, strict=True))
 
 
+def test_hashed_masks_on_cuda_equal_the_cpu_s_compiled_or_not(gpu_device):
+    """Inductor's int64 arithmetic in Triton wraps as eager CUDA and the CPU do: one seed, one mask."""
+    from qlora_kit.model.lora_dropout import hashed_keep
+
+    x = torch.ones(4, 1024, 4096, dtype=torch.bfloat16)  # 2**24 elements: the index multiply wraps
+    seed = torch.tensor(0xDEADBEEF)
+    cpu = hashed_keep(x, 0.05, seed)
+    torch._dynamo.reset()
+    compiled = torch.compile(hashed_keep)(x.to(gpu_device), 0.05, seed.to(gpu_device))
+    assert torch.equal(hashed_keep(x.to(gpu_device), 0.05, seed.to(gpu_device)).cpu(), cpu)
+    assert torch.equal(compiled.cpu(), cpu)
+    assert (cpu == 0).float().mean().item() == pytest.approx(0.05, abs=0.001)
+
+
 def test_compiled_light_dropout_matches_its_checkpointed_recompute(tiny_llama_dir, gpu_device, monkeypatch):
-    """The compile-friendly form (`LightDropoutLinear.in_compiled`) under inductor on CUDA, 4-bit base, bf16
-    autocast: a checkpointed run computes the loss and gradients of a plain compiled run."""
+    """The compiled form (hashed masks) under inductor on CUDA, 4-bit base, bf16 autocast: a checkpointed run
+    computes the loss and gradients of a plain compiled run, and the layers keep no more than with dropout 0."""
     from qlora_kit.compat import decoder_layers
 
     monkeypatch.setattr(lora_dropout, "LIGHT_MIN_HIDDEN", 0)
-    monkeypatch.setattr(LightDropoutLinear, "in_compiled", True)
     ids = torch.randint(0, 300, (2, 128), generator=torch.Generator().manual_seed(0)).to(gpu_device)
+    hashed = []
+    original = lora_dropout.hashed_keep
+    monkeypatch.setattr(lora_dropout, "hashed_keep", lambda *a: hashed.append(1) or original(*a))
 
-    def run(checkpointing):
+    def run(checkpointing, dropout=0.1):
         torch._dynamo.reset()
         config = ModelConfig(name_or_path=str(tiny_llama_dir), attn_implementation="eager")
         model, _ = ModelLoader(config, Bnb4bit.Config(), gpu_device).load()
         prepare_for_training(model, grad_checkpointing=checkpointing)
         torch.manual_seed(1)  # the same adapter in both runs
-        model = AdapterBuilder(AdapterBuilder.Config(r=8, alpha=16, dropout=0.1)).apply(model).train()
+        model = AdapterBuilder(AdapterBuilder.Config(r=8, alpha=16, dropout=dropout)).apply(model).train()
         for name, param in model.named_parameters():
             if "lora_B" in name:  # not zero, so the loss and lora_A's gradients depend on the masks
                 param.data.normal_(0, 0.02)
         for layer in decoder_layers(model):
             layer.compile()
         torch.manual_seed(3)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-        assert "qlora_kit::lora_dropped_linear" in {e.key for e in prof.key_averages()}  # not PEFT's dropout
-        return loss.item(), {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}
+        torch.cuda.synchronize()
+        start = torch.cuda.memory_allocated(gpu_device)
+        torch.cuda.reset_peak_memory_stats(gpu_device)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        kept = torch.cuda.memory_allocated(gpu_device) - start  # what the forward keeps for the backward
+        loss.backward()
+        return loss.item(), {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}, kept
 
-    (plain_loss, plain), (ckpt_loss, ckpt) = run(False), run(True)
+    (plain_loss, plain, kept), (ckpt_loss, ckpt, _) = run(False), run(True)
+    assert hashed  # the hashed form was traced, not PEFT's dropout
     assert plain_loss == pytest.approx(ckpt_loss, abs=1e-3)
     for name, grad in plain.items():
         torch.testing.assert_close(ckpt[name], grad, rtol=2e-2, atol=1e-4, msg=name)
+    none_loss, _, kept_none = run(False, dropout=0.0)
+    assert none_loss != plain_loss  # the dropout is active
+    assert kept <= kept_none + 64 * 1024  # no masks or dropped copies kept: dropout 0's activations

@@ -15,14 +15,16 @@ layer's recompute, which restores the CPU generator, draws the same masks.
 Not used where it would not pay or not work: on the CPU (drawing masks twice costs more than the
 memory is worth there), in evaluation (no dropout), without gradients, while a CUDA graph is recorded
 (``train.cuda_graphs``: the seed drawn on the host would be frozen into the graph), for DoRA and other LoRA variants
-(PEFT feeds them the dropped input directly), and by default inside ``torch.compile``: there PEFT's dropout
-runs, and the compiled layer keeps its masks and dropped copies (8.5 GiB of the 8B shape's 31.8 GiB at
-4,096 tokens on an H200, run 2026-11-30s). :attr:`LightDropoutLinear.in_compiled` turns on a compile-friendly
-form: two custom ops the compiler treats as opaque, pure functions of their inputs (the mask's seed comes
-from two CPU scalars, one drawn per forward pass, one per layer, so nothing breaks the graph and a
-recompute, by checkpointing or by the compiler's partitioner, draws the same mask). Off: on an H200 (run
-2026-11-30u) it took the 8B shape's defaults from 31.9 to 23.3 GiB but ran 6% slower, and 24% slower
-under a 16 GiB budget (its ops run outside inductor's fusion, each mask drawn from a new generator).
+(PEFT feeds them the dropped input directly).
+
+Inside ``torch.compile`` a seed drawn on the host per call would break the graph, and PEFT's dropout there
+keeps its masks and dropped copies (8.5 GiB of the 8B shape's 31.8 GiB at 4,096 tokens on an H200, run
+2026-11-30s). Compiled layers take the mask from a hash instead (:func:`hashed_keep`): plain integer
+arithmetic on each element's index and a seed tensor (one drawn per forward pass, one per linear), which
+the compiler fuses and recomputes in the backward pass, so the layer keeps only ``x``, and a checkpointed
+recompute gets the same masks. An earlier form drew the masks in two opaque custom ops from a new generator
+per call: as lean in memory, but 6% slower at the defaults and 24% slower under a 16 GiB budget (run
+2026-11-30u). :attr:`LightDropoutLinear.in_compiled` switches the compiled form off.
 """
 
 from __future__ import annotations
@@ -38,14 +40,15 @@ class LightDropoutLinear(nn.Linear):
     """A LoRA ``lora_A`` projection with its dropout inside (see the module docstring)."""
 
     dropout_p: float = 0.0
-    in_compiled: bool = False
-    """Run light inside ``torch.compile`` too (through :func:`dropped_linear`); see the module docstring."""
+    in_compiled: bool = True
+    """Run light inside ``torch.compile`` too, with a hashed mask (:func:`hashed_keep`); see the module docstring."""
     seed_base: torch.Tensor | None = None
-    """Compiled layers' masks: a CPU int64 scalar shared by the model's layers, drawn from torch's CPU
-    generator before each training forward pass (:func:`use_light_dropout`'s pre-hook), so a checkpointed
-    recompute, in the same pass, draws the same masks."""
+    """Compiled layers' masks: an int64 scalar on the adapters' device, shared by the model's layers, redrawn
+    from torch's CPU generator before each training forward pass through compiled layers
+    (:func:`use_light_dropout`'s pre-hook), so a checkpointed recompute, in the same pass, draws the same
+    masks."""
     seed_offset: torch.Tensor | None = None
-    """This layer's CPU int64 scalar, mixed with :attr:`seed_base` (:func:`layer_seed`). Tensors, not ints,
+    """This linear's int64 scalar (on its weight's device), mixed with :attr:`seed_base`. Tensors, not ints,
     so one compiled graph serves every decoder layer."""
     devices: tuple[str, ...] = ("cuda",)
     """Device types it runs light on. Not the CPU: drawing each mask twice there made a SmolLM2-135M step
@@ -60,7 +63,7 @@ class LightDropoutLinear(nn.Linear):
             and x.device.type in self.devices
             and self.bias is None
             and torch.is_grad_enabled()
-            and (not compiling or (self.in_compiled and self.seed_base is not None))
+            and (not compiling or self._seeded_on(x.device))
             and not (x.is_cuda and torch.cuda.is_current_stream_capturing())  # a graph would freeze the seed
         )
         if not light:
@@ -70,22 +73,43 @@ class LightDropoutLinear(nn.Linear):
         seed = int(torch.randint(0, 2**62, ()))  # CPU generator: no device sync
         return _DroppedLinear.apply(x, self.weight, self.dropout_p, seed)
 
+    def _seeded_on(self, device: torch.device) -> bool:
+        """Whether the compiled form can run: switched on, and the seeds on ``device`` (a model moved after
+        its adapters were built keeps PEFT's dropout in compiled layers rather than copy seeds per call)."""
+        base, offset = self.seed_base, self.seed_offset
+        return (
+            self.in_compiled
+            and base is not None
+            and offset is not None
+            and base.device == device == offset.device
+        )
+
 
 class _DroppedLinear(torch.autograd.Function):
-    """``linear(x * mask / (1 - p), weight)`` keeping ``x`` and the mask's seed, not the product."""
+    """``linear(x * mask, weight)`` keeping ``x`` and the mask's seed, not the mask or the product: an ``int``
+    seed draws the mask from a generator (:func:`_keep`, eager layers), a tensor seed hashes it
+    (:func:`hashed_keep`, compiled layers)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.p, ctx.seed, ctx.device_type = p, seed, x.device.type
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float, seed: int | torch.Tensor
+    ) -> torch.Tensor:
+        if isinstance(seed, torch.Tensor):
+            ctx.save_for_backward(x, weight, seed)
+        else:
+            ctx.save_for_backward(x, weight)
+            ctx.seed = seed
+        ctx.p, ctx.device_type = p, x.device.type
         ctx.autocast = torch.is_autocast_enabled(ctx.device_type), torch.get_autocast_dtype(ctx.device_type)
-        return F.linear(x * _keep(x, p, seed), weight)
+        return F.linear(x * _mask(x, p, seed), weight)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
+        x, weight, *hashed = ctx.saved_tensors
+        # a copy of the seed, so a compiler's common-subexpression pass cannot merge this recompute with the
+        # forward's mask (its partitioner would then keep the forward's mask and product for this pass)
+        keep = _mask(x, ctx.p, hashed[0].clone() if hashed else ctx.seed)
         enabled, dtype = ctx.autocast
-        keep = _keep(x, ctx.p, ctx.seed)
         with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):  # the forward's precision
             grad_x = (grad_out @ weight).to(x.dtype) * keep if ctx.needs_input_grad[0] else None
             grad_w = None
@@ -95,71 +119,34 @@ class _DroppedLinear(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+def _mask(x: torch.Tensor, p: float, seed: int | torch.Tensor) -> torch.Tensor:
+    return hashed_keep(x, p, seed) if isinstance(seed, torch.Tensor) else _keep(x, p, seed)
+
+
 def _compiled_dropped_linear(x: torch.Tensor, layer: LightDropoutLinear) -> torch.Tensor:
-    """:class:`_DroppedLinear` for a compiled layer: the inputs in autocast's dtype first (custom ops see
-    no autocast), then the opaque op, seeded by the layer's CPU tensors (graph inputs, not constants)."""
-    weight = layer.weight
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        x, weight = x.to(dtype), weight.to(dtype)
-    return dropped_linear(x, weight, layer.dropout_p, layer.seed_base, layer.seed_offset)
+    """:class:`_DroppedLinear` in a compiled layer, the mask from :func:`hashed_keep`: integer arithmetic the
+    compiler fuses into the multiply and recomputes in the backward pass from ``x`` (which the layer keeps
+    anyway) and this linear's seed tensor."""
+    seed = (layer.seed_base + layer.seed_offset * _GOLDEN) & _MASK32
+    return _DroppedLinear.apply(x, layer.weight, layer.dropout_p, seed)
 
 
-@torch.library.custom_op("qlora_kit::lora_dropped_linear", mutates_args=())
-def dropped_linear(
-    x: torch.Tensor, weight: torch.Tensor, p: float, base: torch.Tensor, offset: torch.Tensor
-) -> torch.Tensor:
-    """``linear(x * mask / (1 - p), weight)``, the mask drawn from :func:`layer_seed` of two CPU int64
-    scalars. A pure function of its inputs: the compiler may recompute it (a checkpointed layer does)."""
-    return F.linear(x * _keep(x, p, layer_seed(base, offset)), weight)
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x61C88647  # 2**32 / golden ratio (its complement): neighbouring offsets give far-apart seeds
 
 
-@dropped_linear.register_fake
-def _(
-    x: torch.Tensor, weight: torch.Tensor, p: float, base: torch.Tensor, offset: torch.Tensor
-) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-
-@torch.library.custom_op("qlora_kit::lora_dropped_linear_backward", mutates_args=())
-def dropped_linear_backward(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    p: float,
-    base: torch.Tensor,
-    offset: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradients of :func:`dropped_linear` for ``x`` and ``weight``, the mask drawn again."""
-    keep = _keep(x, p, layer_seed(base, offset))
-    dropped = (x * keep).reshape(-1, x.shape[-1])
-    return (grad_out @ weight) * keep, grad_out.reshape(-1, grad_out.shape[-1]).t() @ dropped
-
-
-@dropped_linear_backward.register_fake
-def _(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, p: float, base: torch.Tensor,
-      offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    return torch.empty_like(x), torch.empty_like(weight)
-
-
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    x, weight, ctx.p, base, offset = inputs
-    ctx.save_for_backward(x, weight, base, offset)
-
-
-def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    x, weight, base, offset = ctx.saved_tensors
-    grad_x, grad_w = dropped_linear_backward(grad_out, x, weight, ctx.p, base, offset)
-    return grad_x, grad_w, None, None, None
-
-
-dropped_linear.register_autograd(_backward, setup_context=_setup_context)
-
-
-def layer_seed(base: torch.Tensor, offset: torch.Tensor) -> int:
-    """A mask seed from a forward pass's ``base`` and a layer's ``offset`` (CPU int64 scalars), mixed so that
-    neighbouring layers' seeds are unrelated."""
-    return (int(base) + int(offset) * 0x9E3779B97F4A7C15) % 2**63
+def hashed_keep(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
+    """A dropout mask for ``x``: 0 or ``1 / (1 - p)`` in ``x``'s dtype, each element kept when a 32-bit hash of
+    its flat index and ``seed`` (an int64 scalar tensor below ``2**32`` on ``x``'s device) is at least
+    ``p * 2**32``. The hash is murmur3's finaliser, a bijection of 32-bit words that moves every input bit
+    to every output bit, so neighbouring elements' decisions are unrelated. int64 arithmetic, masked to 32
+    bits after each multiply: the products' high bits wrap and are discarded."""
+    index = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
+    h = (index * 0x9E3779B1 + (index >> 32) + seed) & _MASK32
+    h = ((h ^ (h >> 16)) * 0x85EBCA6B) & _MASK32
+    h = ((h ^ (h >> 13)) * 0xC2B2AE35) & _MASK32
+    h = h ^ (h >> 16)
+    return (h >= int(p * 2**32)).to(x.dtype) * (1 / (1 - p))
 
 
 def _keep(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
@@ -192,7 +179,7 @@ def use_light_dropout(model: nn.Module, min_hidden: int | None = None) -> int:
     config = getattr(model, "config", None)
     if hidden_size(config) < (LIGHT_MIN_HIDDEN if min_hidden is None else min_hidden):
         return 0
-    changed, base = 0, torch.zeros((), dtype=torch.int64)
+    changed, bases = 0, {}  # one shared pass seed per device the adapters are on
     for module in model.modules():
         if not isinstance(module, LoraLayer):
             continue
@@ -201,22 +188,35 @@ def use_light_dropout(model: nn.Module, min_hidden: int | None = None) -> int:
             lora_a = module.lora_A[name] if name in module.lora_A else None  # noqa: SIM401 (a ModuleDict)
             plain = type(lora_a) is nn.Linear and lora_a.bias is None and name not in variants
             if plain and isinstance(dropout, nn.Dropout) and dropout.p > 0 and not module.use_dora.get(name):
+                device = lora_a.weight.device
+                if device not in bases:
+                    bases[device] = torch.zeros((), dtype=torch.int64, device=device)
                 lora_a.__class__ = LightDropoutLinear
                 lora_a.dropout_p = dropout.p
-                lora_a.seed_base, lora_a.seed_offset = base, torch.tensor(changed, dtype=torch.int64)
+                lora_a.seed_base = bases[device]
+                lora_a.seed_offset = torch.tensor(changed, dtype=torch.int64, device=device)
                 module.lora_dropout[name] = nn.Identity()
                 changed += 1
     if changed:
-        model.register_forward_pre_hook(_new_masks(base))
+        model.register_forward_pre_hook(_new_masks(list(bases.values())))
     return changed
 
 
-def _new_masks(base: torch.Tensor) -> Any:
-    """A forward pre-hook drawing compiled layers' :attr:`~LightDropoutLinear.seed_base` for a training pass
-    (only when they run light: otherwise it draws nothing, and the eager numbers stay as they were)."""
+def _new_masks(bases: list[torch.Tensor]) -> Any:
+    """A forward pre-hook redrawing :attr:`~LightDropoutLinear.seed_base` for a training pass through compiled
+    layers (only then: eager layers draw their own seeds, and their numbers stay as they were)."""
+    from qlora_kit.compat import decoder_layers
+
+    layers: list[nn.Module] = []
 
     def hook(module: nn.Module, args: Any) -> None:
-        if LightDropoutLinear.in_compiled and module.training and torch.is_grad_enabled():
-            base.fill_(int(torch.randint(0, 2**62, ())))
+        if not (LightDropoutLinear.in_compiled and module.training and torch.is_grad_enabled()):
+            return
+        if not layers:
+            layers.extend(decoder_layers(module))  # found once: the model's layers do not change
+        if any(getattr(layer, "_compiled_call_impl", None) is not None for layer in layers):
+            seed = int(torch.randint(0, 2**32, ()))  # CPU generator: reproducible from the run's seed
+            for base in bases:
+                base.fill_(seed)  # in place: the compiled graphs read these tensors
 
     return hook

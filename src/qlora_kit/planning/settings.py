@@ -74,9 +74,9 @@ class Adapter:
     optimizer: str = "adamw_torch"
     light_dropout: bool = True
     """LoRA dropout inside ``lora_A``, keeping no dropped copies (what ``AdapterBuilder`` installs; it falls
-    back to PEFT's dropout in compiled layers). False: PEFT's own dropout modules."""
-    light_in_compiled: bool = False
-    """The light dropout runs in compiled layers too (``LightDropoutLinear.in_compiled``)."""
+    back to PEFT's dropout in compiled layers unless ``light_in_compiled``). False: PEFT's own dropout modules."""
+    light_in_compiled: bool = True
+    """The light dropout runs in compiled layers too, with hashed masks (``LightDropoutLinear.in_compiled``)."""
 
 
 def layouts(checkpointing: bool | str, offload: bool | str) -> list[tuple[bool, bool, bool]]:
