@@ -216,7 +216,7 @@ def test_the_compiled_form_computes_dropout_then_linear(backend, autocast):
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="inductor's CPU code needs a C++ compiler")
 def test_inductor_hashes_as_eager_does():
-    x = torch.ones(8, 3000)  # more than 2**32 / 0x9E3779B1 elements: the multiply wraps
+    x = torch.ones(8, 3000)  # products past 32 bits: only their low bits count
     seed = torch.tensor(0xFFFFFFFF)
     torch._dynamo.reset()
     compiled = torch.compile(hashed_keep, backend="inductor")

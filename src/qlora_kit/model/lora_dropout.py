@@ -141,8 +141,10 @@ def hashed_keep(x: torch.Tensor, p: float, seed: torch.Tensor) -> torch.Tensor:
     ``p * 2**32``. The hash is murmur3's finaliser, a bijection of 32-bit words that moves every input bit
     to every output bit, so neighbouring elements' decisions are unrelated. int64 arithmetic, masked to 32
     bits after each multiply: the products' high bits wrap and are discarded."""
-    index = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
-    h = (index * 0x9E3779B1 + (index >> 32) + seed) & _MASK32
+    # the seed first: inductor narrows a small enough index to int32 in its kernels, and adding the loaded
+    # int64 seed widens it again before any constant beyond int32 meets it
+    wide = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape) + seed
+    h = (wide * 0x9E3779B1 + (wide >> 32)) & _MASK32
     h = ((h ^ (h >> 16)) * 0x85EBCA6B) & _MASK32
     h = ((h ^ (h >> 13)) * 0xC2B2AE35) & _MASK32
     h = h ^ (h >> 16)
