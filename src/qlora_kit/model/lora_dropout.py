@@ -106,9 +106,7 @@ class _DroppedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, *hashed = ctx.saved_tensors
-        # a copy of the seed, so a compiler's common-subexpression pass cannot merge this recompute with the
-        # forward's mask (its partitioner would then keep the forward's mask and product for this pass)
-        keep = _mask(x, ctx.p, hashed[0].clone() if hashed else ctx.seed)
+        keep = _mask(x, ctx.p, _same_seed(hashed[0]) if hashed else ctx.seed)
         enabled, dtype = ctx.autocast
         with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):  # the forward's precision
             grad_x = (grad_out @ weight).to(x.dtype) * keep if ctx.needs_input_grad[0] else None
@@ -117,6 +115,13 @@ class _DroppedLinear(torch.autograd.Function):
                 dropped = (x * keep).reshape(-1, x.shape[-1])
                 grad_w = (grad_out.reshape(-1, grad_out.shape[-1]).t() @ dropped).to(weight.dtype)
         return grad_x, grad_w, None, None
+
+
+def _same_seed(seed: torch.Tensor) -> torch.Tensor:
+    """``seed`` (below ``2**32``) by other ops: inductor drops a no-op such as ``clone`` and merges common
+    subexpressions, which would turn the backward's recomputed mask into the forward's, and its partitioner
+    would then keep each mask and dropped copy (call 52a: a tiny model's backward kept a mask per linear)."""
+    return (seed | 1 << 32) & _MASK32
 
 
 def _mask(x: torch.Tensor, p: float, seed: int | torch.Tensor) -> torch.Tensor:
