@@ -226,7 +226,8 @@ def test_inductor_hashes_as_eager_does():
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_compiled_light_dropout_is_seeded_per_pass_and_recompute_safe(tokenizer, checkpointing):
+def test_compiled_light_dropout_is_seeded_per_pass_and_recompute_safe(tokenizer, monkeypatch, checkpointing):
+    monkeypatch.setattr(LightDropoutLinear, "in_compiled", True)
     plain = _compiled(_lora(tokenizer, dropout=0.2))
     assert all(type(m) is nn.Identity for n, m in plain.named_modules() if n.endswith("lora_dropout.default"))
     (a, ga), (b, gb), (c, _) = _step(plain, seed=3), _step(plain, seed=3), _step(plain, seed=4)
@@ -241,7 +242,8 @@ def test_compiled_light_dropout_is_seeded_per_pass_and_recompute_safe(tokenizer,
             torch.testing.assert_close(ckpt[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_eager_layers_draw_no_pass_seed(tokenizer):
+def test_eager_layers_draw_no_pass_seed(tokenizer, monkeypatch):
+    monkeypatch.setattr(LightDropoutLinear, "in_compiled", True)
     model = _lora(tokenizer, dropout=0.2)
     base = next(m for m in model.modules() if isinstance(m, LightDropoutLinear)).seed_base
     _step(model)
@@ -250,13 +252,22 @@ def test_eager_layers_draw_no_pass_seed(tokenizer):
     assert int(base) != 0
 
 
-@pytest.mark.parametrize("backend", ["aot_eager_decomp_partition", pytest.param("inductor", marks=NEEDS_CXX)])
-def test_compiled_light_dropout_keeps_no_dropped_copies(tokenizer, monkeypatch, backend):
-    """Inductor's joint-graph passes (no-op removal, common subexpressions) too: they once merged the
-    backward's recomputed mask into the forward's, which then kept every mask (GPU call 52a)."""
-    light = saved_bytes(_compiled(_lora(tokenizer, dropout=0.1), backend))
-    none = saved_bytes(_compiled(_lora(tokenizer, dropout=0.0), backend))
-    monkeypatch.setattr(LightDropoutLinear, "in_compiled", False)
-    peft = saved_bytes(_compiled(_lora(tokenizer, dropout=0.1), backend))
+@pytest.mark.parametrize(
+    ("backend", "dtype"),
+    [
+        ("aot_eager_decomp_partition", torch.float32),
+        pytest.param("inductor", torch.bfloat16, marks=NEEDS_CXX),
+    ],
+)
+def test_compiled_light_dropout_keeps_no_dropped_copies(tokenizer, monkeypatch, backend, dtype):
+    """Under inductor with a bf16 model too (the 8B shape's case): without the selective-checkpoint tags the
+    partitioner kept each dropped product for the weight gradient (GPU call 54)."""
+
+    def kept(dropout: float) -> int:
+        return saved_bytes(_compiled(_lora(tokenizer, dropout=dropout).to(dtype), backend))
+
+    peft = kept(0.1)  # the default: PEFT's dropout in compiled layers
+    monkeypatch.setattr(LightDropoutLinear, "in_compiled", True)
+    light, none = kept(0.1), kept(0.0)
     assert light < peft
     assert light <= none + 2 * 7 * 8  # dropout 0's activations and an 8-byte seed per adapted linear

@@ -19,12 +19,17 @@ memory is worth there), in evaluation (no dropout), without gradients, while a C
 
 Inside ``torch.compile`` a seed drawn on the host per call would break the graph, and PEFT's dropout there
 keeps its masks and dropped copies (8.5 GiB of the 8B shape's 31.8 GiB at 4,096 tokens on an H200, run
-2026-11-30s). Compiled layers take the mask from a hash instead (:func:`hashed_keep`): plain integer
-arithmetic on each element's index and a seed tensor (one drawn per forward pass, one per linear), which
-the compiler fuses and recomputes in the backward pass, so the layer keeps only ``x``, and a checkpointed
-recompute gets the same masks. An earlier form drew the masks in two opaque custom ops from a new generator
-per call: as lean in memory, but 6% slower at the defaults and 24% slower under a 16 GiB budget (run
-2026-11-30u). :attr:`LightDropoutLinear.in_compiled` switches the compiled form off.
+2026-11-30s). :attr:`LightDropoutLinear.in_compiled` (off until measured) gives compiled layers a mask from
+a hash instead (:func:`hashed_keep`): integer arithmetic on each element's index and a seed tensor (one
+drawn per forward pass, one per linear), tagged for selective checkpointing so the backward pass recomputes
+mask and product from ``x`` and the layer keeps only ``x``; a checkpointed recompute gets the same masks.
+Measured so far: one compiled ``lora_A`` step on an H200 (``benchmarks/dropout_kernels.py``, 4,096 x 14,336,
+call 54) 1.19 ms against PEFT's 1.29; in the 8B model (run 2026-12-02c) a graph break on the CUDA-graph
+capture check sent PEFT's 4-bit LoRA forward back to eager (6,736 tokens/s against 12,040), fixed since,
+and without the checkpoint tags the partitioner kept each dropped product; the fixed form is not yet
+measured in a model. Two earlier forms: opaque custom ops drawing from a new generator per call (as lean,
+6% slower at the defaults and 24% slower under a 16 GiB budget, run 2026-11-30u), and
+``functionalize_rng_ops`` (no change, run 2026-11-30t).
 """
 
 from __future__ import annotations
@@ -34,14 +39,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 
 class LightDropoutLinear(nn.Linear):
     """A LoRA ``lora_A`` projection with its dropout inside (see the module docstring)."""
 
     dropout_p: float = 0.0
-    in_compiled: bool = True
-    """Run light inside ``torch.compile`` too, with a hashed mask (:func:`hashed_keep`); see the module docstring."""
+    in_compiled: bool = False
+    """Run light inside ``torch.compile`` too, with hashed masks (:func:`hashed_keep`); off until measured in a
+    model on a GPU (see the module docstring)."""
     seed_base: torch.Tensor | None = None
     """Compiled layers' masks: an int64 scalar on the adapters' device, shared by the model's layers, redrawn
     from torch's CPU generator before each training forward pass through compiled layers
@@ -64,7 +71,10 @@ class LightDropoutLinear(nn.Linear):
             and self.bias is None
             and torch.is_grad_enabled()
             and (not compiling or self._seeded_on(x.device))
-            and not (x.is_cuda and torch.cuda.is_current_stream_capturing())  # a graph would freeze the seed
+            # a CUDA graph would freeze a host seed; not asked while compiling: dynamo cannot trace the question
+            # (run 2026-12-02c: a graph break there sent PEFT's whole 4-bit LoRA forward back to eager), and the
+            # compiled form's seeds are device tensors, which a graph reads afresh
+            and (compiling or not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
         )
         if not light:
             return F.linear(F.dropout(x, self.dropout_p, self.training), self.weight, self.bias)
@@ -86,28 +96,20 @@ class LightDropoutLinear(nn.Linear):
 
 
 class _DroppedLinear(torch.autograd.Function):
-    """``linear(x * mask, weight)`` keeping ``x`` and the mask's seed, not the mask or the product: an ``int``
-    seed draws the mask from a generator (:func:`_keep`, eager layers), a tensor seed hashes it
-    (:func:`hashed_keep`, compiled layers)."""
+    """``linear(x * mask / (1 - p), weight)`` keeping ``x`` and the mask's seed, not the product."""
 
     @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float, seed: int | torch.Tensor
-    ) -> torch.Tensor:
-        if isinstance(seed, torch.Tensor):
-            ctx.save_for_backward(x, weight, seed)
-        else:
-            ctx.save_for_backward(x, weight)
-            ctx.seed = seed
-        ctx.p, ctx.device_type = p, x.device.type
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.p, ctx.seed, ctx.device_type = p, seed, x.device.type
         ctx.autocast = torch.is_autocast_enabled(ctx.device_type), torch.get_autocast_dtype(ctx.device_type)
-        return F.linear(x * _mask(x, p, seed), weight)
+        return F.linear(x * _keep(x, p, seed), weight)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight, *hashed = ctx.saved_tensors
-        keep = _mask(x, ctx.p, _same_seed(hashed[0]) if hashed else ctx.seed)
+        x, weight = ctx.saved_tensors
         enabled, dtype = ctx.autocast
+        keep = _keep(x, ctx.p, ctx.seed)
         with torch.autocast(ctx.device_type, dtype=dtype, enabled=enabled):  # the forward's precision
             grad_x = (grad_out @ weight).to(x.dtype) * keep if ctx.needs_input_grad[0] else None
             grad_w = None
@@ -117,23 +119,33 @@ class _DroppedLinear(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
-def _same_seed(seed: torch.Tensor) -> torch.Tensor:
-    """``seed`` (below ``2**32``) by other ops: inductor drops a no-op such as ``clone`` and merges common
-    subexpressions, which would turn the backward's recomputed mask into the forward's, and its partitioner
-    would then keep each mask and dropped copy (call 52a: a tiny model's backward kept a mask per linear)."""
-    return (seed | 1 << 32) & _MASK32
-
-
-def _mask(x: torch.Tensor, p: float, seed: int | torch.Tensor) -> torch.Tensor:
-    return hashed_keep(x, p, seed) if isinstance(seed, torch.Tensor) else _keep(x, p, seed)
-
-
 def _compiled_dropped_linear(x: torch.Tensor, layer: LightDropoutLinear) -> torch.Tensor:
-    """:class:`_DroppedLinear` in a compiled layer, the mask from :func:`hashed_keep`: integer arithmetic the
-    compiler fuses into the multiply and recomputes in the backward pass from ``x`` (which the layer keeps
-    anyway) and this linear's seed tensor."""
+    """``linear(x * mask, weight)`` in a compiled layer, the mask from :func:`hashed_keep`, as a selectively
+    checkpointed region: the matmul's output is kept, the rest (hash, mask, product) recomputed in the backward
+    pass from ``x``, which the layer keeps anyway, and this linear's seed tensor. Without the tags the
+    compiler's partitioner keeps the product, since the backward's weight gradient reads it whole."""
     seed = (layer.seed_base + layer.seed_offset * _GOLDEN) & _MASK32
-    return _DroppedLinear.apply(x, layer.weight, layer.dropout_p, seed)
+    return checkpoint(
+        _hashed_dropped_linear, x, layer.weight, layer.dropout_p, seed,
+        use_reentrant=False, context_fn=_keep_matmuls_only,
+    )  # fmt: skip
+
+
+def _hashed_dropped_linear(
+    x: torch.Tensor, weight: torch.Tensor, p: float, seed: torch.Tensor
+) -> torch.Tensor:
+    return F.linear(x * hashed_keep(x, p, seed), weight)
+
+
+_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
+
+
+def _keep_or_recompute(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _MATMULS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _keep_matmuls_only() -> Any:
+    return create_selective_checkpoint_contexts(_keep_or_recompute)
 
 
 _MASK32 = 0xFFFFFFFF

@@ -75,7 +75,7 @@ class Adapter:
     light_dropout: bool = True
     """LoRA dropout inside ``lora_A``, keeping no dropped copies (what ``AdapterBuilder`` installs; it falls
     back to PEFT's dropout in compiled layers unless ``light_in_compiled``). False: PEFT's own dropout modules."""
-    light_in_compiled: bool = True
+    light_in_compiled: bool = False
     """The light dropout runs in compiled layers too, with hashed masks (``LightDropoutLinear.in_compiled``)."""
 
 
