@@ -155,7 +155,7 @@ def plan_run(
     shape = shape or shape_of(cfg)
     if settings is None and "auto" in (cfg.train.grad_checkpointing, cfg.train.activation_offload):
         return choose_settings(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, shape=shape,
-                               host_memory_gib=host_memory_gib)  # fmt: skip
+                               host_memory_gib=host_memory_gib, adapter=adapter)  # fmt: skip
     settings = settings or settings_of(cfg, shape)
     seq = seq_tokens or cfg.data.max_length
     rows = cfg.train.micro_batch_size
@@ -190,8 +190,10 @@ def choose_settings(
     shape: ModelShape | None = None,
     loss: str | None = None,
     host_memory_gib: float | None = None,
+    adapter: Adapter | None = None,
 ) -> Plan:
-    """The cheapest settings under which a micro-step of ``cfg`` fits, as a :class:`Plan`.
+    """The cheapest settings under which a micro-step of ``cfg`` fits, as a :class:`Plan` (``adapter`` as
+    :func:`plan_run`'s).
 
     Tried in order of speed, among those the config allows (`auto` allows both): checkpointing off,
     on for the fewest decoder layers that fit (`auto` checkpointing only), on for all, on for all with the
@@ -207,7 +209,7 @@ def choose_settings(
 
     def plan_with(settings: Settings) -> Plan:
         return plan_run(cfg, gpu_memory_gib=gpu_memory_gib, seq_tokens=seq_tokens, settings=settings,
-                        shape=shape, host_memory_gib=host_memory_gib)  # fmt: skip
+                        shape=shape, host_memory_gib=host_memory_gib, adapter=adapter)  # fmt: skip
 
     plan = None
     for checkpointing, offload, some in layouts(cfg.train.grad_checkpointing, cfg.train.activation_offload):
