@@ -108,11 +108,12 @@ def compare(row: dict[str, Any], shapes: dict[str, Path]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def plan_as_run(cfg: Any, seq: int, memory: str | None, light_in_compiled: bool = True) -> Any:
+def plan_as_run(cfg: Any, seq: int, memory: str | None, light_in_compiled: bool = False) -> Any:
     """The plan for the settings the Trainer chose in the run: read from the row's memory line where it has
     one ("checkpointing on for the first 26 decoder layers, activation offload off, ..."); older rows (no
     line, before some-layer checkpointing) as their `auto` then chose: the first of none / all / all with
-    offload that fits. The loss is ``fused``, what `auto` takes on CUDA."""
+    offload that fits. The loss is ``fused``, what `auto` takes on CUDA; ``light_in_compiled`` as the row ran
+    (``LightDropoutLinear.in_compiled``)."""
     from dataclasses import replace
 
     from qlora_kit.planning.from_config import adapter_of
