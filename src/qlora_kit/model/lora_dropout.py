@@ -46,7 +46,7 @@ class LightDropoutLinear(nn.Linear):
     """A LoRA ``lora_A`` projection with its dropout inside (see the module docstring)."""
 
     dropout_p: float = 0.0
-    in_compiled: bool = False
+    in_compiled: bool = True
     """Run light inside ``torch.compile`` too, with hashed masks (:func:`hashed_keep`); off until measured in a
     model on a GPU (see the module docstring)."""
     seed_base: torch.Tensor | None = None
