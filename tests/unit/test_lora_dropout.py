@@ -266,8 +266,9 @@ def test_compiled_light_dropout_keeps_no_dropped_copies(tokenizer, monkeypatch, 
     def kept(dropout: float) -> int:
         return saved_bytes(_compiled(_lora(tokenizer, dropout=dropout).to(dtype), backend))
 
-    peft = kept(0.1)  # the default: PEFT's dropout in compiled layers
-    monkeypatch.setattr(LightDropoutLinear, "in_compiled", True)
+    monkeypatch.setattr(LightDropoutLinear, "in_compiled", False)
+    peft = kept(0.1)  # PEFT's dropout in compiled layers
+    monkeypatch.setattr(LightDropoutLinear, "in_compiled", True)  # the default
     light, none = kept(0.1), kept(0.0)
     assert light < peft
     assert light <= none + 2 * 7 * 8  # dropout 0's activations and an 8-byte seed per adapted linear

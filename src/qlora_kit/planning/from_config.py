@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qlora_kit.model.lora_dropout import LIGHT_MIN_HIDDEN
+from qlora_kit.model.lora_dropout import LIGHT_MIN_HIDDEN, LightDropoutLinear
 from qlora_kit.planning.settings import Adapter, Settings, layouts
 from qlora_kit.planning.shape import ModelShape, load_model_config, model_shape
 from qlora_kit.training.compiling import compile_decision
@@ -35,10 +35,12 @@ def settings_of(cfg: Any, shape: ModelShape) -> Settings:
 
 def adapter_of(cfg: Any, shape: ModelShape | None = None) -> Adapter:
     """What the planner needs of ``cfg.adapter`` and ``cfg.train.optimizer`` (for a model of ``shape``:
-    whether ``AdapterBuilder`` gives it the light dropout)."""
+    whether ``AdapterBuilder`` gives it the light dropout, and whether compiled layers keep it: the library's
+    ``LightDropoutLinear.in_compiled``)."""
     a = cfg.adapter
     light = getattr(a, "light_dropout", True) and (shape is None or shape.hidden >= LIGHT_MIN_HIDDEN)
     return Adapter(r=a.r, dropout=a.dropout, target_modules=a.target_modules, light_dropout=light,
+                   light_in_compiled=light and LightDropoutLinear.in_compiled,
                    modules_to_save=tuple(a.modules_to_save), optimizer=cfg.train.optimizer.kind)  # fmt: skip
 
 
