@@ -106,6 +106,8 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
     from qlora_kit.data import build_datasets, build_formatter, length_grouped_batches, make_collator
     from qlora_kit.export import ExportResult
     from qlora_kit.model import ModelLoader, prepare_for_training
+    from qlora_kit.model.compute_dtype import resolve_run_config
+    from qlora_kit.model.loading import resolve_device
     from qlora_kit.phases import phase
     from qlora_kit.rundir import open_run_dir
     from qlora_kit.training import Trainer
@@ -114,7 +116,8 @@ def run(cfg: Any, overrides: Iterable[str] = (), *, overwrite: bool = False) -> 
     from qlora_kit.training.tracking import check_trackers
 
     started = time.perf_counter()
-    cfg = load_config(cfg, overrides)
+    # `auto` compute dtype made concrete first: the run directory's checks and run_config.yaml see it
+    cfg = resolve_run_config(load_config(cfg, overrides), resolve_device(None))
     if fsdp_launched():  # a sharded run can write only what it can gather
         check_fsdp_export(cfg.export.kind)
     with open_run_dir(cfg, overwrite=overwrite) as run_dir:  # checked and locked before anything is written

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 DType = Literal["bfloat16", "float16", "float32"]
+ComputeDType = Literal["auto", "bfloat16", "float16", "float32"]
+"""`auto`: chosen for the device (:mod:`qlora_kit.model.compute_dtype`)."""
 
 
 class StrictModel(BaseModel):

@@ -23,7 +23,7 @@ def _loader(path, quant=None, **model):
 
 
 def test_4bit_load_keeps_head_unquantized_and_the_rest_in_compute_dtype(tiny_llama_dir):
-    model = _loader(tiny_llama_dir).load_model()
+    model = _loader(tiny_llama_dir, Bnb4bit.Config(compute_dtype="bfloat16")).load_model()
     linear4 = [m for m in model.modules() if isinstance(m, Linear4bit)]
     assert len(linear4) == 14  # 7 projections x 2 layers
     assert not isinstance(model.lm_head, Linear4bit)
@@ -75,7 +75,7 @@ def test_real_4bit_lora_step_trains_only_the_adapter(tiny_llama_dir):
 
 
 def test_prepare_for_training_freezes_without_upcasting(tiny_llama_dir):
-    model = _loader(tiny_llama_dir).load_model()
+    model = _loader(tiny_llama_dir, Bnb4bit.Config(compute_dtype="bfloat16")).load_model()
     model.model.embed_tokens.weight.requires_grad_(True)
     prepare_for_training(model, grad_checkpointing=True)
     assert not any(p.requires_grad for p in model.parameters())
@@ -253,11 +253,13 @@ def test_bf16_on_a_gpu_without_bf16(tiny_llama_dir, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
-    loader = ModelLoader(ModelConfig(name_or_path=str(tiny_llama_dir)), Bnb4bit.Config(), "cuda")
+    model_cfg = ModelConfig(name_or_path=str(tiny_llama_dir))
+    loader = ModelLoader(model_cfg, Bnb4bit.Config(compute_dtype="bfloat16"), "cuda")
     with pytest.raises(
         ModelLoadError, match="quant.compute_dtype: bfloat16 is not supported on cuda:0 \\(Tesla T4\\)"
     ):
         loader.load_model()
+    assert ModelLoader(model_cfg, Bnb4bit.Config(), "cuda").quant_cfg.compute_dtype == "float16"  # `auto`
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -45,7 +45,7 @@ def test_4bit_config_maps_every_field():
 
 
 def test_seed_config_and_other_kinds():
-    seed = build_bnb_config(Bnb4bit.Config())
+    seed = build_bnb_config(Bnb4bit.Config(compute_dtype="bfloat16"))  # the seed config names bf16
     assert (seed.bnb_4bit_quant_type, seed.bnb_4bit_use_double_quant, seed.bnb_4bit_compute_dtype) == (
         "nf4",
         True,

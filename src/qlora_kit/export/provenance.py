@@ -46,13 +46,15 @@ def quantization_settings(quant_cfg: Any, model: Any = None) -> dict[str, Any] |
         return None
     if model is not None:  # loaded without bitsandbytes
         return None
+    from qlora_kit.model.compute_dtype import resolve_compute_dtype
+
     skip = list(getattr(quant_cfg, "skip_modules", None) or []) or None
     if quant_cfg.kind == "bnb_4bit":
         return dict(
             load_in_4bit=True,
             bnb_4bit_quant_type=quant_cfg.quant_type,
             bnb_4bit_use_double_quant=quant_cfg.double_quant,
-            bnb_4bit_compute_dtype=quant_cfg.compute_dtype,
+            bnb_4bit_compute_dtype=resolve_compute_dtype(quant_cfg.compute_dtype),
             bnb_4bit_quant_storage=quant_cfg.quant_storage,
             llm_int8_skip_modules=skip,
         )
@@ -71,15 +73,17 @@ def _loaded_quantization_config(model: Any) -> Any:
 def provenance(kind: str, run_cfg: Any, source: dict[str, Any], model: Any = None) -> dict[str, Any]:
     """The contents of ``qlora_kit.json`` for an export of ``kind`` (``adapter``, ``merged``, ``gguf``)."""
     from qlora_kit.config.io import package_versions
+    from qlora_kit.model.compute_dtype import resolve_compute_dtype
 
     quant = quantization_settings(run_cfg.quant, model)
+    dtype = resolve_compute_dtype(run_cfg.quant.compute_dtype)  # a run's config has it resolved already
     record: dict[str, Any] = {
         "format": 1,
         "kind": kind,
         "base_model": source,
         "trained_on": {
             "quant_kind": run_cfg.quant.kind,
-            "compute_dtype": run_cfg.quant.compute_dtype,
+            "compute_dtype": dtype,
             "bitsandbytes_config": quant,
         },
         "pad_token_policy": run_cfg.model.pad_token,
@@ -88,7 +92,7 @@ def provenance(kind: str, run_cfg: Any, source: dict[str, Any], model: Any = Non
     if kind == "adapter" and quant is not None:
         record["load_as_trained"] = (
             f"load the base with BitsAndBytesConfig(**{QUANT_CONFIG_FILE}) and dtype "
-            f"{run_cfg.quant.compute_dtype}, then PeftModel.from_pretrained (README.md has the code); a "
+            f"{dtype}, then PeftModel.from_pretrained (README.md has the code); a "
             "16-bit base gives a different model"
         )
     return record

@@ -20,6 +20,7 @@ from qlora_kit.model.checks import (
     check_max_length,
     validate_checkpoint_dir,
 )
+from qlora_kit.model.compute_dtype import resolve_quant_config
 from qlora_kit.model.gguf import dequantize_gguf
 from qlora_kit.model.hub import check_hub_id, is_hub_id
 from qlora_kit.model.quant import keep_4bit_weights_trainable
@@ -67,9 +68,10 @@ class ModelLoader:
         from qlora_kit.registry import quantization
 
         self.model_cfg = model_cfg
-        self.quant_cfg = quantization.validate(quant_cfg, default_kind="bnb_4bit")
-        self.quantization = self.quant_cfg.build()
         self.device = resolve_device(device)
+        validated = quantization.validate(quant_cfg, default_kind="bnb_4bit")
+        self.quant_cfg = resolve_quant_config(validated, self.device)  # `auto` compute dtype, for this device
+        self.quantization = self.quant_cfg.build()
         self._source: str | None = None
 
     def load(self, tokenizer: Any = None) -> tuple[Any, Any]:

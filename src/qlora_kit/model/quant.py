@@ -15,8 +15,9 @@ from pydantic import Field
 
 from qlora_kit.compat import fsdp_launched, linear4bit_modules, undo_cpu_weight_packing
 from qlora_kit.errors import ConfigError, ModelLoadError
+from qlora_kit.model.compute_dtype import resolve_compute_dtype
 from qlora_kit.registry import quantization
-from qlora_kit.strict import DType, StrictModel
+from qlora_kit.strict import ComputeDType, StrictModel
 
 _DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -46,8 +47,9 @@ class Quantization:
     """
 
     class Options(StrictModel):
-        compute_dtype: DType = "bfloat16"
-        """dtype of matmuls and of every parameter that is not quantized (embeddings, norms, head)."""
+        compute_dtype: ComputeDType = "auto"
+        """dtype of matmuls and of every parameter that is not quantized (embeddings, norms, head). `auto`:
+        bfloat16 where the device computes it natively, else float16 (older GPUs) or float32 (CPUs)."""
 
     uses_bitsandbytes = False
     """Whether the kind needs a working bitsandbytes backend on the device (checked before loading)."""
@@ -57,12 +59,18 @@ class Quantization:
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        """The torch dtype of computation and of the non-quantized parameters."""
-        return torch_dtype(self.config.compute_dtype)
+        """The torch dtype of computation and of the non-quantized parameters (`auto` resolved for this
+        machine's default device; :class:`~qlora_kit.model.loading.ModelLoader` resolves it for its own)."""
+        return torch_dtype(self.compute_dtype_name)
+
+    @property
+    def compute_dtype_name(self) -> str:
+        """The configured compute dtype's name, `auto` resolved as :attr:`compute_dtype` says."""
+        return resolve_compute_dtype(self.config.compute_dtype)
 
     def check(self, device: torch.device) -> None:
         """Fail early when this kind cannot run on ``device`` (before any weight is read)."""
-        check_dtype_supported(self.config.compute_dtype, device)
+        check_dtype_supported(resolve_compute_dtype(self.config.compute_dtype, device), device)
         if self.uses_bitsandbytes:
             check_bitsandbytes(self.config.kind, device)
 
@@ -112,7 +120,7 @@ class Bnb4bit(Quantization):
         """The configured ``quant_storage``, with `auto` resolved for this launch."""
         if self.config.quant_storage != "auto":
             return self.config.quant_storage
-        return self.config.compute_dtype if fsdp_launched() else "uint8"
+        return self.compute_dtype_name if fsdp_launched() else "uint8"
 
 
 @quantization.register("bnb_8bit")

@@ -69,7 +69,7 @@ def quickstart_config(
     return load_config({
         "output_dir": str(output_dir),
         "model": {"name_or_path": str(smollm2_gguf())},
-        "quant": {"kind": "bnb_4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"},
+        "quant": {"kind": "bnb_4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"},
         "adapter": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {
             "source": {"path": str(data_dir / "train.jsonl")},
