@@ -65,6 +65,13 @@ def _adapter(adapter_cfg: Any) -> Any:
     return AdapterBuilder(adapter_cfg)
 
 
+def _in_order(lengths: Sequence[int], micro_batch_size: int, generator: Any) -> list[list[int]]:
+    """The rows in the order given, as the peers' plain loop takes them: the same rows in each step, so the
+    systems' losses compare step by step (the Trainer's default shuffle gave some steps one row twice)."""
+    n = len(lengths)
+    return [list(range(i, min(i + micro_batch_size, n))) for i in range(0, n, micro_batch_size)]
+
+
 class _StepTimer:
     """Trainer callback: wall time, loss and gradient norm of every optimizer step."""
 
@@ -153,9 +160,8 @@ class OursSession:
         previous_level = session_log.level
         session_log.setLevel(logging.INFO)
         try:
-            trainer = Trainer(
-                train_cfg, output_dir=out, collate_fn=collate, callbacks=[_StepTimer(self.device, log)]
-            )
+            trainer = Trainer(train_cfg, output_dir=out, collate_fn=collate, batch_planner=_in_order,
+                              callbacks=[_StepTimer(self.device, log)])  # fmt: skip
             trainer.fit(self.model, [{"input_ids": r, "labels": r} for r in rows[: batch * steps]])
         finally:
             session_log.removeHandler(decision)
