@@ -272,3 +272,21 @@ def test_compiled_light_dropout_keeps_no_dropped_copies(tokenizer, monkeypatch, 
     light, none = kept(0.1), kept(0.0)
     assert light < peft
     assert light <= none + 2 * 7 * 8  # dropout 0's activations and an 8-byte seed per adapted linear
+
+
+def test_torch_reminder_about_in_place_ops_in_checkpointed_regions_is_dropped():
+    """Torch's once-per-process reminder (its `wrap` module's logger) is filtered; other records pass."""
+    import logging
+
+    from torch._higher_order_ops import wrap
+
+    import qlora_kit.model.lora_dropout  # noqa: F401  (installs the filter)
+
+    def record(message: str) -> logging.LogRecord:
+        return wrap.log.makeRecord(wrap.log.name, logging.WARNING, __file__, 1, message, None, None)
+
+    reminder = (
+        "\nDetected that context_fn is passed to torch.utils.checkpoint under torch.compile.\nPlease ..."
+    )
+    assert not wrap.log.filter(record(reminder))
+    assert wrap.log.filter(record("something else"))

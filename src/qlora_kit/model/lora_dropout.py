@@ -34,6 +34,7 @@ budget, run 2026-11-30u), and ``functionalize_rng_ops`` (no change, run 2026-11-
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -136,6 +137,17 @@ def _hashed_dropped_linear(
 ) -> torch.Tensor:
     return F.linear(x * hashed_keep(x, p, seed), weight)
 
+
+class _NoInPlaceReminder(logging.Filter):
+    """Drops torch's reminder, printed once per process when a selectively checkpointed region is compiled,
+    that such a region must not hold in-place ops: this module's region (:func:`_hashed_dropped_linear`) holds
+    none, and the reminder would otherwise open the log of every compiled run on a GPU."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "context_fn is passed to torch.utils.checkpoint" not in record.getMessage()
+
+
+logging.getLogger("torch._higher_order_ops.wrap").addFilter(_NoInPlaceReminder())
 
 _MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
 
