@@ -29,6 +29,8 @@ from qlora_kit.planning.speed import estimate_speed
 from qlora_kit.testing import make_tiny_llama
 from qlora_kit.training.offload import enable_offloaded_checkpointing
 
+BF16 = "bfloat16"  # what the planner counts (2 bytes); `auto` on a CPU without bf16 loads float32
+
 TINY = dict(hidden_size=96, intermediate_size=200, num_attention_heads=4, num_key_value_heads=2)
 LLAMA_8B = dict(
     hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -70,7 +72,12 @@ def _quant_state_tensors(model):
 
 
 @pytest.mark.parametrize(
-    "quant", [Bnb4bit.Config(double_quant=True), Bnb4bit.Config(double_quant=False), NoQuant.Config()]
+    "quant",
+    [
+        Bnb4bit.Config(double_quant=True, compute_dtype=BF16),
+        Bnb4bit.Config(double_quant=False, compute_dtype=BF16),
+        NoQuant.Config(compute_dtype=BF16),
+    ],  # the planner's 2-byte model, as on a GPU
 )
 def test_weight_bytes_equal_a_real_load_on_cpu(tmp_path_factory, tokenizer, quant):
     path = _tiny_dir(tmp_path_factory, tokenizer)
@@ -82,7 +89,9 @@ def test_weight_bytes_equal_a_real_load_on_cpu(tmp_path_factory, tokenizer, quan
 
 def test_tied_embeddings_are_counted_once(tmp_path_factory, tokenizer):
     path = _tiny_dir(tmp_path_factory, tokenizer, tie_word_embeddings=True)
-    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
+    model, _ = ModelLoader(
+        ModelConfig(name_or_path=str(path)), Bnb4bit.Config(compute_dtype=BF16), "cpu"
+    ).load()
     measured = _storage_bytes([*model.parameters(), *model.buffers(), *_quant_state_tensors(model)])
     assert sum(weight_bytes(_shape(path), "bnb_4bit", True, 2).values()) == measured
 
@@ -96,7 +105,9 @@ def test_adapter_and_optimizer_bytes_equal_a_real_step(tmp_path_factory, tokeniz
 
     # r=48 on a 96-wide model: some LoRA tensors reach bitsandbytes' 4096-element 8-bit threshold, some not
     path = _tiny_dir(tmp_path_factory, tokenizer)
-    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
+    model, _ = ModelLoader(
+        ModelConfig(name_or_path=str(path)), Bnb4bit.Config(compute_dtype=BF16), "cpu"
+    ).load()
     model = AdapterBuilder(AdapterBuilder.Config(r=48, alpha=16)).apply(model)
     opt_cfg = RunConfig.model_validate({"train": {"optimizer": {"kind": optimizer}}}).train.optimizer
     opt = opt_cfg.build().create(model)
@@ -144,7 +155,9 @@ def _saved_bytes(model, tokens: int) -> int:
 def _lora_model(path, adapter: AdapterBuilder.Config, light: bool = True):
     """With ``light``, the light dropout runs on the CPU too (tests that use it enable the CPU on
     ``LightDropoutLinear.devices``)."""
-    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
+    model, _ = ModelLoader(
+        ModelConfig(name_or_path=str(path)), Bnb4bit.Config(compute_dtype=BF16), "cpu"
+    ).load()
     prepare_for_training(model, grad_checkpointing=False)
     model.enable_input_require_grads()  # layer 0 then saves what every other layer saves
     if light:
@@ -194,7 +207,9 @@ def test_saved_bytes_per_token_equal_saved_tensor_hooks(
 
 def test_offloaded_bytes_equal_the_planned_host_bytes(tmp_path_factory, tokenizer):
     path = _tiny_dir(tmp_path_factory, tokenizer, num_hidden_layers=3)
-    model, _ = ModelLoader(ModelConfig(name_or_path=str(path)), Bnb4bit.Config(), "cpu").load()
+    model, _ = ModelLoader(
+        ModelConfig(name_or_path=str(path)), Bnb4bit.Config(compute_dtype=BF16), "cpu"
+    ).load()
     prepare_for_training(model, grad_checkpointing=True)  # no input grads: every layer's input is offloaded
     model = AdapterBuilder(AdapterBuilder.Config(r=4)).apply(model).train()
     handle = enable_offloaded_checkpointing(model, min_bytes=0)

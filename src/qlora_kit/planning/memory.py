@@ -183,8 +183,7 @@ def layer_saved_per_token(
     norms = 2 * (4 * h + 4)
     attention = a * (2 * shape.q_dim + 2 * shape.kv_dim) + 4 * shape.heads
     mlp = 3 * a * inter
-    in_layer = set(shape.layer_linears())
-    targets = [lin for lin in lora_targets(shape, adapter.target_modules) if lin in in_layer]
+    targets = _layer_targets(shape, adapter)
     if adapter.dropout > 0 and not adapter.light_dropout:
         lora = sum((mask_bytes + a) * lin.in_features for lin in targets)
     else:
@@ -193,15 +192,15 @@ def layer_saved_per_token(
 
 
 def lora_inputs_per_token(shape: ModelShape, adapter: Adapter, act_bytes: int = 2) -> int:
-    """Bytes per token of the LoRA targets' distinct inputs in one layer (q/k/v share one, gate/up one;
-    o_proj reads the attention output, saved anyway). A compiled layer with the hashed light dropout
-    (``LightDropoutLinear.in_compiled``) saves these fewer. Measured on an H200 (2026-12-02, call 55a, run e;
-    r16 all-linear, dropout 0.05): the 8B shape at 4,096 tokens 18.0 GiB (planned 23.8 without this saving,
-    18.3 with it), the 1B shape at 8,192 tokens 8.3 GiB (11.4 without, 8.4 with)."""
-    in_layer = set(shape.layer_linears())
-    targets = [lin for lin in lora_targets(shape, adapter.target_modules) if lin in in_layer]
-    groups = {lin.input_group: lin.in_features for lin in targets if lin.input_group != "attn_out"}
-    return act_bytes * sum(groups.values())
+    """Bytes per token of one layer's distinct LoRA inputs (q/k/v share one, gate/up one; o_proj's is saved
+    anyway), which a compiled layer with the hashed dropout does not keep: H200, r16, dropout 0.05 (call 55a,
+    run e): 8B at 4,096 tokens 18.0 GiB (planned 23.8 without this, 18.3 with), 1B 8.3 (11.4, 8.4)."""
+    groups = {lin.input_group: lin.in_features for lin in _layer_targets(shape, adapter)}
+    return act_bytes * sum(n for group, n in groups.items() if group != "attn_out")
+
+
+def _layer_targets(shape: ModelShape, adapter: Adapter) -> list[Any]:
+    return [lin for lin in lora_targets(shape, adapter.target_modules) if lin in set(shape.layer_linears())]
 
 
 def compile_saving_per_token(shape: ModelShape, act_bytes: int = 2) -> int:
@@ -259,9 +258,7 @@ def estimate_memory(
     layer = layer_saved_per_token(shape, adapter, a)
     if settings.compiles:
         layer -= compile_saving_per_token(shape, a)
-    kept = (
-        layer  # by a layer not checkpointed; a recomputed layer's peak keeps `layer` (not measured with it)
-    )
+    kept = layer  # by a layer not checkpointed; a recomputed layer's peak counts `layer` (not measured)
     if settings.compiles and adapter.light_in_compiled and adapter.light_dropout and adapter.dropout > 0:
         kept -= lora_inputs_per_token(shape, adapter, a)
     stored, host = _stored_per_token(shape, settings, kept, a)
