@@ -43,10 +43,6 @@ def test_auto_follows_the_hardware_and_explicit_dtypes_stay(native_bf16, monkeyp
     assert resolve_compute_dtype("auto", CUDA) == "bfloat16"
 
 
-def test_this_machine_is_asked():
-    assert isinstance(compute_dtype.cpu_computes_bf16(), bool)
-
-
 @pytest.mark.parametrize("native", [False, True])
 def test_the_loader_loads_the_4bit_model_in_the_resolved_dtype(tiny_llama_dir, native_bf16, native, caplog):
     native_bf16(native)
@@ -73,7 +69,8 @@ def test_train_records_the_concrete_dtype_and_resumes_the_same_config(
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
         "output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(tiny_llama_dir)},
-        "adapter": {"r": 4, "alpha": 8}, "data": {"source": {"path": str(tmp_path / "rows.json")}, "max_length": 128},
+        "adapter": {"r": 4, "alpha": 8},
+        "data": {"source": {"path": str(tmp_path / "rows.json")}, "max_length": 128},
         "train": {"max_steps": 2, "micro_batch_size": 4}, "export": {"kind": "adapter"},
     }))  # fmt: skip
     out = tmp_path / "run"

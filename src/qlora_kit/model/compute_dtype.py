@@ -57,8 +57,10 @@ def resolve_quant_config(quant_cfg: Any, device: torch.device) -> Any:
         return quant_cfg
     chosen = resolve_compute_dtype(name, device)
     if chosen == "float32":
-        logger.info("quant.compute_dtype auto: float32 (this CPU has no native bfloat16; torch would emulate "
-                    "every bfloat16 matmul, tens of times slower). Set quant.compute_dtype to choose.")  # fmt: skip
+        logger.info(
+            "quant.compute_dtype auto: float32 (this CPU has no native bfloat16; torch would emulate "
+            "every bfloat16 matmul, tens of times slower). Set quant.compute_dtype to choose."
+        )
     elif chosen != "bfloat16":
         logger.info("quant.compute_dtype auto: %s (%s does not support bfloat16)", chosen, device)
     return quant_cfg.model_copy(update={"compute_dtype": chosen})

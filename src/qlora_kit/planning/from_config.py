@@ -45,5 +45,5 @@ def adapter_of(cfg: Any, shape: ModelShape | None = None) -> Adapter:
 
 
 def dtype_bytes_of(cfg: Any) -> int:
-    """Bytes per element of the config's compute dtype."""
+    """Bytes per element of the config's compute dtype (`auto` plans as bf16: the planner plans GPUs)."""
     return 4 if cfg.quant.compute_dtype == "float32" else 2

@@ -27,8 +27,8 @@ autocast, frozen base whose matmuls save no input) that one decoder layer saves 
   reads the attention output SDPA keeps anyway). Plus ``a r`` per target (lora_B's input).
 
 For the Llama-3-8B shape this is 256,360 B/token/layer with PEFT's dropout (0.05), 184,680 with dropout 0
-or the light dropout, checked to the byte against saved-tensor hooks on CPU (``tests/unit/test_planning.py``). Outside the
-layers: the final norm ``4h + 4`` and RoPE cos/sin. With checkpointing a layer keeps only its input
+or the light dropout, checked to the byte against saved-tensor hooks on CPU (``tests/unit/test_planning.py``).
+Outside the layers: the final norm ``4h + 4`` and RoPE cos/sin. With checkpointing a layer keeps its input
 (``a h``). Of the offloaded layers' inputs (the first ``offload_layers``, or all) only those in flight stay:
 the one in use and the one prefetched (the library never makes the embeddings' output require grad, so
 the first layer's input is offloaded too).
@@ -38,9 +38,8 @@ gradient coming in and the one going out, ``12 V`` B/token, on top of everything
 checkpointing the other candidate is the last layer's backward: the recomputed layer's saved tensors
 plus backward transients (estimated ``3a(I + h)`` B/token plus one dequantized weight; calibrate on GPU).
 
-**Compiled layers** (``train.compile``) save less: inductor recomputes the MLP's ``act(gate) * up`` and
-fuses elementwise work, saving about ``a(I + 2h)`` B/token/layer fewer (:func:`compile_saving_per_token`),
-and with the hashed light dropout the LoRA inputs too (:func:`lora_inputs_per_token`).
+**Compiled layers** (``train.compile``) save ``a(I + 2h)`` B/token/layer fewer (inductor recomputes
+``act(gate) * up``), and with the hashed dropout their LoRA inputs too (:func:`lora_inputs_per_token`).
 """
 
 from __future__ import annotations
@@ -192,15 +191,16 @@ def layer_saved_per_token(
 
 
 def lora_inputs_per_token(shape: ModelShape, adapter: Adapter, act_bytes: int = 2) -> int:
-    """Bytes per token of one layer's distinct LoRA inputs (q/k/v share one, gate/up one; o_proj's is saved
-    anyway), which a compiled layer with the hashed dropout does not keep: H200, r16, dropout 0.05 (call 55a,
-    run e): 8B at 4,096 tokens 18.0 GiB (planned 23.8 without this, 18.3 with), 1B 8.3 (11.4, 8.4)."""
+    """Bytes per token of one layer's distinct LoRA inputs (q/k/v share one, gate/up one; o_proj's is kept
+    anyway). A compiled layer with the hashed dropout keeps none: on an H200 (call 55a, run e; r16, dropout
+    0.05) 8B at 4,096 tokens 18.0 GiB (planned 23.8 without this, 18.3 with), 1B 8.3 (11.4, 8.4)."""
     groups = {lin.input_group: lin.in_features for lin in _layer_targets(shape, adapter)}
     return act_bytes * sum(n for group, n in groups.items() if group != "attn_out")
 
 
 def _layer_targets(shape: ModelShape, adapter: Adapter) -> list[Any]:
-    return [lin for lin in lora_targets(shape, adapter.target_modules) if lin in set(shape.layer_linears())]
+    in_layer = set(shape.layer_linears())
+    return [lin for lin in lora_targets(shape, adapter.target_modules) if lin in in_layer]
 
 
 def compile_saving_per_token(shape: ModelShape, act_bytes: int = 2) -> int:
